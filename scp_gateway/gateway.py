@@ -1,0 +1,89 @@
+"""pynetdicom listeners for C-ECHO (PS3.7 9.1.5) and C-STORE (PS3.4 Annex B).
+
+Datasets are received in chunks straight to a temporary file
+(``STORE_RECV_CHUNKED_DATASET``), so memory does not grow with instance size; the
+handler stores that file through the Ingestor and answers Success (0x0000) only when
+the store has returned, i.e. the object is durable. Any failure answers 0xA700 (Out
+of Resources) so the sender keeps the instance and retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification
+
+from shared.config import Listener
+from shared.ingest import Ingestor
+from shared.messages import IngestMetadata
+
+log = logging.getLogger(__name__)
+
+_config.STORE_RECV_CHUNKED_DATASET = True
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+
+
+def handle_store(event, listener: Listener, ingestor: Ingestor) -> int:
+    req = event.request
+    requestor = event.assoc.requestor
+    meta = IngestMetadata(
+        source_type="cstore",
+        source_id=listener.id,
+        calling_ae=requestor.ae_title.strip(),
+        called_ae=requestor.primitive.called_ae_title.strip() if requestor.primitive else listener.ae_title,
+        peer_ip=requestor.address,
+        received_at=datetime.now(timezone.utc),
+        sop_instance_uid=str(req.AffectedSOPInstanceUID or ""),
+        sop_class_uid=str(req.AffectedSOPClassUID or ""),
+    )
+    try:
+        ref = ingestor.ingest_file(event.dataset_path, meta, move=True)
+    except Exception:
+        log.exception("could not store %s from %s; answering 0xA700", meta.sop_instance_uid, meta.calling_ae)
+        return STATUS_OUT_OF_RESOURCES
+    log.debug("stored %s from %s as %s", meta.sop_instance_uid, meta.calling_ae, ref)
+    return STATUS_SUCCESS
+
+
+def build_ae(listener: Listener) -> AE:
+    ae = AE(ae_title=listener.ae_title)
+    ae.maximum_pdu_size = listener.max_pdu
+    ae.maximum_associations = 32
+    ae.add_supported_context(Verification)
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+class Gateway:
+    """All configured listeners; ``start`` returns once every port is bound."""
+
+    def __init__(self, listeners: list[Listener], ingestor: Ingestor):
+        self.listeners = listeners
+        self.ingestor = ingestor
+        self._servers = []
+
+    def start(self) -> None:
+        for listener in self.listeners:
+            ae = build_ae(listener)
+            handlers = [
+                (evt.EVT_C_STORE, handle_store, [listener, self.ingestor]),
+                (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
+            ]
+            server = ae.start_server((listener.host, listener.port), block=False, evt_handlers=handlers)
+            self._servers.append(server)
+            log.info("listener %s: AE %s on %s:%d", listener.id, listener.ae_title, listener.host,
+                     server.server_address[1])
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.server_address[1] for s in self._servers]
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.shutdown()
+        self._servers.clear()

@@ -1,0 +1,137 @@
+"""SQLite adapters: the DocumentStore and DeliveryLedger of the embedded runtime.
+
+One connection per thread; WAL so readers never wait for the writer."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.ports import Claim
+
+
+class SQLiteDatabase:
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._synchronous = synchronous
+        self._local = threading.local()
+
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+    def transaction(self):
+        return _Transaction(self.conn())
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+class SQLiteDocumentStore:
+    """Documents as JSON rows keyed by (collection, id); the Firestore layout in a table."""
+
+    def __init__(self, db: SQLiteDatabase):
+        self.db = db
+        self.db.conn().execute(
+            "CREATE TABLE IF NOT EXISTS documents (collection TEXT NOT NULL, id TEXT NOT NULL,"
+            " data TEXT NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (collection, id))"
+        )
+
+    def get(self, collection, doc_id):
+        row = self.db.conn().execute(
+            "SELECT data FROM documents WHERE collection=? AND id=?", (collection, doc_id)
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set(self, collection, doc_id, doc):
+        self.db.conn().execute(
+            "INSERT OR REPLACE INTO documents VALUES (?,?,?,?)",
+            (collection, doc_id, json.dumps(doc, default=str), time.time()),
+        )
+
+    def create(self, collection, doc_id, doc) -> bool:
+        cur = self.db.conn().execute(
+            "INSERT OR IGNORE INTO documents VALUES (?,?,?,?)",
+            (collection, doc_id, json.dumps(doc, default=str), time.time()),
+        )
+        return cur.rowcount == 1
+
+    def delete(self, collection, doc_id):
+        self.db.conn().execute("DELETE FROM documents WHERE collection=? AND id=?", (collection, doc_id))
+
+    def list(self, collection):
+        rows = self.db.conn().execute(
+            "SELECT id, data FROM documents WHERE collection=? ORDER BY id", (collection,)
+        ).fetchall()
+        return {doc_id: json.loads(data) for doc_id, data in rows}
+
+    def replace_collections(self, docs: dict[str, dict[str, dict[str, Any]]]) -> None:
+        """Swap whole collections in one transaction (loading a config file)."""
+        with self.db.transaction() as conn:
+            for collection, items in docs.items():
+                conn.execute("DELETE FROM documents WHERE collection=?", (collection,))
+                conn.executemany(
+                    "INSERT INTO documents VALUES (?,?,?,?)",
+                    [(collection, i, json.dumps(d, default=str), time.time()) for i, d in items.items()],
+                )
+
+
+class SQLiteDeliveryLedger:
+    """Delivery claims: a row per idempotency key, state 'sending' (with a lease) or 'delivered'."""
+
+    def __init__(self, db: SQLiteDatabase):
+        self.db = db
+        self.db.conn().execute(
+            "CREATE TABLE IF NOT EXISTS deliveries (key TEXT PRIMARY KEY, state TEXT NOT NULL,"
+            " lease_until REAL, info TEXT NOT NULL, updated_at REAL NOT NULL)"
+        )
+
+    def claim(self, key, lease_s, info) -> Claim:
+        now = time.time()
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT state, lease_until FROM deliveries WHERE key=?", (key,)).fetchone()
+            if row and row[0] == "delivered":
+                return Claim.DELIVERED
+            if row and row[1] > now:
+                return Claim.BUSY
+            conn.execute(
+                "INSERT OR REPLACE INTO deliveries VALUES (?, 'sending', ?, ?, ?)",
+                (key, now + lease_s, json.dumps(info, default=str), now),
+            )
+            return Claim.CLAIMED
+
+    def mark_delivered(self, key, info):
+        self.db.conn().execute(
+            "INSERT OR REPLACE INTO deliveries VALUES (?, 'delivered', NULL, ?, ?)",
+            (key, json.dumps(info, default=str), time.time()),
+        )
+
+    def release(self, key):
+        self.db.conn().execute("DELETE FROM deliveries WHERE key=? AND state='sending'", (key,))
+
+    def release_all_sending(self) -> int:
+        """At start-up of the single embedded process, claims of the previous run are dead."""
+        return self.db.conn().execute("DELETE FROM deliveries WHERE state='sending'").rowcount
+
+    def delivered_count(self) -> int:
+        return self.db.conn().execute("SELECT count(*) FROM deliveries WHERE state='delivered'").fetchone()[0]

@@ -1,0 +1,69 @@
+"""``axiom-flow`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from shared.config import ConfigError, dump_yaml, load_yaml
+
+
+def _serve(args) -> int:
+    from shared.runtime.local import EmbeddedRuntime
+
+    config = load_yaml(args.config)
+    runtime = EmbeddedRuntime(config, Path(args.data_dir), http_host=args.http_host,
+                              http_port=None if args.http_port == 0 else args.http_port)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    runtime.start()
+    status = runtime.status()
+    print(f"axiom-flow serving: DICOM listeners {status['listeners']}, data in {runtime.data_dir}", flush=True)
+    stop.wait()
+    runtime.stop()
+    return 0
+
+
+def _validate(args) -> int:
+    config = load_yaml(args.config)
+    if args.print:
+        sys.stdout.write(dump_yaml(config))
+    else:
+        print(f"{args.config}: ok ({len(config.rulesets)} ruleset(s), {len(config.destinations)} destination(s))")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="axiom-flow", description="DICOM router")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run gateway, pipeline and HTTP endpoints in one process")
+    serve.add_argument("--config", required=True, help="YAML config file")
+    serve.add_argument("--data-dir", required=True, help="where blobs, queue and state live")
+    serve.add_argument("--http-host", default="127.0.0.1")
+    serve.add_argument("--http-port", type=int, default=8080, help="0 disables HTTP")
+    serve.set_defaults(func=_serve)
+
+    validate = sub.add_parser("validate", help="check a config file")
+    validate.add_argument("config")
+    validate.add_argument("--print", action="store_true", help="print the normalized config")
+    validate.set_defaults(func=_validate)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"axiom-flow: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

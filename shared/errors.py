@@ -1,0 +1,14 @@
+"""Errors the stages raise to tell the runtime what to do with a message."""
+
+
+class RetryLater(Exception):
+    """Transient: deliver this message again after ``delay_s`` (None: the bus decides)."""
+
+    def __init__(self, reason: str, delay_s: float | None = None):
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
+class Unprocessable(Exception):
+    """The input itself is bad (not DICOM, truncated, missing attributes): retrying
+    cannot help, so the object is quarantined with this reason."""

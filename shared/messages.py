@@ -1,0 +1,135 @@
+"""Versioned messages passed between stages.
+
+Messages carry references (bucket/object, sha256, association info, plan), never
+DICOM bytes: Pub/Sub caps a message at 10 MB and the local queue should stay small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SourceType = Literal["cstore", "stow", "dicomweb_poller", "dimse_poller", "healthcare", "bucket"]
+
+
+class Message(BaseModel):
+    """Base for bus messages: frozen, versioned, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | str):
+        return cls.model_validate_json(data)
+
+
+class BlobRef(Message):
+    bucket: str
+    name: str
+    generation: str | None = None
+
+    def __str__(self) -> str:  # gs://bucket/name#generation, for logs and records
+        gen = f"#{self.generation}" if self.generation else ""
+        return f"gs://{self.bucket}/{self.name}{gen}"
+
+
+_META_PREFIX = "axiom-"
+
+
+class IngestMetadata(Message):
+    """How an instance arrived. Stored with the ingested object (GCS custom metadata
+    or the local sidecar), so it travels with the bytes and not in a side channel."""
+
+    source_type: SourceType = "bucket"
+    source_id: str = ""
+    calling_ae: str = ""
+    called_ae: str = ""
+    peer_ip: str = ""
+    received_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    sha256: str = ""
+    sop_instance_uid: str = ""
+    sop_class_uid: str = ""
+
+    def to_blob_metadata(self) -> dict[str, str]:
+        data = self.model_dump(mode="json")
+        return {f"{_META_PREFIX}{k}": str(v) for k, v in data.items() if v not in ("", None)}
+
+    @classmethod
+    def from_blob_metadata(cls, metadata: dict[str, str] | None) -> "IngestMetadata":
+        metadata = metadata or {}
+        plen = len(_META_PREFIX)
+        fields = {k[plen:]: v for k, v in metadata.items() if k.startswith(_META_PREFIX)}
+        return cls.model_validate({k: v for k, v in fields.items() if k in cls.model_fields})
+
+
+class ObjectFinalized(Message):
+    """A new object in the ingest bucket: the GCS OBJECT_FINALIZE notification,
+    reduced to what the match stage needs. The local blob store emits the same."""
+
+    v: Literal[1] = 1
+    blob: BlobRef
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def from_gcs_notification(cls, attributes: dict[str, str], data: dict[str, Any]) -> "ObjectFinalized":
+        return cls(
+            blob=BlobRef(
+                bucket=attributes.get("bucketId") or data["bucket"],
+                name=attributes.get("objectId") or data["name"],
+                generation=str(attributes.get("objectGeneration") or data.get("generation") or "") or None,
+            ),
+            metadata=data.get("metadata") or {},
+        )
+
+
+class RuleRef(Message):
+    ruleset_id: str
+    rule_id: str
+
+
+class Plan(Message):
+    """What match decided for one received instance."""
+
+    v: Literal[1] = 1
+    blob: BlobRef
+    ingest: IngestMetadata
+    sop_instance_uid: str
+    matched: list[RuleRef] = Field(default_factory=list)
+    actions: list[dict[str, Any]] = Field(default_factory=list)
+    destination_ids: list[str] = Field(default_factory=list)
+
+
+class Delivery(Message):
+    """One morphed object for one destination."""
+
+    v: Literal[1] = 1
+    sop_instance_uid: str
+    sop_class_uid: str = ""
+    transfer_syntax_uid: str = ""
+    destination_id: str
+    blob: BlobRef
+    sha256: str
+    source: BlobRef
+    ingest: IngestMetadata
+
+    @property
+    def idempotency_key(self) -> str:
+        """(SOP Instance UID, destination id, sha256 of the morphed object), hashed to
+        a fixed-length id usable as a Firestore document id."""
+        raw = f"{self.sop_instance_uid}|{self.destination_id}|{self.sha256}"
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class DeadLetter(Message):
+    """A message a stage gave up on, on its way to becoming an exception record."""
+
+    v: Literal[1] = 1
+    topic: str
+    body: str
+    attempts: int
+    last_error: str = ""

@@ -1,0 +1,65 @@
+"""The ports the stages use. Each has a GCP adapter and a local adapter
+(see docs/architecture.md); stages receive them as arguments, never import them."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+from shared.messages import BlobRef, Message
+
+
+class BlobStore(Protocol):
+    def put_file(self, bucket: str, name: str, path: Path, metadata: dict[str, str] | None = None,
+                 *, move: bool = False) -> BlobRef:
+        """Store ``path`` durably; return only once the object survives a crash.
+        ``move`` lets a local store take the file instead of copying it."""
+
+    def local_path(self, ref: BlobRef) -> AbstractContextManager[Path]:
+        """A readable local file with the object's bytes, valid inside the block."""
+
+    def metadata(self, ref: BlobRef) -> dict[str, str]: ...
+
+    def copy(self, ref: BlobRef, bucket: str, name: str) -> BlobRef: ...
+
+    def delete(self, ref: BlobRef) -> None: ...
+
+    def exists(self, ref: BlobRef) -> bool: ...
+
+
+class DocumentStore(Protocol):
+    """Documents by (collection, id): config, exception records, poller state."""
+
+    def get(self, collection: str, doc_id: str) -> dict[str, Any] | None: ...
+
+    def set(self, collection: str, doc_id: str, doc: dict[str, Any]) -> None: ...
+
+    def create(self, collection: str, doc_id: str, doc: dict[str, Any]) -> bool:
+        """Write only if absent; False when the document already exists."""
+
+    def delete(self, collection: str, doc_id: str) -> None: ...
+
+    def list(self, collection: str) -> dict[str, dict[str, Any]]: ...
+
+
+class Claim(str, Enum):
+    CLAIMED = "claimed"  # this caller may send
+    DELIVERED = "delivered"  # already delivered: acknowledge, do not send again
+    BUSY = "busy"  # another worker is sending right now: retry later
+
+
+class DeliveryLedger(Protocol):
+    """Idempotency records for deliveries, keyed by Delivery.idempotency_key."""
+
+    def claim(self, key: str, lease_s: float, info: dict[str, Any]) -> Claim: ...
+
+    def mark_delivered(self, key: str, info: dict[str, Any]) -> None: ...
+
+    def release(self, key: str) -> None: ...
+
+
+class Bus(Protocol):
+    def publish(self, topic: str, message: Message) -> None:
+        """Durably hand ``message`` to ``topic``; returns once it cannot be lost."""

@@ -1,0 +1,217 @@
+"""The pipeline stages as plain functions. Both runtimes call these unchanged:
+the embedded one from queue workers, the GCP one from Cloud Functions.
+
+    ingest object --match--> Plan --morph--> Delivery x N --route--> destination
+                                                              \\--> exception record
+
+Every stage is at-least-once safe: re-running it produces the same output, and
+``route`` checks the delivery ledger, so a redelivered message never sends twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from shared import destinations
+from shared.config import AppConfig
+from shared.dicom.io import read_instance, sha256_file, write_instance
+from shared.errors import RetryLater, Unprocessable
+from shared.messages import BlobRef, DeadLetter, Delivery, IngestMetadata, ObjectFinalized, Plan
+from shared.morph import apply_actions
+from shared.ports import BlobStore, Bus, Claim, DeliveryLedger, DocumentStore
+from shared.rules import decide
+
+log = logging.getLogger(__name__)
+
+TOPIC_PLANNED = "planned"
+TOPIC_DELIVER = "deliver"
+
+EXCEPTIONS = "exceptions"  # DocumentStore collection of exception records
+
+DELIVERY_LEASE_S = 600.0
+
+
+@dataclass
+class Ports:
+    blobs: BlobStore
+    docs: DocumentStore
+    ledger: DeliveryLedger
+    bus: Bus
+    config: Callable[[], AppConfig]
+    base_dir: Path  # where relative filesystem-destination paths start
+
+
+def record_exception(ports: Ports, *, stage: str, reason: str, status: str = "open",
+                     topic: str | None = None, body: str | None = None, **refs) -> str:
+    """Write an exception record. With ``topic`` and ``body`` it can be retried later by
+    republishing the message. Records hold UIDs and ids, never patient data."""
+    record_id = uuid.uuid4().hex
+    ports.docs.set(EXCEPTIONS, record_id, {
+        "id": record_id,
+        "stage": stage,
+        "status": status,
+        "reason": reason,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "retry": {"topic": topic, "body": body} if topic else None,
+        **{k: (str(v) if isinstance(v, BlobRef) else v) for k, v in refs.items()},
+    })
+    log.warning("exception %s stage=%s status=%s: %s", record_id, stage, status, reason)
+    return record_id
+
+
+def quarantine(ports: Ports, blob: BlobRef, reason: str, *, stage: str) -> BlobRef:
+    cfg = ports.config().settings
+    target = ports.blobs.copy(blob, cfg.quarantine_bucket, blob.name)
+    record_exception(ports, stage=stage, reason=reason, status="quarantined", blob=blob, quarantined_as=target)
+    ports.blobs.delete(blob)
+    return target
+
+
+# --- match ----------------------------------------------------------------------------
+
+
+def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
+    """Parse the received instance's header, run the rules, publish the plan."""
+    config = ports.config()
+    if event.blob.bucket != config.settings.ingest_bucket:
+        log.info("ignoring %s: not the ingest bucket", event.blob)
+        return None
+    if not ports.blobs.exists(event.blob):
+        log.info("ignoring %s: already gone (processed or quarantined)", event.blob)
+        return None
+    ingest = IngestMetadata.from_blob_metadata(event.metadata or ports.blobs.metadata(event.blob))
+    try:
+        with ports.blobs.local_path(event.blob) as path:
+            ds = read_instance(path)
+            if not ingest.sha256:
+                ingest = ingest.model_copy(update={"sha256": sha256_file(path)})
+    except Unprocessable as exc:
+        quarantine(ports, event.blob, str(exc), stage="match")
+        return None
+    decision = decide(config, ds, ingest)
+    plan = Plan(
+        blob=event.blob,
+        ingest=ingest,
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        matched=decision.matched,
+        actions=decision.actions,
+        destination_ids=decision.destination_ids,
+    )
+    if not plan.destination_ids:
+        record_exception(ports, stage="match", status="held", reason="no rule matched and the default route has no destinations",
+                         blob=event.blob, sop_instance_uid=plan.sop_instance_uid,
+                         topic=TOPIC_PLANNED, body=plan.model_dump_json())
+        return plan
+    ports.bus.publish(TOPIC_PLANNED, plan)
+    log.info("planned %s -> %s (%d rule(s))", plan.sop_instance_uid, plan.destination_ids, len(plan.matched))
+    return plan
+
+
+# --- morph ----------------------------------------------------------------------------
+
+
+def morph(ports: Ports, plan: Plan) -> list[Delivery]:
+    """Apply the plan's actions, store the result, publish one delivery per destination.
+    The morphed object is content-addressed, so a re-run writes the same object."""
+    config = ports.config()
+    with ports.blobs.local_path(plan.blob) as path:
+        try:
+            ds = read_instance(path)
+            if plan.actions:
+                apply_actions(ds, plan.actions)
+        except Unprocessable as exc:
+            quarantine(ports, plan.blob, str(exc), stage="morph")
+            return []
+        if plan.actions:
+            with tempfile.TemporaryDirectory(prefix="axiom-morph-") as tmp:
+                out = Path(tmp) / "morphed.dcm"
+                write_instance(ds, out)
+                sha = sha256_file(out)
+                blob = ports.blobs.put_file(config.settings.processed_bucket,
+                                            f"{ds.SOPInstanceUID}/{sha}.dcm", out, move=True)
+        else:  # nothing to change: deliver the received bytes as they are
+            sha = plan.ingest.sha256 or sha256_file(path)
+            blob = plan.blob
+    deliveries = []
+    for dest_id in plan.destination_ids:
+        dest = _find_destination(config, dest_id)
+        if dest is None or not dest.enabled:
+            log.info("skipping destination %s for %s: %s", dest_id, plan.sop_instance_uid,
+                     "disabled" if dest else "no longer configured")
+            continue
+        delivery = Delivery(
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            destination_id=dest_id,
+            blob=blob,
+            sha256=sha,
+            source=plan.blob,
+            ingest=plan.ingest,
+        )
+        ports.bus.publish(TOPIC_DELIVER, delivery)
+        deliveries.append(delivery)
+    return deliveries
+
+
+def _find_destination(config: AppConfig, dest_id: str):
+    try:
+        return config.destination(dest_id)
+    except KeyError:
+        return None
+
+
+# --- route ----------------------------------------------------------------------------
+
+
+def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
+    """Send one delivery. Returns 'delivered', 'duplicate', 'skipped' or 'failed';
+    raises :class:`RetryLater` while attempts remain."""
+    config = ports.config()
+    dest = _find_destination(config, delivery.destination_id)
+    if dest is None or not dest.enabled:
+        record_exception(ports, stage="route", reason=f"destination {delivery.destination_id} is not configured or disabled",
+                         sop_instance_uid=delivery.sop_instance_uid, destination_id=delivery.destination_id,
+                         topic=TOPIC_DELIVER, body=delivery.model_dump_json())
+        return "skipped"
+    key = delivery.idempotency_key
+    claim = ports.ledger.claim(key, DELIVERY_LEASE_S, {"destination_id": dest.id, "sop_instance_uid": delivery.sop_instance_uid})
+    if claim is Claim.DELIVERED:
+        log.info("duplicate delivery of %s to %s acknowledged, not sent", delivery.sop_instance_uid, dest.id)
+        return "duplicate"
+    if claim is Claim.BUSY:
+        raise RetryLater(f"delivery {key} is being sent by another worker", delay_s=5.0)
+    try:
+        with ports.blobs.local_path(delivery.blob) as path:
+            where = destinations.send(dest, path, base_dir=ports.base_dir)
+    except Exception as exc:
+        ports.ledger.release(key)
+        reason = str(exc) if isinstance(exc, (RetryLater, Unprocessable)) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, Unprocessable) or attempt >= dest.retry.max_attempts:
+            record_exception(ports, stage="route", reason=f"after {attempt} attempt(s): {reason}",
+                             sop_instance_uid=delivery.sop_instance_uid, destination_id=dest.id,
+                             topic=TOPIC_DELIVER, body=delivery.model_dump_json())
+            return "failed"
+        delay = min(dest.retry.max_backoff_s, dest.retry.initial_backoff_s * 2 ** (attempt - 1))
+        raise RetryLater(reason, delay_s=delay) from exc
+    ports.ledger.mark_delivered(key, {"destination_id": dest.id, "sop_instance_uid": delivery.sop_instance_uid,
+                                      "sha256": delivery.sha256, "where": where,
+                                      "delivered_at": datetime.now(timezone.utc).isoformat()})
+    log.info("delivered %s to %s", delivery.sop_instance_uid, dest.id)
+    return "delivered"
+
+
+# --- dead letters ---------------------------------------------------------------------
+
+
+def dead_letter(ports: Ports, letter: DeadLetter) -> str:
+    """A message a stage kept failing on becomes a retryable exception record."""
+    return record_exception(ports, stage=letter.topic, reason=f"gave up after {letter.attempts} attempt(s): {letter.last_error}",
+                            topic=letter.topic, body=letter.body)
+
