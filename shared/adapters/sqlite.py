@@ -97,41 +97,52 @@ class SQLiteDocumentStore:
 
 
 class SQLiteDeliveryLedger:
-    """Delivery claims: a row per idempotency key, state 'sending' (with a lease) or 'delivered'."""
+    """Delivery claims: a row per idempotency key, state 'sending' (with a lease) or
+    'delivered'. Taking over a claim whose lease ran out (its sender died) marks the
+    delivery ``in_doubt``: the peer may already have it, and it is sent again."""
 
     def __init__(self, db: SQLiteDatabase):
         self.db = db
         self.db.conn().execute(
             "CREATE TABLE IF NOT EXISTS deliveries (key TEXT PRIMARY KEY, state TEXT NOT NULL,"
-            " lease_until REAL, info TEXT NOT NULL, updated_at REAL NOT NULL)"
+            " lease_until REAL NOT NULL, in_doubt INTEGER NOT NULL, info TEXT NOT NULL, updated_at REAL NOT NULL)"
         )
 
     def claim(self, key, lease_s, info) -> Claim:
         now = time.time()
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT state, lease_until FROM deliveries WHERE key=?", (key,)).fetchone()
+            row = conn.execute("SELECT state, lease_until, in_doubt FROM deliveries WHERE key=?", (key,)).fetchone()
             if row and row[0] == "delivered":
                 return Claim.DELIVERED
             if row and row[1] > now:
                 return Claim.BUSY
+            in_doubt = 1 if row else 0
             conn.execute(
-                "INSERT OR REPLACE INTO deliveries VALUES (?, 'sending', ?, ?, ?)",
-                (key, now + lease_s, json.dumps(info, default=str), now),
+                "INSERT OR REPLACE INTO deliveries VALUES (?, 'sending', ?, ?, ?, ?)",
+                (key, now + lease_s, in_doubt, json.dumps(info, default=str), now),
             )
             return Claim.CLAIMED
 
     def mark_delivered(self, key, info):
         self.db.conn().execute(
-            "INSERT OR REPLACE INTO deliveries VALUES (?, 'delivered', NULL, ?, ?)",
+            "INSERT INTO deliveries VALUES (?, 'delivered', 0, 0, ?, ?) ON CONFLICT (key) DO UPDATE"
+            " SET state='delivered', lease_until=0, info=excluded.info, updated_at=excluded.updated_at",
             (key, json.dumps(info, default=str), time.time()),
         )
 
     def release(self, key):
-        self.db.conn().execute("DELETE FROM deliveries WHERE key=? AND state='sending'", (key,))
+        self.db.conn().execute("DELETE FROM deliveries WHERE key=? AND state='sending' AND in_doubt=0", (key,))
+        self.db.conn().execute("UPDATE deliveries SET lease_until=0 WHERE key=? AND state='sending'", (key,))
 
-    def release_all_sending(self) -> int:
-        """At start-up of the single embedded process, claims of the previous run are dead."""
-        return self.db.conn().execute("DELETE FROM deliveries WHERE state='sending'").rowcount
+    def expire_all_leases(self) -> int:
+        """At start-up of the single embedded process: every claim still 'sending' belongs
+        to the previous run, which died; expire them so they are taken over (in doubt)."""
+        return self.db.conn().execute("UPDATE deliveries SET lease_until=0 WHERE state='sending'").rowcount
 
-    def delivered_count(self) -> int:
-        return self.db.conn().execute("SELECT count(*) FROM deliveries WHERE state='delivered'").fetchone()[0]
+    def counts(self) -> dict[str, int]:
+        rows = self.db.conn().execute(
+            "SELECT state, count(*), sum(in_doubt) FROM deliveries GROUP BY state"
+        ).fetchall()
+        counts = {state: n for state, n, _ in rows}
+        counts["in_doubt"] = sum(d or 0 for _, _, d in rows)
+        return counts

@@ -10,6 +10,7 @@ cloud at all. Layout of the data dir:
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -38,7 +39,10 @@ class EmbeddedRuntime:
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.data_dir / "tmp"
-        tmp.mkdir(exist_ok=True)
+        # Anything left here was being received when the last run died and was never
+        # answered Success: the sender still has it and will send it again.
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         # pynetdicom writes received datasets with NamedTemporaryFile; keeping them on the
         # data dir's filesystem lets the gateway rename instead of copy.
         tempfile.tempdir = str(tmp)
@@ -77,15 +81,16 @@ class EmbeddedRuntime:
         exceptions = self.docs.list(stages.EXCEPTIONS)
         return {
             "queue": {t: self.queue.pending(t) for t in (TOPIC_INGEST, stages.TOPIC_PLANNED, stages.TOPIC_DELIVER, DEAD_LETTER_TOPIC)},
-            "delivered": self.ledger.delivered_count(),
+            "deliveries": self.ledger.counts(),
             "exceptions": len(exceptions),
             "listeners": {l.id: port for l, port in zip(self.gateway.listeners, self.gateway.ports)},
         }
 
     def start(self) -> None:
-        released = self.ledger.release_all_sending()
-        if released:
-            log.info("released %d delivery claim(s) left by the previous run", released)
+        expired = self.ledger.expire_all_leases()
+        if expired:
+            log.warning("%d delivery(ies) were being sent when the previous run died; they will be"
+                        " sent again and are marked in doubt", expired)
         self.queue.start()
         self.gateway.start()
         if self._http:

@@ -1,0 +1,111 @@
+"""The GCP runtime: the stages' ports built from the environment, once per process
+(a Cloud Functions instance, or a functions-framework process on the emulators).
+
+Environment
+-----------
+GOOGLE_CLOUD_PROJECT        project of the topics, Firestore database and buckets (required)
+AXIOM_TOPIC_PREFIX          prefix of every Pub/Sub topic name (default ``axiom-``): the stage
+                            topic "planned" is ``projects/$GOOGLE_CLOUD_PROJECT/topics/${prefix}planned``.
+                            Topics: ``${prefix}ingest`` (the ingest bucket's OBJECT_FINALIZE
+                            notifications), ``${prefix}planned``, ``${prefix}deliver``,
+                            ``${prefix}dead-letter`` (dead-letter topic of the three stage
+                            subscriptions).
+AXIOM_FIRESTORE_DATABASE    Firestore database id (default ``(default)``)
+AXIOM_COLLECTION_PREFIX     prefix of every Firestore collection name (default empty)
+AXIOM_CONFIG_TTL_S          seconds a config read from Firestore is reused (default 5)
+AXIOM_BASE_DIR              where relative filesystem-destination paths start (default /tmp)
+AXIOM_TMP_DIR               where objects are downloaded while a stage works on them
+                            (default: the system temporary directory)
+FIRESTORE_EMULATOR_HOST, PUBSUB_EMULATOR_HOST, STORAGE_EMULATOR_HOST
+                            honoured by the client libraries (emulators, fake-gcs-server)
+
+Config lives in Firestore in the layout of :func:`shared.config.to_documents`;
+:func:`load_config` writes a YAML file (or an AppConfig) there.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Mapping
+
+from shared import stages
+from shared.config import AppConfig, load_yaml, to_documents
+from shared.runtime.configcache import CachedConfig
+
+TOPIC_INGEST = "ingest"
+TOPIC_DEAD_LETTER = "dead-letter"
+TOPICS = (TOPIC_INGEST, stages.TOPIC_PLANNED, stages.TOPIC_DELIVER, TOPIC_DEAD_LETTER)
+
+DEFAULT_TOPIC_PREFIX = "axiom-"
+
+_lock = threading.Lock()
+_ports: stages.Ports | None = None
+
+
+def topic_prefix(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return env.get("AXIOM_TOPIC_PREFIX", DEFAULT_TOPIC_PREFIX)
+
+
+def _project(env: Mapping[str, str]) -> str:
+    project = env.get("GOOGLE_CLOUD_PROJECT")
+    if not project:
+        raise RuntimeError("GOOGLE_CLOUD_PROJECT is not set")
+    return project
+
+
+def document_store(env: Mapping[str, str] | None = None):
+    from shared.adapters.firestore import FirestoreDocumentStore, make_client
+
+    env = os.environ if env is None else env
+    client = make_client(_project(env), env.get("AXIOM_FIRESTORE_DATABASE") or "(default)")
+    return FirestoreDocumentStore(client, prefix=env.get("AXIOM_COLLECTION_PREFIX", ""))
+
+
+def build_ports(env: Mapping[str, str] | None = None) -> stages.Ports:
+    """New ports from ``env`` (default: the process environment). Clients are created
+    here, never at import, so a forking server creates them in each worker."""
+    from shared.adapters.firestore import FirestoreDeliveryLedger
+    from shared.adapters.gcs import GCSBlobStore
+    from shared.adapters.pubsub import PubSubBus
+
+    env = os.environ if env is None else env
+    project = _project(env)
+    docs = document_store(env)
+    return stages.Ports(
+        blobs=GCSBlobStore(project=project, tmp_dir=env.get("AXIOM_TMP_DIR") or None),
+        docs=docs,
+        ledger=FirestoreDeliveryLedger(docs.client, prefix=docs.prefix),
+        bus=PubSubBus(project, prefix=topic_prefix(env)),
+        config=CachedConfig(docs, ttl_s=float(env.get("AXIOM_CONFIG_TTL_S", "5"))),
+        base_dir=Path(env.get("AXIOM_BASE_DIR") or "/tmp"),
+    )
+
+
+def ports() -> stages.Ports:
+    """The process's ports, built on first use and then reused across invocations."""
+    global _ports
+    if _ports is None:
+        with _lock:
+            if _ports is None:
+                _ports = build_ports()
+    return _ports
+
+
+def reset_ports() -> None:
+    """Forget the cached ports (tests that change the environment)."""
+    global _ports
+    with _lock:
+        _ports = None
+
+
+def load_config(config: AppConfig | str | Path, docs=None) -> AppConfig:
+    """Validate ``config`` (an AppConfig or a YAML file) and replace the config
+    collections in Firestore with it. Returns the validated config."""
+    if not isinstance(config, AppConfig):
+        config = load_yaml(config)
+    docs = docs or document_store()
+    docs.replace_collections(to_documents(config))
+    return config

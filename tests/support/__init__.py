@@ -1,0 +1,1 @@
+"""Helpers shared by tests and benchmarks: synthetic DICOM, real peer processes."""

@@ -1,0 +1,182 @@
+"""Real peers as processes: dcmtk storescp/storescu and ``axiom-flow serve``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # without it DCMTK stalls on delayed ACKs
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
+    def is_open():
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    wait_for(is_open, timeout, what=f"{host}:{port} to listen")
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if not path:
+        raise RuntimeError(f"{tool} not found: install dcmtk (apt-get install dcmtk)")
+    return path
+
+
+class StoreSCP:
+    """dcmtk ``storescp`` writing every received instance bit-preserved into ``out_dir``,
+    each under a unique file name (``+uf``), so an instance stored twice shows as two
+    files while one aborted half-way leaves none."""
+
+    def __init__(self, out_dir: Path, *, ae_title: str = "STORESCP", port: int | None = None,
+                 extra: list[str] | None = None):
+        self.out_dir = Path(out_dir)
+        self.ae_title = ae_title
+        self.port = port or free_port()
+        self.extra = extra or []
+        self.log_path = self.out_dir.parent / f"{self.out_dir.name}-storescp.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "StoreSCP":
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [require("storescp"), "-v", "-aet", self.ae_title, "-od", str(self.out_dir), "+xa", "+B", "+uf",
+             "--max-pdu", "131072", *self.extra, str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=DCMTK_ENV,
+        )
+        wait_port(self.port)
+        return self
+
+    def received_count(self) -> int:
+        """Instances stored, duplicates included."""
+        return len(self.files())
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.out_dir.iterdir() if p.is_file())
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if self.proc:
+            self._log.close()
+
+    __enter__ = start
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def storescu(port: int, files: list[Path], *, called_ae: str = "AXIOM", calling_ae: str = "STORESCU",
+             extra: list[str] | None = None, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Send ``files`` on one association with dcmtk ``storescu``."""
+    cmd = [require("storescu"), "-v", "-aet", calling_ae, "-aec", called_ae, *(extra or []),
+           "127.0.0.1", str(port), *map(str, files)]
+    result = subprocess.run(cmd, capture_output=True, env=DCMTK_ENV, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"storescu exited {result.returncode}:\n{result.stdout.decode()}{result.stderr.decode()}")
+    return result
+
+
+class AxiomServer:
+    """``axiom-flow serve`` as a child process with a config written from ``config``."""
+
+    def __init__(self, data_dir: Path, config: dict, *, dicom_port: int | None = None,
+                 http_port: int | None = None, env: dict | None = None):
+        self.data_dir = Path(data_dir)
+        self.dicom_port = dicom_port or free_port()
+        self.http_port = http_port or free_port()
+        config = dict(config)
+        config.setdefault("listeners", [{"id": "main", "ae_title": "AXIOM", "host": "127.0.0.1", "port": self.dicom_port}])
+        self.config_path = self.data_dir.parent / f"{self.data_dir.name}-config.yaml"
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve.log"
+        self.config = config
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "AxiomServer":
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "serve", "--config", str(self.config_path),
+             "--data-dir", str(self.data_dir), "--http-port", str(self.http_port)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+        )
+        wait_port(self.dicom_port)
+        wait_port(self.http_port)
+        return self
+
+    def status(self) -> dict:
+        import httpx
+
+        return httpx.get(f"http://127.0.0.1:{self.http_port}/status", timeout=5).json()
+
+    def wait_idle(self, timeout: float = 120.0) -> dict:
+        """Until no message is pending in any topic; returns the last status."""
+        last: dict = {}
+
+        def idle():
+            nonlocal last
+            last = self.status()
+            return not any(last["queue"].values())
+
+        wait_for(idle, timeout, interval=0.2, what="the pipeline to drain")
+        return last
+
+    def kill(self) -> None:
+        """SIGKILL: the crash the durability guarantees are about."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc and not self._log.closed:
+            self._log.close()
+
+    __enter__ = start
+
+    def __exit__(self, *exc):
+        self.stop()
