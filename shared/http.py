@@ -8,7 +8,7 @@ from typing import Callable
 from flask import Flask, jsonify
 
 
-def create_app(status: Callable[[], dict]) -> Flask:
+def create_app(status: Callable[[], dict], exceptions: Callable[[], list[dict]]) -> Flask:
     app = Flask("axiom-flow")
 
     @app.get("/healthz")
@@ -18,5 +18,9 @@ def create_app(status: Callable[[], dict]) -> Flask:
     @app.get("/status")
     def status_view():
         return jsonify(status())
+
+    @app.get("/exceptions")
+    def exceptions_view():
+        return jsonify(exceptions())
 
     return app

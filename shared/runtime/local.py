@@ -74,7 +74,7 @@ class EmbeddedRuntime:
         self.queue.subscribe(Subscription(DEAD_LETTER_TOPIC, lambda b, a: stages.dead_letter(p, DeadLetter.from_bytes(b)),
                                           workers=1, max_attempts=1000))
         self.gateway = Gateway(config.listeners, Ingestor(self.blobs, settings.ingest_bucket))
-        self._http = make_server(http_host, http_port, create_app(self.status), threaded=True) if http_port is not None else None
+        self._http = make_server(http_host, http_port, create_app(self.status, lambda: list(self.docs.list(stages.EXCEPTIONS).values())), threaded=True) if http_port is not None else None
         self._http_thread: threading.Thread | None = None
 
     def status(self) -> dict:

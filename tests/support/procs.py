@@ -146,6 +146,11 @@ class AxiomServer:
 
         return httpx.get(f"http://127.0.0.1:{self.http_port}/status", timeout=5).json()
 
+    def exceptions(self) -> list[dict]:
+        import httpx
+
+        return httpx.get(f"http://127.0.0.1:{self.http_port}/exceptions", timeout=5).json()
+
     def wait_idle(self, timeout: float = 120.0) -> dict:
         """Until no message is pending in any topic; returns the last status."""
         last: dict = {}
