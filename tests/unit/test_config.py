@@ -1,0 +1,58 @@
+"""Config documents: validation names the bad field; YAML, env and document round trips."""
+
+import pytest
+
+from shared.config import ConfigError, expand_env, from_documents, load_yaml, parse_config, to_documents
+from tests.support.procs import REPO
+
+BASE = {
+    "destinations": [{"id": "archive", "type": "filesystem", "path": "out"}],
+    "rulesets": [{"id": "main", "rules": [{"id": "all", "destinations": ["archive"]}]}],
+}
+
+
+def with_rule(**rule):
+    return {**BASE, "rulesets": [{"id": "main", "rules": [{"id": "r1", "destinations": ["archive"], **rule}]}]}
+
+
+@pytest.mark.parametrize("doc, field, words", [
+    (with_rule(when={"tag": "PatientNmae", "value": "x"}), "rulesets.0.rules.0.when.tag.tag", "unknown DICOM keyword"),
+    (with_rule(when={"all": []}), "rulesets.0.rules.0.when.all.all", "at least 1"),
+    (with_rule(when={"bogus": 1}), "rulesets.0.rules.0.when", "needs one of the keys"),
+    (with_rule(when={"tag": "Modality", "op": "eq"}), "rulesets.0.rules.0.when.tag", "needs a value"),
+    (with_rule(actions=[{"action": "set", "tag": "NoSuchKeyword", "value": "1"}]), "rulesets.0.rules.0.actions.0.set.tag", "unknown DICOM keyword"),
+    (with_rule(actions=[{"action": "explode", "tag": "PatientID"}]), "rulesets.0.rules.0.actions.0", "explode"),
+    (with_rule(destinations=["nowhere"]), "rulesets[main].rules[r1].destinations", "unknown destination 'nowhere'"),
+    ({**BASE, "destinations": [{"id": "p", "type": "cstore", "ae_title": "X" * 17, "host": "h", "port": 104}]},
+     "destinations.0.cstore.ae_title", "at most 16"),
+    ({**BASE, "destinations": BASE["destinations"] * 2}, "destinations", "duplicate id"),
+])
+def test_bad_config_is_refused_naming_the_field(doc, field, words):
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    message = str(err.value)
+    assert field in message and words in message, message
+
+
+def test_documents_round_trip():
+    config = parse_config(with_rule(when={"any": [{"tag": "(0008,0060)", "value": "CT"},
+                                                   {"not": {"association": "calling_ae", "value": "MOD1"}}]},
+                                    actions=[{"action": "set", "tag": "00080080", "value": "X"}]))
+    assert from_documents(to_documents(config)) == config
+
+
+def test_env_expansion():
+    assert expand_env("${A}-${B:-dflt}-${C:-}", {"A": "1"}) == "1-dflt-"
+    with pytest.raises(ConfigError, match="MISSING is not set"):
+        expand_env("${MISSING}", {})
+
+
+def test_shipped_example_is_valid(monkeypatch):
+    monkeypatch.delenv("AXIOM_CT_PEER_ENABLED", raising=False)
+    config = load_yaml(REPO / "examples" / "local.yaml")
+    assert config.listeners[0].port == 11112 and config.listeners[0].ae_title == "AXIOM"
+    assert not config.destination("ct-peer").enabled
+    monkeypatch.setenv("AXIOM_CT_PEER_ENABLED", "true")
+    monkeypatch.setenv("AXIOM_CT_PEER_PORT", "4242")
+    peer = load_yaml(REPO / "examples" / "local.yaml").destination("ct-peer")
+    assert peer.enabled and peer.port == 4242

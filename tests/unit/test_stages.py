@@ -1,0 +1,155 @@
+"""The stages in-process on the local adapters: what each publishes, records and writes."""
+
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+
+from shared import stages
+from shared.adapters.local_blobs import LocalBlobStore
+from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteDocumentStore
+from shared.config import parse_config
+from shared.errors import RetryLater
+from shared.ingest import Ingestor
+from shared.messages import IngestMetadata
+from tests.support.procs import free_port
+
+CT = Path(get_testdata_file("CT_small.dcm"))
+
+
+class RecordingBus:
+    def __init__(self):
+        self.sent = []
+
+    def publish(self, topic, message):
+        self.sent.append((topic, message))
+
+    def on(self, topic):
+        return [m for t, m in self.sent if t == topic]
+
+
+@pytest.fixture
+def make_ports(tmp_path):
+    def build(config: dict):
+        db = SQLiteDatabase(tmp_path / "state.db")
+        config = parse_config(config)
+        events = []
+        blobs = LocalBlobStore(tmp_path / "blobs", on_finalize=events.append, notify_buckets=frozenset({"ingest"}))
+        ports = stages.Ports(blobs=blobs, docs=SQLiteDocumentStore(db), ledger=SQLiteDeliveryLedger(db),
+                             bus=RecordingBus(), config=lambda: config, base_dir=tmp_path)
+        ports.events = events
+        return ports
+    return build
+
+
+def ingest(ports, path: Path, calling_ae="MOD1"):
+    Ingestor(ports.blobs, "ingest").ingest_file(path, IngestMetadata(source_type="cstore", calling_ae=calling_ae))
+    return ports.events[-1]
+
+
+def config(*rules, destinations=None, default=None):
+    return {
+        "destinations": destinations or [{"id": "archive", "type": "filesystem", "path": "out"}],
+        "rulesets": [{"id": "main", "mode": "FIRST_MATCH", "rules": list(rules)}],
+        "default_route": default or {},
+    }
+
+
+def run_all(ports, event):
+    plan = stages.match(ports, event)
+    if plan is None:
+        return None, []
+    deliveries = stages.morph(ports, plan) if ports.bus.on(stages.TOPIC_PLANNED) else []
+    return plan, [stages.route(ports, d) for d in deliveries]
+
+
+def test_match_morph_route_with_association_condition(make_ports, tmp_path):
+    ports = make_ports(config(
+        {"id": "from-mod2", "when": {"association": "calling_ae", "value": "MOD2"}, "destinations": []},
+        {"id": "ct", "when": {"all": [{"tag": "Modality", "value": "CT"}, {"tag": "PatientID", "op": "exists"}]},
+         "actions": [{"action": "set", "tag": "StationName", "value": "ROUTED"},
+                     {"action": "delete", "tag": "OtherPatientIDs"}],
+         "destinations": ["archive"]},
+    ))
+    plan, results = run_all(ports, ingest(ports, CT, calling_ae="MOD1"))
+    assert [r.rule_id for r in plan.matched] == ["ct"]
+    assert results == ["delivered"]
+    out = next((tmp_path / "out").rglob("*.dcm"))
+    src, got = dcmread(CT), dcmread(out)
+    assert got.StationName == "ROUTED" and "OtherPatientIDs" not in got
+    assert got.PixelData == src.PixelData and got.file_meta.TransferSyntaxUID == src.file_meta.TransferSyntaxUID
+
+
+def test_first_match_stops_at_the_first_matching_rule(make_ports):
+    ports = make_ports(config(
+        {"id": "a", "when": {"tag": "Modality", "value": "CT"}, "destinations": ["archive"]},
+        {"id": "b", "destinations": ["archive"]},
+    ))
+    plan = stages.match(ports, ingest(ports, CT))
+    assert [r.rule_id for r in plan.matched] == ["a"]
+
+
+def test_no_match_without_default_route_is_held_not_dropped(make_ports):
+    ports = make_ports(config({"id": "mr", "when": {"tag": "Modality", "value": "MR"}, "destinations": ["archive"]}))
+    plan = stages.match(ports, ingest(ports, CT))
+    assert plan.destination_ids == [] and ports.bus.on(stages.TOPIC_PLANNED) == []
+    [record] = ports.docs.list(stages.EXCEPTIONS).values()
+    assert record["status"] == "held" and record["sop_instance_uid"] == plan.sop_instance_uid
+    assert record["retry"]["topic"] == stages.TOPIC_PLANNED
+
+
+def test_no_match_goes_to_the_default_route(make_ports, tmp_path):
+    ports = make_ports(config({"id": "mr", "when": {"tag": "Modality", "value": "MR"}, "destinations": ["archive"]},
+                              default={"destinations": ["archive"]}))
+    plan, results = run_all(ports, ingest(ports, CT))
+    assert plan.matched == [] and results == ["delivered"]
+
+
+def test_redelivered_delivery_is_acknowledged_not_sent_again(make_ports, tmp_path):
+    ports = make_ports(config({"id": "all", "destinations": ["archive"]}))
+    _, results = run_all(ports, ingest(ports, CT))
+    delivery = ports.bus.on(stages.TOPIC_DELIVER)[0]
+    out = next((tmp_path / "out").rglob("*.dcm"))
+    out.unlink()
+    assert stages.route(ports, delivery) == "duplicate"
+    assert not out.exists()
+
+
+def test_unchanged_instance_is_delivered_from_the_ingest_object(make_ports):
+    ports = make_ports(config({"id": "all", "destinations": ["archive"]}))
+    run_all(ports, ingest(ports, CT))
+    delivery = ports.bus.on(stages.TOPIC_DELIVER)[0]
+    assert delivery.blob.bucket == "ingest"
+    assert delivery.sha256 == stages.sha256_file(CT)
+
+
+def test_down_destination_retries_then_records_a_retryable_exception(make_ports):
+    dest = {"id": "pacs", "type": "cstore", "ae_title": "NOPE", "host": "127.0.0.1", "port": free_port(),
+            "timeout_s": 2, "retry": {"max_attempts": 3, "initial_backoff_s": 0.5, "max_backoff_s": 1}}
+    ports = make_ports(config({"id": "all", "destinations": ["pacs"]}, destinations=[dest]))
+    stages.match(ports, ingest(ports, CT))
+    [delivery] = stages.morph(ports, ports.bus.on(stages.TOPIC_PLANNED)[0])
+    delays = []
+    for attempt in (1, 2):
+        with pytest.raises(RetryLater) as err:
+            stages.route(ports, delivery, attempt)
+        delays.append(err.value.delay_s)
+    assert delays == [0.5, 1.0]
+    assert stages.route(ports, delivery, 3) == "failed"
+    [record] = ports.docs.list(stages.EXCEPTIONS).values()
+    assert record["destination_id"] == "pacs" and "after 3 attempt(s)" in record["reason"]
+    assert "not established" in record["reason"]
+    assert record["retry"] == {"topic": stages.TOPIC_DELIVER, "body": delivery.model_dump_json()}
+
+
+def test_non_dicom_object_is_quarantined_with_reason(make_ports, tmp_path):
+    ports = make_ports(config({"id": "all", "destinations": ["archive"]}))
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"hello, not dicom" * 100)
+    event = ingest(ports, junk)
+    assert stages.match(ports, event) is None
+    assert not ports.blobs.exists(event.blob)
+    assert ports.blobs.list("quarantine") == [event.blob.name]
+    [record] = ports.docs.list(stages.EXCEPTIONS).values()
+    assert record["status"] == "quarantined" and "not a DICOM" in record["reason"]
