@@ -7,49 +7,134 @@ document is refused with a message that names the field.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+from datetime import date, time
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from shared.dicom.tags import TagAddressError, parse_tag
+from shared.dicom.tags import TagAddressError, parse_path
+from shared.dicom.values import check_comparable, check_value_for_vr
+from shared.messages import SourceType
+from shared.regex import compile_regex
+from shared.templates import check_template, has_fields
 
 
 class Doc(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+# --- tag addresses ------------------------------------------------------------------
+
+
+def _check_path(value: str) -> str:
+    try:
+        parse_path(value)
+    except TagAddressError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+TagAddress = Annotated[str, AfterValidator(_check_path)]
+
+
+def _check_regex(pattern: str) -> str:
+    """Patterns are compiled by RE2 (linear time, no catastrophic backtracking), so a
+    hostile pattern in config cannot stall a worker; what RE2 refuses is refused here."""
+    try:
+        compile_regex(pattern)
+    except ValueError as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+    return pattern
+
+
+Regex = Annotated[str, AfterValidator(_check_regex)]
+
 # --- conditions -------------------------------------------------------------------
+
+TagOp = Literal[
+    "eq", "ne", "gt", "ge", "lt", "le", "exists", "not_exists", "contains", "not_contains",
+    "startswith", "endswith", "regex", "in", "not_in",
+]
+Scalar = Union[str, int, float]
 
 
 class TagCondition(Doc):
-    tag: str
-    op: Literal["eq", "ne", "exists", "not_exists"] = "eq"
-    value: str | None = None
+    """A condition on an attribute. Numbers compare as numbers (by VR), DA/TM/DT as
+    dates/times. A multi-valued element matches if any value matches, or every value
+    with ``match: all``. ``ne``/``not_*`` are the negation of their positive operator."""
 
-    @field_validator("tag")
-    @classmethod
-    def _known_tag(cls, v: str) -> str:
-        try:
-            parse_tag(v)
-        except TagAddressError as exc:
-            raise ValueError(str(exc)) from None
-        return v
+    tag: TagAddress
+    op: TagOp = "eq"
+    value: Scalar | list[Scalar] | None = None
+    case_insensitive: bool = False
+    match: Literal["any", "all"] = "any"
 
     @model_validator(mode="after")
-    def _value_needed(self):
-        if self.op in ("eq", "ne") and self.value is None:
+    def _value_fits_op(self):
+        if self.op in ("exists", "not_exists"):
+            if self.value is not None:
+                raise ValueError(f"operator {self.op!r} takes no value")
+            return self
+        if self.value is None:
             raise ValueError(f"operator {self.op!r} needs a value")
+        if self.op in ("in", "not_in"):
+            if not isinstance(self.value, list) or not self.value:
+                raise ValueError(f"operator {self.op!r} needs a non-empty list of values")
+        elif isinstance(self.value, list):
+            raise ValueError(f"operator {self.op!r} takes one value, not a list")
+        if self.op == "regex":
+            _check_regex(str(self.value))
+        if self.op in ("gt", "ge", "lt", "le"):
+            vr = parse_path(self.tag).dictionary_vr()
+            check_comparable(vr, self.value)
         return self
 
 
+AssociationField = Literal["calling_ae", "called_ae", "source_ip", "source_type", "source_id"]
+
+
 class AssociationCondition(Doc):
-    association: Literal["calling_ae", "called_ae", "peer_ip", "source_type", "source_id"]
-    op: Literal["eq", "ne"] = "eq"
-    value: str
+    """A condition on how the instance arrived. For ``source_ip``, ``eq``/``in`` test
+    membership of CIDR networks (IPv4 or IPv6; a bare address is a /32 or /128)."""
+
+    association: AssociationField
+    op: Literal["eq", "ne", "in", "not_in", "startswith", "regex"] = "eq"
+    value: str | list[str]
+    case_insensitive: bool = False
+
+    @model_validator(mode="after")
+    def _value_fits_op(self):
+        if self.op in ("in", "not_in") and (not isinstance(self.value, list) or not self.value):
+            raise ValueError(f"operator {self.op!r} needs a non-empty list of values")
+        if self.op not in ("in", "not_in") and isinstance(self.value, list):
+            raise ValueError(f"operator {self.op!r} takes one value, not a list")
+        if self.op == "regex":
+            _check_regex(self.value)
+        if self.association == "source_ip":
+            if self.op not in ("eq", "ne", "in", "not_in"):
+                raise ValueError("source_ip takes eq, ne, in or not_in with CIDR networks")
+            for net in self.value if isinstance(self.value, list) else [self.value]:
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"not an IP network: {net!r} ({exc})") from None
+        return self
 
 
 class AllOf(Doc):
@@ -87,35 +172,174 @@ AnyOf.model_rebuild()
 NotOf.model_rebuild()
 
 
+# --- schedules ----------------------------------------------------------------------
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class Schedule(Doc):
+    """A reusable time window. ``start`` > ``end`` is an overnight window: it opens on
+    the listed day and closes the next morning. Times are local to ``timezone`` (IANA),
+    so DST changes are followed. ``date_from``/``date_to`` (inclusive) bound the local
+    date on which a window opens."""
+
+    id: str
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
+    start: time = time(0, 0)
+    end: time = time(0, 0)  # start == end: the whole day
+    timezone: str = "UTC"
+    date_from: date | None = None
+    date_to: date | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA timezone {v!r}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _dates_in_order(self):
+        if self.date_from and self.date_to and self.date_from > self.date_to:
+            raise ValueError("date_from is after date_to")
+        return self
+
+
 # --- actions ----------------------------------------------------------------------
+# Values may be templates built from other tags: "{PatientID}-{AccessionNumber}",
+# with "|upper" or "|lower": "{PatientName|upper}". "{{" and "}}" are literal braces.
 
 
-class SetAction(Doc):
+class _TagAction(Doc):
+    tag: TagAddress
+
+
+class SetAction(_TagAction):
+    """Set the element, creating it (and sequences/items on its path) if missing."""
+
     action: Literal["set"]
-    tag: str
     value: str
     vr: str | None = None
 
-    _tag = field_validator("tag")(TagCondition._known_tag.__func__)
+    @model_validator(mode="after")
+    def _value_valid_for_vr(self):
+        check_template(self.value)
+        if not has_fields(self.value):
+            check_value_for_vr(self.vr or parse_path(self.tag).dictionary_vr(), self.value)
+        return self
 
 
 class DeleteAction(Doc):
+    """Delete an element (every item's element with [*]), or a whole ``group``:
+    ``private`` for every private element, or a 4-hex-digit group such as ``6000``."""
+
     action: Literal["delete"]
-    tag: str
+    tag: TagAddress | None = None
+    group: str | None = None
 
-    _tag = field_validator("tag")(TagCondition._known_tag.__func__)
+    @model_validator(mode="after")
+    def _one_target(self):
+        if (self.tag is None) == (self.group is None):
+            raise ValueError("delete needs exactly one of tag or group")
+        if self.group is not None and self.group != "private" and not re.fullmatch(r"[0-9A-Fa-f]{4}", self.group):
+            raise ValueError("group must be 'private' or four hex digits such as '6000'")
+        if self.group is not None and self.group.upper() in ("0002", "7FE0"):
+            raise ValueError(f"group {self.group} cannot be deleted (file meta / pixel data)")
+        return self
 
 
-Action = Annotated[Union[SetAction, DeleteAction], Field(discriminator="action")]
+class PrependAction(_TagAction):
+    action: Literal["prepend"]
+    value: str
+
+    _template = field_validator("value")(lambda cls, v: check_template(v))
+
+
+class SuffixAction(_TagAction):
+    action: Literal["suffix"]
+    value: str
+
+    _template = field_validator("value")(lambda cls, v: check_template(v))
+
+
+class RegexReplaceAction(_TagAction):
+    """RE2 substitution; the replacement may use \\1 or \\g<name> group references."""
+
+    action: Literal["regex_replace"]
+    pattern: Regex
+    replacement: str
+    count: int = Field(default=0, ge=0)  # 0: every match
+
+
+class CopyAction(Doc):
+    action: Literal["copy"]
+    from_: TagAddress = Field(alias="from")
+    to: TagAddress
+    vr: str | None = None
+
+
+class MoveAction(Doc):
+    """Copy, then delete the source."""
+
+    action: Literal["move"]
+    from_: TagAddress = Field(alias="from")
+    to: TagAddress
+    vr: str | None = None
+
+
+class CrosswalkAction(_TagAction):
+    """Look the element's value up in a crosswalk table and write the result to ``to``
+    (default: the same element)."""
+
+    action: Literal["crosswalk"]
+    table: str
+    to: TagAddress | None = None
+    on_missing: Literal["keep", "error", "default"] = "keep"
+    default: str | None = None
+
+    @model_validator(mode="after")
+    def _default_given(self):
+        if self.on_missing == "default" and self.default is None:
+            raise ValueError("on_missing 'default' needs a default value")
+        return self
+
+
+class AIStandardizeAction(_TagAction):
+    """Standardize a free-text value (e.g. a series description) with the configured
+    AI standardizer, optionally constrained to ``allowed`` values."""
+
+    action: Literal["ai_standardize"]
+    kind: str = "free_text"
+    to: TagAddress | None = None
+    allowed: list[str] | None = None
+    instructions: str | None = None
+
+
+Action = Annotated[
+    Union[SetAction, DeleteAction, PrependAction, SuffixAction, RegexReplaceAction, CopyAction,
+          MoveAction, CrosswalkAction, AIStandardizeAction],
+    Field(discriminator="action"),
+]
 
 
 # --- rules ------------------------------------------------------------------------
+
+
+class SourceScope(Doc):
+    """Limit a ruleset to one input: a source type, optionally one source id."""
+
+    type: SourceType
+    id: str | None = None
 
 
 class Rule(Doc):
     id: str
     enabled: bool = True
     when: Condition | None = None  # None: every instance
+    schedule: str | None = None  # id of a Schedule; None: always active when enabled
     actions: list[Action] = Field(default_factory=list)
     destinations: list[str] = Field(default_factory=list)
 
@@ -125,6 +349,8 @@ class Ruleset(Doc):
     enabled: bool = True
     priority: int = 100  # lower runs first
     mode: Literal["FIRST_MATCH", "ALL_MATCHES"] = "ALL_MATCHES"
+    sources: list[SourceScope] = Field(default_factory=list)  # empty: every input
+    log_original_attributes: bool | None = None  # None: settings.log_original_attributes
     rules: list[Rule] = Field(default_factory=list)
 
 
@@ -133,6 +359,14 @@ class DefaultRoute(Doc):
     with none, held with an exception record. Never a silent drop."""
 
     destinations: list[str] = Field(default_factory=list)
+
+
+class CrosswalkTable(Doc):
+    """An in-memory crosswalk: exact keys to values (external databases come later)."""
+
+    id: str
+    entries: dict[str, str] = Field(default_factory=dict)
+    case_insensitive: bool = False
 
 
 # --- destinations -----------------------------------------------------------------
@@ -180,7 +414,13 @@ class Listener(Doc):
     max_pdu: int = Field(default=131072, ge=0)
 
 
+DEFAULT_REQUIRED = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID"]
+
+
 class Settings(Doc):
+    required_attributes: list[TagAddress] = Field(default_factory=lambda: list(DEFAULT_REQUIRED))
+    log_original_attributes: bool = False
+    modifying_system: str = Field(default="AXIOM FLOW", max_length=64)
     ingest_bucket: str = "ingest"
     processed_bucket: str = "processed"
     quarantine_bucket: str = "quarantine"
@@ -192,18 +432,28 @@ class AppConfig(Doc):
     listeners: list[Listener] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=list)
     rulesets: list[Ruleset] = Field(default_factory=list)
+    schedules: list[Schedule] = Field(default_factory=list)
+    crosswalks: list[CrosswalkTable] = Field(default_factory=list)
     default_route: DefaultRoute = Field(default_factory=DefaultRoute)
 
     @model_validator(mode="after")
     def _references(self):
-        for kind in ("listeners", "destinations", "rulesets"):
+        for kind in _LISTS:
             ids = [item.id for item in getattr(self, kind)]
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
                 raise ValueError(f"{kind}: duplicate id(s) {dupes}")
         known = {d.id for d in self.destinations}
+        schedules = {s.id for s in self.schedules}
+        tables = {t.id for t in self.crosswalks}
         for rs in self.rulesets:
             for rule in rs.rules:
+                where = f"rulesets[{rs.id}].rules[{rule.id}]"
+                if rule.schedule is not None and rule.schedule not in schedules:
+                    raise ValueError(f"{where}.schedule: unknown schedule {rule.schedule!r}")
+                for n, action in enumerate(rule.actions):
+                    if isinstance(action, CrosswalkAction) and action.table not in tables:
+                        raise ValueError(f"{where}.actions[{n}].table: unknown crosswalk table {action.table!r}")
                 for dest in rule.destinations:
                     if dest not in known:
                         raise ValueError(
@@ -222,6 +472,9 @@ class AppConfig(Doc):
 
     def active_rulesets(self) -> list[Ruleset]:
         return sorted((rs for rs in self.rulesets if rs.enabled), key=lambda rs: (rs.priority, rs.id))
+
+
+_LISTS = ("listeners", "destinations", "rulesets", "schedules", "crosswalks")
 
 
 class ConfigError(ValueError):
@@ -283,7 +536,6 @@ def dump_yaml(config: AppConfig) -> str:
 # Each list item is one document in its collection; settings and the default route
 # are singletons in "settings". The same layout serves SQLite and Firestore.
 
-_LISTS = ("listeners", "destinations", "rulesets")
 
 
 def to_documents(config: AppConfig) -> dict[str, dict[str, dict]]:

@@ -102,6 +102,7 @@ class Plan(Message):
     matched: list[RuleRef] = Field(default_factory=list)
     actions: list[dict[str, Any]] = Field(default_factory=list)
     destination_ids: list[str] = Field(default_factory=list)
+    log_original_attributes: bool = False
 
 
 class Delivery(Message):

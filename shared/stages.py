@@ -25,7 +25,7 @@ from shared.errors import RetryLater, Unprocessable
 from shared.messages import BlobRef, DeadLetter, Delivery, IngestMetadata, ObjectFinalized, Plan
 from shared.morph import apply_actions
 from shared.ports import BlobStore, Bus, Claim, DeliveryLedger, DocumentStore
-from shared.rules import decide
+from shared.rules import decide, validate_instance
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
     except Unprocessable as exc:
         quarantine(ports, event.blob, str(exc), stage="match")
         return None
+    problems = validate_instance(ds, config.settings)
+    if problems:
+        quarantine(ports, event.blob, "; ".join(problems), stage="match")
+        return None
     decision = decide(config, ds, ingest)
     plan = Plan(
         blob=event.blob,
@@ -102,6 +106,7 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
         matched=decision.matched,
         actions=decision.actions,
         destination_ids=decision.destination_ids,
+        log_original_attributes=decision.log_original_attributes,
     )
     if not plan.destination_ids:
         record_exception(ports, stage="match", status="held", reason="no rule matched and the default route has no destinations",

@@ -1,46 +1,218 @@
-"""Tag addresses as written in config.
+"""Tag addresses as written in config, resolved against datasets.
 
-Accepted forms (PS3.5 section 7.1 for the group/element notation):
-``PatientID`` (a dictionary keyword), ``(0010,0020)`` and ``00100020``.
-Sequence paths and private tags by creator arrive with the full rule engine.
+Forms (PS3.5 section 7.1 for group/element; section 7.8 for private blocks):
+
+- a dictionary keyword: ``PatientID``
+- ``(0010,0020)`` or ``00100020``
+- a private tag by creator: ``(0019,"SIEMENS MR HEADER",08)`` — group, Private Creator
+  value, and the element's low byte within the creator's block
+- sequence paths: ``ReferencedStudySequence[0].ReferencedSOPInstanceUID``; ``[*]`` (or no
+  index) stands for every item when reading; when writing, a missing index means item 0
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Iterator
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 
-_PAREN = re.compile(r"^\(\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)$")
-_HEX8 = re.compile(r"^[0-9A-Fa-f]{8}$")
+ALL = "*"
 
 
 class TagAddressError(ValueError):
-    """A tag address that names no attribute."""
+    """A tag address that names no attribute or does not parse."""
+
+
+@dataclass(frozen=True)
+class Step:
+    tag: int | None = None  # a standard (or fixed private) tag
+    private: tuple[int, str, int] | None = None  # (group, creator, element offset)
+    index: int | str | None = None  # item number, ALL, or None
+
+    def label(self) -> str:
+        if self.private:
+            group, creator, offset = self.private
+            base = f'({group:04X},"{creator}",{offset:02X})'
+        else:
+            base = keyword_for_tag(self.tag) or f"({self.tag >> 16:04X},{self.tag & 0xFFFF:04X})"
+        return base if self.index is None else f"{base}[{self.index}]"
+
+
+@dataclass(frozen=True)
+class TagPath:
+    steps: tuple[Step, ...]
+
+    def __str__(self) -> str:
+        return ".".join(s.label() for s in self.steps)
+
+    @property
+    def leaf(self) -> Step:
+        return self.steps[-1]
+
+    @property
+    def top_tag(self) -> int | None:
+        """The top-level tag (None for a private top-level step: known only per dataset)."""
+        return self.steps[0].tag
+
+    def dictionary_vr(self) -> str | None:
+        """The leaf's VR from the data dictionary, when it is a standard tag."""
+        if self.leaf.tag is None:
+            return None
+        try:
+            return dictionary_VR(self.leaf.tag)
+        except KeyError:
+            return None
+
+
+_STEP = re.compile(
+    r"""\s*(?:
+        \(\s*(?P<pgroup>[0-9A-Fa-f]{4})\s*,\s*"(?P<creator>[^"]+)"\s*,\s*(?P<poff>[0-9A-Fa-f]{2})\s*\)
+      | \(\s*(?P<group>[0-9A-Fa-f]{4})\s*,\s*(?P<elem>[0-9A-Fa-f]{4})\s*\)
+      | (?P<hex8>[0-9A-Fa-f]{8})(?![A-Za-z0-9])
+      | (?P<keyword>[A-Za-z][A-Za-z0-9]*)
+    )\s*(?:\[\s*(?P<index>\d+|\*)\s*\])?\s*""",
+    re.VERBOSE,
+)
+
+
+def _parse_step(text: str, whole: str) -> Step:
+    m = _STEP.fullmatch(text)
+    if not m:
+        raise TagAddressError(f"cannot read tag address {whole!r} at {text!r}")
+    index = m.group("index")
+    index = None if index is None else (ALL if index == ALL else int(index))
+    if m.group("pgroup"):
+        group = int(m.group("pgroup"), 16)
+        if group % 2 == 0:
+            raise TagAddressError(f"{whole!r}: private tags have an odd group, not {group:04X}")
+        return Step(private=(group, m.group("creator"), int(m.group("poff"), 16)), index=index)
+    if m.group("group"):
+        return Step(tag=int(m.group("group") + m.group("elem"), 16), index=index)
+    if m.group("hex8"):
+        return Step(tag=int(m.group("hex8"), 16), index=index)
+    tag = tag_for_keyword(m.group("keyword"))
+    if tag is None:
+        raise TagAddressError(f"unknown DICOM keyword {m.group('keyword')!r} in tag address {whole!r}")
+    return Step(tag=tag, index=index)
+
+
+def _split(text: str) -> list[str]:
+    """Split on dots outside parentheses and quotes (creators may contain dots)."""
+    parts, depth, quoted, start = [], 0, False, 0
+    for i, ch in enumerate(text):
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch == "(":
+            depth += 1
+        elif not quoted and ch == ")":
+            depth -= 1
+        elif ch == "." and depth == 0 and not quoted:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+_CACHE: dict[str, TagPath] = {}
+
+
+def parse_path(text: str) -> TagPath:
+    """Parse a tag address; raises :class:`TagAddressError` naming what is wrong."""
+    cached = _CACHE.get(text)
+    if cached is not None:
+        return cached
+    if not text or not text.strip():
+        raise TagAddressError("empty tag address")
+    steps = tuple(_parse_step(part, text) for part in _split(text))
+    for step in steps[:-1]:
+        if step.tag is not None:
+            try:
+                vr = dictionary_VR(step.tag)
+            except KeyError:
+                vr = None
+            if vr not in (None, "SQ"):
+                raise TagAddressError(f"{text!r}: {step.label()} is not a sequence")
+    if steps[-1].index is not None:
+        raise TagAddressError(f"{text!r}: an item index needs an attribute after it")
+    path = TagPath(steps)
+    _CACHE[text] = path
+    return path
 
 
 def parse_tag(address: str) -> BaseTag:
-    """Return the tag for ``address`` or raise :class:`TagAddressError`."""
-    text = address.strip()
-    if m := _PAREN.match(text):
-        return Tag(int(m.group(1), 16), int(m.group(2), 16))
-    if _HEX8.match(text):
-        return Tag(int(text, 16))
-    tag = tag_for_keyword(text)
-    if tag is None:
-        raise TagAddressError(f"unknown DICOM keyword or tag address: {address!r}")
-    return Tag(tag)
+    """A single top-level standard tag (no sequence path, no private creator)."""
+    path = parse_path(address)
+    if len(path.steps) != 1 or path.leaf.tag is None:
+        raise TagAddressError(f"{address!r}: a single standard tag is needed here")
+    return Tag(path.leaf.tag)
 
 
-def describe(tag: BaseTag) -> str:
+def describe(tag: int) -> str:
     """``(0010,0020) PatientID`` for messages and records."""
+    tag = Tag(tag)
     keyword = keyword_for_tag(tag)
     return f"({tag.group:04X},{tag.element:04X})" + (f" {keyword}" if keyword else "")
 
 
-def dictionary_vr(tag: BaseTag) -> str | None:
+def dictionary_vr(tag: int) -> str | None:
     try:
         return dictionary_VR(tag)
     except KeyError:
         return None
+
+
+# --- resolving against a dataset --------------------------------------------------------
+
+
+def _step_tag(ds: Dataset, step: Step, create: bool) -> BaseTag | None:
+    if step.private is None:
+        return Tag(step.tag)
+    group, creator, offset = step.private
+    try:
+        return ds.private_block(group, creator, create=create).get_tag(offset)
+    except KeyError:
+        return None
+
+
+def _items(ds: Dataset, step: Step, create: bool) -> Iterator[Dataset]:
+    tag = _step_tag(ds, step, create)
+    if tag is None:
+        return
+    if tag not in ds:
+        if not create:
+            return
+        ds.add_new(tag, "SQ", Sequence())
+    seq = ds[tag].value
+    if seq is None or isinstance(seq, (str, bytes)):
+        return
+    if step.index is ALL or (step.index is None and not create):
+        yield from list(seq)
+        return
+    index = step.index or 0
+    if index >= len(seq):
+        if not create:
+            return
+        while len(seq) <= index:
+            seq.append(Dataset())
+    yield seq[index]
+
+
+def locate(ds: Dataset, path: TagPath, *, create: bool = False) -> list[tuple[Dataset, BaseTag]]:
+    """(containing dataset, tag) for every place ``path`` names. Without ``create`` only
+    existing elements are returned; with it, missing sequences, items and private
+    creator blocks on the way are made, and the leaf places are returned even when the
+    leaf element does not exist yet."""
+    parents = [ds]
+    for step in path.steps[:-1]:
+        parents = [item for parent in parents for item in _items(parent, step, create)]
+    places = []
+    for parent in parents:
+        tag = _step_tag(parent, path.leaf, create)
+        if tag is not None and (create or tag in parent):
+            places.append((parent, tag))
+    return places

@@ -36,7 +36,9 @@ def ts_samples(tmp_path_factory) -> dict[str, tuple[Path, list[str]]]:
     subprocess.run([require("dcmcjpeg"), get_testdata_file("CT_small.dcm"), str(samples["jpeg-lossless"][0])],
                    check=True, env=DCMTK_ENV)
     for path, _ in samples.values():
-        subprocess.run([require("dcmodify"), "-nb", "-gin", str(path)], check=True, env=DCMTK_ENV)
+        # and a Patient ID, which some samples lack and validation requires by default
+        subprocess.run([require("dcmodify"), "-nb", "-gin", "-i", "(0010,0020)=AXF-TS", str(path)],
+                       check=True, env=DCMTK_ENV)
     return samples
 
 
