@@ -38,6 +38,23 @@ def _validate(args) -> int:
     return 0
 
 
+def _rules_test(args) -> int:
+    import json
+    from datetime import datetime
+
+    from shared.dryrun import dry_run
+    from shared.messages import IngestMetadata
+
+    config = load_yaml(args.config)
+    ingest = IngestMetadata(source_type=args.source_type, source_id=args.source_id or "",
+                            calling_ae=args.calling_ae or "", called_ae=args.called_ae or "",
+                            peer_ip=args.source_ip or "",
+                            **({"received_at": datetime.fromisoformat(args.at)} if args.at else {}))
+    for path in args.files:
+        print(json.dumps(dry_run(config, Path(path), ingest), indent=2, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="axiom-flow", description="DICOM router")
     parser.add_argument("--log-level", default="INFO")
@@ -54,6 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("config")
     validate.add_argument("--print", action="store_true", help="print the normalized config")
     validate.set_defaults(func=_validate)
+
+    rules = sub.add_parser("rules", help="work with rules").add_subparsers(dest="rules_command", required=True)
+    test = rules.add_parser("test", help="dry-run the rules on files: matches, reasons, tag diff, destinations (JSON)")
+    test.add_argument("files", nargs="+", metavar="FILE")
+    test.add_argument("--config", required=True)
+    test.add_argument("--calling-ae")
+    test.add_argument("--called-ae")
+    test.add_argument("--source-ip")
+    test.add_argument("--source-type", default="cstore")
+    test.add_argument("--source-id")
+    test.add_argument("--at", help="evaluate schedules at this ISO time (default: now)")
+    test.set_defaults(func=_rules_test)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -343,7 +343,8 @@ def decide(config: AppConfig, ds: Dataset, ingest: IngestMetadata, *, at: dateti
             if candidates is not None and n not in candidates:
                 continue
             if first_done:
-                decision.trace.append(RuleTrace(ruleset.id, rule.id, False, "not evaluated: FIRST_MATCH already matched"))
+                reason = "disabled" if not rule.enabled else "not evaluated: FIRST_MATCH already matched"
+                decision.trace.append(RuleTrace(ruleset.id, rule.id, False, reason))
                 continue
             matched, reason, ctrace = _rule_matches(rule, ev, schedules, at)
             if trace:

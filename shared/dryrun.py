@@ -1,0 +1,75 @@
+"""Dry-run of the rules on one file: what would match, why, what would change, where
+it would go. Backs ``axiom-flow rules test`` and (later) the config API's rule test."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from shared.config import AppConfig
+from shared.dicom.io import read_instance
+from shared.errors import Unprocessable
+from shared.messages import IngestMetadata
+from shared.rules import decide, validate_instance
+
+
+def _show(elem) -> Any:
+    if elem is None:
+        return None
+    if elem.VR == "SQ":
+        return f"<sequence of {len(elem.value)} item(s)>"
+    if isinstance(elem.value, (bytes, bytearray)):
+        return f"<{len(elem.value)} bytes>"
+    return str(elem.value)
+
+
+def diff_datasets(before: Dataset, after: Dataset, prefix: str = "") -> list[dict[str, Any]]:
+    """Element-by-element differences, descending into sequences item by item."""
+    out = []
+    for tag in sorted(set(before.keys()) | set(after.keys())):
+        old, new = before.get(tag), after.get(tag)
+        name = prefix + (old or new).keyword if (old or new).keyword else prefix + f"({tag.group:04X},{tag.element:04X})"
+        if old is not None and new is not None and old.VR == "SQ" and new.VR == "SQ" and len(old.value) == len(new.value):
+            for n, (a, b) in enumerate(zip(old.value, new.value)):
+                out.extend(diff_datasets(a, b, f"{name}[{n}]."))
+            continue
+        if old is None or new is None or old.VR != new.VR or old.value != new.value:
+            change = "added" if old is None else "removed" if new is None else "changed"
+            out.append({"tag": f"({tag.group:04X},{tag.element:04X})", "name": name, "change": change,
+                        "before": _show(old), "after": _show(new)})
+    return out
+
+
+def dry_run(config: AppConfig, path: Path, ingest: IngestMetadata, *, at: datetime | None = None,
+            services=None) -> dict[str, Any]:
+    from shared.morph import apply_actions
+    from shared.morph_services import MorphServices
+
+    try:
+        ds = read_instance(path)
+    except Unprocessable as exc:
+        return {"file": str(path), "outcome": "quarantine", "reason": str(exc)}
+    result: dict[str, Any] = {"file": str(path), "sop_instance_uid": str(ds.SOPInstanceUID)}
+    problems = validate_instance(ds, config.settings)
+    if problems:
+        return {**result, "outcome": "quarantine", "reason": "; ".join(problems)}
+    decision = decide(config, ds, ingest, at=at, trace=True)
+    result["rules"] = [t.to_dict() for t in decision.trace]
+    result["matched"] = [f"{r.ruleset_id}/{r.rule_id}" for r in decision.matched]
+    result["default_route"] = decision.default_route
+    result["destinations"] = decision.destination_ids
+    result["outcome"] = "route" if decision.destination_ids else "hold"
+    result["actions"] = decision.actions
+    morphed = copy.deepcopy(ds)
+    try:
+        apply_actions(morphed, decision.actions, services or MorphServices.from_config(config),
+                      original_attributes=None)
+    except Unprocessable as exc:
+        return {**result, "outcome": "exception", "reason": str(exc)}
+    result["diff"] = diff_datasets(ds, morphed)
+    result["log_original_attributes"] = decision.log_original_attributes
+    return result
