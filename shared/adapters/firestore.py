@@ -5,7 +5,10 @@ of the GCP runtime. Same semantics as shared.adapters.sqlite:
   writing, so a datetime is stored as the same ISO string the SQLite store keeps;
 * ``create`` writes only if absent (Firestore ``create``; AlreadyExists -> False);
 * a delivery claim is one document per idempotency key, ``state`` 'sending' with a
-  ``lease_until`` (epoch seconds) or 'delivered', read and written in one transaction.
+  ``lease_until`` (epoch seconds) or 'delivered', plus ``in_doubt`` (a claim taken over
+  after its lease ran out), read and written in one transaction.
+  A claim whose transaction keeps losing to concurrent ones (Aborted after every
+  retry) answers BUSY: someone else holds or is taking the key, retry later.
 
 Only the GCP runtime imports this module. ``FIRESTORE_EMULATOR_HOST`` is honoured by
 the client itself.
@@ -84,11 +87,19 @@ class FirestoreDocumentStore:
 
 
 class FirestoreDeliveryLedger:
-    """Delivery claims in collection ``deliveries`` (one document per key)."""
+    """Delivery claims in collection ``deliveries``, one document per key:
+    ``{state: 'sending'|'delivered', lease_until, in_doubt, info, updated_at}``.
+    Taking over a claim whose lease ran out (its sender died) marks the delivery
+    ``in_doubt``: the peer may already have it, and it is sent again."""
 
-    def __init__(self, client: "firestore.Client | None" = None, *, collection: str = "deliveries", prefix: str = ""):
+    def __init__(self, client: "firestore.Client | None" = None, *, collection: str = "deliveries", prefix: str = "",
+                 max_attempts: int = 10):
         self.client = client or make_client()
+        self.max_attempts = max_attempts
         self.collection = self.client.collection(f"{prefix}{collection}")
+
+    def _transaction(self):
+        return self.client.transaction(max_attempts=self.max_attempts)
 
     def claim(self, key, lease_s, info) -> Claim:
         ref = self.collection.document(key)
@@ -102,31 +113,77 @@ class FirestoreDeliveryLedger:
                 return Claim.DELIVERED
             if row and (row.get("lease_until") or 0) > now:
                 return Claim.BUSY
-            transaction.set(ref, {"state": "sending", "lease_until": now + lease_s, "info": _jsonable(info),
-                                  "updated_at": now})
+            transaction.set(ref, {"state": "sending", "lease_until": now + lease_s, "in_doubt": row is not None,
+                                  "info": _jsonable(info), "updated_at": now})
             return Claim.CLAIMED
 
-        return run(self.client.transaction())
+        try:
+            return run(self._transaction())
+        except gexc.Aborted:
+            return Claim.BUSY
+        except ValueError as exc:
+            # transaction retries exhausted: other workers kept winning the document,
+            # so this one did not claim it; the caller retries later.
+            if isinstance(exc.__cause__, gexc.Aborted):
+                return Claim.BUSY
+            raise
 
     def mark_delivered(self, key, info):
-        self.collection.document(key).set({"state": "delivered", "lease_until": None, "info": _jsonable(info),
-                                           "updated_at": time.time()})
-
-    def release(self, key):
         ref = self.collection.document(key)
 
         @firestore.transactional
         def run(transaction) -> None:
             snap = ref.get(transaction=transaction)
-            if snap.exists and (snap.to_dict() or {}).get("state") == "sending":
+            in_doubt = bool(snap.exists and (snap.to_dict() or {}).get("in_doubt"))
+            transaction.set(ref, {"state": "delivered", "lease_until": 0, "in_doubt": in_doubt,
+                                  "info": _jsonable(info), "updated_at": time.time()})
+
+        run(self._transaction())
+
+    def release(self, key):
+        """Give a claim back after a failed send: forgotten if nothing was in doubt,
+        otherwise kept (still in doubt) with its lease expired, so the next try may take it."""
+        ref = self.collection.document(key)
+
+        @firestore.transactional
+        def run(transaction) -> None:
+            snap = ref.get(transaction=transaction)
+            row = snap.to_dict() if snap.exists else None
+            if not row or row.get("state") != "sending":
+                return
+            if row.get("in_doubt"):
+                transaction.update(ref, {"lease_until": 0})
+            else:
                 transaction.delete(ref)
 
-        run(self.client.transaction())
+        run(self._transaction())
+
+    def expire_all_leases(self) -> int:
+        """Expire every 'sending' claim (their senders are known to be dead); they are
+        then taken over, in doubt. Returns how many."""
+        n = 0
+        batch = self.client.batch()
+        for snap in self.collection.where(filter=firestore.FieldFilter("state", "==", "sending")).stream():
+            batch.update(snap.reference, {"lease_until": 0})
+            n += 1
+            if n % 450 == 0:
+                batch.commit()
+                batch = self.client.batch()
+        if n % 450:
+            batch.commit()
+        return n
 
     def state(self, key) -> dict[str, Any] | None:
         """The record for ``key`` (inspection and tests)."""
         snap = self.collection.document(key).get()
         return snap.to_dict() if snap.exists else None
 
-    def delivered_count(self) -> int:
-        return len(list(self.collection.where(filter=firestore.FieldFilter("state", "==", "delivered")).stream()))
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        in_doubt = 0
+        for snap in self.collection.select(["state", "in_doubt"]).stream():
+            row = snap.to_dict() or {}
+            counts[row.get("state", "")] = counts.get(row.get("state", ""), 0) + 1
+            in_doubt += 1 if row.get("in_doubt") else 0
+        counts["in_doubt"] = in_doubt
+        return counts

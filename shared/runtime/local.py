@@ -74,16 +74,18 @@ class EmbeddedRuntime:
         self.queue.subscribe(Subscription(DEAD_LETTER_TOPIC, lambda b, a: stages.dead_letter(p, DeadLetter.from_bytes(b)),
                                           workers=1, max_attempts=1000))
         self.gateway = Gateway(config.listeners, Ingestor(self.blobs, settings.ingest_bucket))
-        self._http = make_server(http_host, http_port, create_app(self.status, lambda: list(self.docs.list(stages.EXCEPTIONS).values())), threaded=True) if http_port is not None else None
+        app = create_app(self.status, lambda: list(self.docs.list(stages.EXCEPTIONS).values()))
+        self._http = make_server(http_host, http_port, app, threaded=True) if http_port is not None else None
         self._http_thread: threading.Thread | None = None
 
     def status(self) -> dict:
         exceptions = self.docs.list(stages.EXCEPTIONS)
         return {
-            "queue": {t: self.queue.pending(t) for t in (TOPIC_INGEST, stages.TOPIC_PLANNED, stages.TOPIC_DELIVER, DEAD_LETTER_TOPIC)},
+            "queue": {t: self.queue.pending(t)
+                      for t in (TOPIC_INGEST, stages.TOPIC_PLANNED, stages.TOPIC_DELIVER, DEAD_LETTER_TOPIC)},
             "deliveries": self.ledger.counts(),
             "exceptions": len(exceptions),
-            "listeners": {l.id: port for l, port in zip(self.gateway.listeners, self.gateway.ports)},
+            "listeners": {lsn.id: port for lsn, port in zip(self.gateway.listeners, self.gateway.ports)},
         }
 
     def start(self) -> None:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_file_meta_info
-from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 

@@ -9,9 +9,9 @@ is idempotent at a PACS). Nothing else may arrive twice."""
 import json
 import re
 import sqlite3
-from collections import Counter
 import subprocess
 import time
+from collections import Counter
 
 from pydicom import dcmread
 

@@ -3,7 +3,6 @@
 
 from pathlib import Path
 
-import pytest
 from pydicom import dcmread
 
 from tests.support.dicomgen import make_ct_study
