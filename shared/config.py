@@ -382,12 +382,56 @@ class DestinationBase(Doc):
     id: str
     enabled: bool = True
     retry: Retry = Field(default_factory=Retry)
+    max_concurrency: int = Field(default=4, ge=1, le=64)  # sends in flight to this destination
+
+
+# Secrets are named, never written into config: "env:NAME" (an environment variable),
+# "file:/path", or "gsm:projects/P/secrets/S/versions/V" (Secret Manager). See shared/secrets.py.
+SecretRef = Annotated[str, Field(pattern=r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+|gsm:projects/.+)$")]
+
+
+class TLS(Doc):
+    """TLS for DICOM associations (PS3.15 Annex B.1, the TLS secure transport profile)."""
+
+    ca: SecretRef | None = None  # PEM CA bundle to verify the peer; None: system CAs
+    certificate: SecretRef | None = None  # PEM certificate chain presented to the peer
+    key: SecretRef | None = None  # PEM private key for ``certificate``
+    require_client_certificate: bool = True  # for listeners: mutual TLS
+    check_hostname: bool = False  # PACS certificates rarely carry their IP/hostname
+
+    @model_validator(mode="after")
+    def _pair(self):
+        if (self.certificate is None) != (self.key is None):
+            raise ValueError("certificate and key go together")
+        return self
+
+
+class HttpAuth(Doc):
+    """How to authenticate to an HTTP peer. ``google`` uses Application Default
+    Credentials (the Healthcare API)."""
+
+    type: Literal["none", "basic", "bearer", "header", "google"] = "none"
+    username: str | None = None
+    password: SecretRef | None = None
+    token: SecretRef | None = None
+    header: str | None = None  # header name for type "header", e.g. X-API-Key
+    value: SecretRef | None = None
+
+    @model_validator(mode="after")
+    def _fields_for_type(self):
+        need = {"basic": ("username", "password"), "bearer": ("token",), "header": ("header", "value")}.get(self.type, ())
+        missing = [f for f in need if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"auth type {self.type!r} needs {', '.join(missing)}")
+        return self
 
 
 class FilesystemDestination(DestinationBase):
     type: Literal["filesystem"]
     path: str  # relative paths are taken relative to the data dir
     name_template: str = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
+
+    _template = field_validator("name_template")(lambda cls, v: check_template(v))
 
 
 class CStoreDestination(DestinationBase):
@@ -398,9 +442,49 @@ class CStoreDestination(DestinationBase):
     calling_ae: str = Field(default="AXIOM", max_length=16)
     max_pdu: int = Field(default=131072, ge=0)
     timeout_s: float = Field(default=30.0, gt=0)
+    tls: TLS | None = None
 
 
-Destination = Annotated[Union[FilesystemDestination, CStoreDestination], Field(discriminator="type")]
+class DicomWebDestination(DestinationBase):
+    """A generic DICOMweb STOW-RS peer (PS3.18 section 10.5)."""
+
+    type: Literal["dicomweb"]
+    url: str = Field(pattern=r"^https?://")  # the service base, e.g. http://pacs/dicom-web
+    auth: HttpAuth = Field(default_factory=HttpAuth)
+    batch_max_instances: int = Field(default=1, ge=1, le=1000)
+    batch_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+class HealthcareDestination(DestinationBase):
+    """A Google Cloud Healthcare API DICOM store, by STOW-RS with Google credentials."""
+
+    type: Literal["healthcare"]
+    project: str
+    location: str
+    dataset: str
+    dicom_store: str
+    endpoint: str = Field(default="https://healthcare.googleapis.com/v1", pattern=r"^https?://")
+    timeout_s: float = Field(default=60.0, gt=0)
+
+    @property
+    def dicomweb_url(self) -> str:
+        return (f"{self.endpoint}/projects/{self.project}/locations/{self.location}/datasets/{self.dataset}"
+                f"/dicomStores/{self.dicom_store}/dicomWeb")
+
+
+class GCSDestination(DestinationBase):
+    type: Literal["gcs"]
+    bucket: str
+    name_template: str = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
+
+    _template = field_validator("name_template")(lambda cls, v: check_template(v))
+
+
+Destination = Annotated[
+    Union[FilesystemDestination, CStoreDestination, DicomWebDestination, HealthcareDestination, GCSDestination],
+    Field(discriminator="type"),
+]
 
 
 # --- inputs and settings ------------------------------------------------------------
@@ -412,6 +496,74 @@ class Listener(Doc):
     host: str = "0.0.0.0"
     port: int = Field(default=11112, ge=0, le=65535)
     max_pdu: int = Field(default=131072, ge=0)
+    tls: TLS | None = None
+
+
+class StowInput(Doc):
+    """The STOW-RS endpoint (PS3.18 section 10.5) of ``axiom-flow serve`` and the
+    ``stow`` function. Clients send an API key in the X-API-Key header (or as a Bearer
+    token); the keys come from a secret holding one key per line."""
+
+    enabled: bool = True
+    id: str = "stow"
+    api_keys: SecretRef | None = None  # None: STOW-RS refuses every request
+    max_request_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1024)
+
+
+class SourceBase(Doc):
+    id: str
+    enabled: bool = True
+    interval_s: float = Field(default=300.0, ge=1)
+
+
+class DicomWebSource(SourceBase):
+    """Poll a DICOMweb server: QIDO-RS (PS3.18 10.6) for studies, paged; WADO-RS to
+    retrieve each new study's instances."""
+
+    type: Literal["dicomweb_poller"]
+    url: str = Field(pattern=r"^https?://")
+    auth: HttpAuth = Field(default_factory=HttpAuth)
+    query: dict[str, str] = Field(default_factory=dict)  # QIDO parameters, e.g. {ModalitiesInStudy: CT}
+    page_size: int = Field(default=100, ge=1, le=10000)
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+class DimseSource(SourceBase):
+    """Poll a PACS by C-FIND (Study Root, STUDY then SERIES level) and retrieve by
+    C-MOVE to one of our own listeners, or by C-GET (PS3.4 Annex C)."""
+
+    type: Literal["dimse_poller"]
+    ae_title: str = Field(max_length=16)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae: str = Field(default="AXIOM", max_length=16)
+    query: dict[str, str] = Field(default_factory=dict)  # C-FIND keys, e.g. {ModalitiesInStudy: CT}
+    retrieve: Literal["move", "get"] = "move"
+    move_destination: str | None = Field(default=None, max_length=16)  # our AE title known to the PACS
+    timeout_s: float = Field(default=60.0, gt=0)
+    tls: TLS | None = None
+
+
+class HealthcareSource(SourceBase):
+    """Poll a Healthcare API DICOM store by QIDO-RS and retrieve full instances."""
+
+    type: Literal["healthcare"]
+    project: str
+    location: str
+    dataset: str
+    dicom_store: str
+    endpoint: str = Field(default="https://healthcare.googleapis.com/v1", pattern=r"^https?://")
+    query: dict[str, str] = Field(default_factory=dict)
+    page_size: int = Field(default=100, ge=1, le=10000)
+    timeout_s: float = Field(default=60.0, gt=0)
+
+    @property
+    def dicomweb_url(self) -> str:
+        return (f"{self.endpoint}/projects/{self.project}/locations/{self.location}/datasets/{self.dataset}"
+                f"/dicomStores/{self.dicom_store}/dicomWeb")
+
+
+Source = Annotated[Union[DicomWebSource, DimseSource, HealthcareSource], Field(discriminator="type")]
 
 
 DEFAULT_REQUIRED = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID"]
@@ -434,6 +586,8 @@ class AppConfig(Doc):
     rulesets: list[Ruleset] = Field(default_factory=list)
     schedules: list[Schedule] = Field(default_factory=list)
     crosswalks: list[CrosswalkTable] = Field(default_factory=list)
+    sources: list[Source] = Field(default_factory=list)
+    stow: StowInput = Field(default_factory=StowInput)
     default_route: DefaultRoute = Field(default_factory=DefaultRoute)
 
     @model_validator(mode="after")
@@ -474,7 +628,9 @@ class AppConfig(Doc):
         return sorted((rs for rs in self.rulesets if rs.enabled), key=lambda rs: (rs.priority, rs.id))
 
 
-_LISTS = ("listeners", "destinations", "rulesets", "schedules", "crosswalks")
+_LISTS = ("listeners", "destinations", "rulesets", "schedules", "crosswalks", "sources")
+_SINGLETONS = {"global": "settings", "default_route": "default_route", "stow": "stow"}  # documents in "settings"
+CONFIG_COLLECTIONS = ("settings", *_LISTS)
 
 
 class ConfigError(ValueError):
@@ -543,7 +699,7 @@ def to_documents(config: AppConfig) -> dict[str, dict[str, dict]]:
     docs: dict[str, dict[str, dict]] = {
         kind: {item["id"]: item for item in data[kind]} for kind in _LISTS
     }
-    docs["settings"] = {"global": data["settings"], "default_route": data["default_route"]}
+    docs["settings"] = {name: data[field] for name, field in _SINGLETONS.items()}
     return docs
 
 
@@ -552,7 +708,6 @@ def from_documents(docs: dict[str, dict[str, dict]]) -> AppConfig:
     return parse_config(
         {
             **{kind: list(docs.get(kind, {}).values()) for kind in _LISTS},
-            "settings": settings.get("global", {}),
-            "default_route": settings.get("default_route", {}),
+            **{field: settings.get(name, {}) for name, field in _SINGLETONS.items()},
         }
     )

@@ -6,10 +6,9 @@ from __future__ import annotations
 import threading
 import time
 
-from shared.config import AppConfig, from_documents
+from shared.config import CONFIG_COLLECTIONS, AppConfig, from_documents
 from shared.ports import DocumentStore
 
-CONFIG_COLLECTIONS = ("settings", "listeners", "destinations", "rulesets")
 
 
 def load_config(docs: DocumentStore) -> AppConfig:

@@ -57,3 +57,19 @@ def test_shipped_example_is_valid(monkeypatch):
     monkeypatch.setenv("AXIOM_CT_PEER_PORT", "4242")
     peer = load_yaml(REPO / "examples" / "local.yaml").destination("ct-peer")
     assert peer.enabled and peer.port == 4242
+
+
+def test_config_survives_the_document_store(tmp_path):
+    from shared.adapters.sqlite import SQLiteDatabase, SQLiteDocumentStore
+    from shared.runtime.configcache import load_config
+
+    config = parse_config({
+        **with_rule(schedule="nights"),
+        "schedules": [{"id": "nights", "start": "20:00", "end": "06:00", "timezone": "Europe/Berlin"}],
+        "crosswalks": [{"id": "sites", "entries": {"A": "B"}}],
+        "sources": [{"id": "pacs", "type": "dimse_poller", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}],
+        "stow": {"api_keys": "env:AXIOM_STOW_KEYS"},
+    })
+    docs = SQLiteDocumentStore(SQLiteDatabase(tmp_path / "state.db"))
+    docs.replace_collections(to_documents(config))
+    assert load_config(docs) == config
