@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gcp import PROJECT, FakeGCS, FirestoreEmulator, PubSubAdmin, PubSubEmulator
+from tests.support.gcp import PROJECT, FakeGCS, FirestoreEmulator, PubSubAdmin, PubSubEmulator, stop_all
 
 
 def pytest_collection_modifyitems(config, items):
@@ -39,8 +39,7 @@ def emulators(gcp_logs):
                           PUBSUB_EMULATOR_HOST=pubsub.host)
         yield firestore, pubsub
     finally:
-        firestore.stop()
-        pubsub.stop()
+        stop_all([firestore, pubsub])
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

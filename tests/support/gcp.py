@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import httpx
@@ -123,6 +124,18 @@ class Proc:
             self._log.close()
 
 
+def stop_all(procs: list[Proc], timeout: float = 10.0) -> None:
+    """Stop several processes at once: SIGTERM to every group first, then wait."""
+    for proc in procs:
+        if proc.alive():
+            try:
+                os.killpg(proc.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for proc in procs:
+        proc.stop(timeout)
+
+
 def _http_ok(url: str) -> bool:
     return httpx.get(url, timeout=1).text.strip() == "Ok"
 
@@ -138,8 +151,8 @@ class FirestoreEmulator(Proc):
 
     def start(self, timeout: float = 60.0) -> "FirestoreEmulator":
         if not FIRESTORE_JAR.exists():
-            raise RuntimeError(f"Firestore emulator jar not found at {FIRESTORE_JAR} "
-                               "(google-cloud-cli-firestore-emulator is preinstalled in the image; it cannot be reinstalled here)")
+            raise RuntimeError(f"Firestore emulator jar not found at {FIRESTORE_JAR} (google-cloud-cli-firestore-"
+                               "emulator is preinstalled in the image; it cannot be reinstalled here)")
         self._spawn([_java(), "-Duser.language=en", "-Xms64m", "-cp", str(FIRESTORE_JAR),
                      "com.google.cloud.datastore.emulator.firestore.CloudFirestore", "start",
                      "--host=127.0.0.1", f"--port={self.port}"])
@@ -201,6 +214,15 @@ class FakeGCS(Proc):
                          "fake-gcs-server")
         return self
 
+    def client(self):
+        """A google-cloud-storage client for this server (without touching the
+        process environment, so several servers can coexist)."""
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        return storage.Client(project=self.project, credentials=AnonymousCredentials(),
+                              client_options={"api_endpoint": self.url})
+
     def create_buckets(self, *names: str) -> None:
         for name in names:
             r = httpx.post(f"{self.url}/storage/v1/b", json={"name": name}, timeout=10)
@@ -231,7 +253,8 @@ class FunctionProcess(Proc):
         self.url = f"http://127.0.0.1:{self.port}/"
         self.env = {**os.environ, **env, "THREADS": env.get("THREADS", "8"), "PYTHONUNBUFFERED": "1"}
 
-    def start(self, timeout: float = 60.0) -> "FunctionProcess":
+    def start(self) -> "FunctionProcess":
+        """Spawn; call :meth:`wait_ready` after (several can start in parallel)."""
         self._spawn([sys.executable, "-m", "functions_framework", "--source", str(REPO / "functions" / "main.py"),
                      "--target", self.target, "--signature-type", "cloudevent", "--host", "127.0.0.1",
                      "--port", str(self.port)], env=self.env, cwd=REPO)
@@ -328,8 +351,12 @@ class PubSubAdmin:
 
     def pull(self, sub: str, max_messages: int = 100, timeout: float = 5.0) -> list:
         """Pull and acknowledge what is available now (``received_messages``)."""
-        resp = self.subscriber.pull(request={"subscription": self.sub_path(sub), "max_messages": max_messages},
-                                    timeout=timeout)
+        # return_immediately is deprecated for production but the emulator honours it;
+        # without it an empty pull blocks until the timeout.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            resp = self.subscriber.pull(request={"subscription": self.sub_path(sub), "max_messages": max_messages,
+                                                 "return_immediately": True}, timeout=timeout)
         if resp.received_messages:
             self.subscriber.acknowledge(request={"subscription": self.sub_path(sub),
                                                  "ack_ids": [m.ack_id for m in resp.received_messages]})

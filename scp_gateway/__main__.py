@@ -1,0 +1,77 @@
+"""The GCP-mode gateway (the container's command, ``python -m scp_gateway``):
+one C-STORE/C-ECHO listener that writes every received instance to the GCS ingest
+bucket and answers Success only once the upload has returned. The bucket's
+OBJECT_FINALIZE notification then starts ``match`` (see functions/main.py).
+
+Environment
+-----------
+AXIOM_INGEST_BUCKET   the ingest bucket (required)
+AXIOM_AE_TITLE        the listener's AE title (default AXIOM)
+AXIOM_LISTEN_HOST     address to bind (default 0.0.0.0)
+AXIOM_LISTEN_PORT     DICOM port (default 11112)
+AXIOM_LISTENER_ID     recorded as the source id of what arrives (default ``main``)
+AXIOM_MAX_PDU         maximum PDU size offered (default 131072)
+AXIOM_SPOOL_DIR       where datasets are received before upload (default: system tmp)
+AXIOM_LOG_LEVEL       logging level (default INFO); AXIOM_PYNETDICOM_LOG_LEVEL for pynetdicom (WARNING)
+GOOGLE_CLOUD_PROJECT, STORAGE_EMULATOR_HOST   for the GCS client
+
+Runs until SIGTERM (what Cloud Run / Kubernetes send) or SIGINT; associations in
+progress are finished by pynetdicom's shutdown before the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import threading
+
+from scp_gateway.gateway import Gateway
+from shared.config import Listener
+from shared.ingest import Ingestor
+
+log = logging.getLogger("scp_gateway")
+
+
+def listener_from_env(env=os.environ) -> Listener:
+    return Listener(
+        id=env.get("AXIOM_LISTENER_ID", "main"),
+        ae_title=env.get("AXIOM_AE_TITLE", "AXIOM"),
+        host=env.get("AXIOM_LISTEN_HOST", "0.0.0.0"),
+        port=int(env.get("AXIOM_LISTEN_PORT", "11112")),
+        max_pdu=int(env.get("AXIOM_MAX_PDU", "131072")),
+    )
+
+
+def main() -> int:
+    logging.basicConfig(level=os.environ.get("AXIOM_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pynetdicom's INFO is a line per association and request
+    logging.getLogger("pynetdicom").setLevel(os.environ.get("AXIOM_PYNETDICOM_LOG_LEVEL", "WARNING"))
+    bucket = os.environ.get("AXIOM_INGEST_BUCKET")
+    if not bucket:
+        log.error("AXIOM_INGEST_BUCKET is not set")
+        return 2
+    spool = os.environ.get("AXIOM_SPOOL_DIR")
+    if spool:  # pynetdicom receives datasets into tempfile's directory
+        os.makedirs(spool, exist_ok=True)
+        tempfile.tempdir = spool
+
+    from shared.adapters.gcs import GCSBlobStore  # the GCP client only in GCP mode
+
+    listener = listener_from_env()
+    gateway = Gateway([listener], Ingestor(GCSBlobStore(), bucket))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    gateway.start()
+    log.info("gateway ready: AE %s on %s:%d -> gs://%s", listener.ae_title, listener.host, gateway.ports[0], bucket)
+    stop.wait()
+    log.info("stopping")
+    gateway.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
