@@ -29,10 +29,15 @@ from pydantic import (
 )
 
 from shared.dicom.tags import TagAddressError, parse_path
+from pydicom.valuerep import VR as _VR
+
 from shared.dicom.values import check_comparable, check_value_for_vr
 from shared.messages import SourceType
 from shared.regex import compile_regex
 from shared.templates import check_template, has_fields
+
+
+_VR_NAMES = frozenset(str(vr) for vr in _VR)
 
 
 class Doc(BaseModel):
@@ -51,6 +56,39 @@ def _check_path(value: str) -> str:
 
 
 TagAddress = Annotated[str, AfterValidator(_check_path)]
+
+
+def _check_target(value: str) -> str:
+    """Actions never touch file meta (group 0002) or pixel data (group 7FE0)."""
+    for step in parse_path(value).steps:
+        if step.tag is not None and (step.tag >> 16) in (0x0002, 0x7FE0):
+            raise ValueError(f"{value!r}: group {step.tag >> 16:04X} (file meta / pixel data) cannot be changed by actions")
+    return value
+
+
+ActionTagAddress = Annotated[str, AfterValidator(_check_path), AfterValidator(_check_target)]
+
+
+def _check_value_any_vr(vr: str | None, text: str) -> None:
+    """check_value_for_vr, where a dictionary VR such as ``US or SS`` accepts a value
+    valid for any one of its VRs."""
+    options = vr.split(" or ") if vr else [vr]
+    errors = []
+    for option in options:
+        try:
+            return check_value_for_vr(option, text)
+        except ValueError as exc:
+            errors.append(exc)
+    raise errors[0]
+
+
+def _check_vr(value: str | None) -> str | None:
+    if value is not None and value not in _VR_NAMES:
+        raise ValueError(f"unknown VR {value!r}")
+    return value
+
+
+VRName = Annotated[str | None, AfterValidator(_check_vr)]
 
 
 def _check_regex(pattern: str) -> str:
@@ -214,7 +252,7 @@ class Schedule(Doc):
 
 
 class _TagAction(Doc):
-    tag: TagAddress
+    tag: ActionTagAddress
 
 
 class SetAction(_TagAction):
@@ -222,13 +260,13 @@ class SetAction(_TagAction):
 
     action: Literal["set"]
     value: str
-    vr: str | None = None
+    vr: VRName = None
 
     @model_validator(mode="after")
     def _value_valid_for_vr(self):
         check_template(self.value)
         if not has_fields(self.value):
-            check_value_for_vr(self.vr or parse_path(self.tag).dictionary_vr(), self.value)
+            _check_value_any_vr(self.vr or parse_path(self.tag).dictionary_vr(), self.value)
         return self
 
 
@@ -237,7 +275,7 @@ class DeleteAction(Doc):
     ``private`` for every private element, or a 4-hex-digit group such as ``6000``."""
 
     action: Literal["delete"]
-    tag: TagAddress | None = None
+    tag: ActionTagAddress | None = None
     group: str | None = None
 
     @model_validator(mode="after")
@@ -273,21 +311,33 @@ class RegexReplaceAction(_TagAction):
     replacement: str
     count: int = Field(default=0, ge=0)  # 0: every match
 
+    @model_validator(mode="after")
+    def _groups_exist(self):
+        regex = compile_regex(self.pattern)
+        for m in re.finditer(r"\\(\d+)|\\g<([^>]*)>", self.replacement):
+            ref = m.group(1) or m.group(2)
+            if ref.isdigit():
+                if int(ref) > regex.groups:
+                    raise ValueError(f"replacement refers to group {ref}; the pattern has {regex.groups} group(s)")
+            elif ref not in regex.groupindex:
+                raise ValueError(f"replacement refers to group {ref!r}, which the pattern does not name")
+        return self
+
 
 class CopyAction(Doc):
     action: Literal["copy"]
-    from_: TagAddress = Field(alias="from")
-    to: TagAddress
-    vr: str | None = None
+    from_: ActionTagAddress = Field(alias="from")
+    to: ActionTagAddress
+    vr: VRName = None
 
 
 class MoveAction(Doc):
     """Copy, then delete the source."""
 
     action: Literal["move"]
-    from_: TagAddress = Field(alias="from")
-    to: TagAddress
-    vr: str | None = None
+    from_: ActionTagAddress = Field(alias="from")
+    to: ActionTagAddress
+    vr: VRName = None
 
 
 class CrosswalkAction(_TagAction):
@@ -296,7 +346,7 @@ class CrosswalkAction(_TagAction):
 
     action: Literal["crosswalk"]
     table: str
-    to: TagAddress | None = None
+    to: ActionTagAddress | None = None
     on_missing: Literal["keep", "error", "default"] = "keep"
     default: str | None = None
 
@@ -304,6 +354,8 @@ class CrosswalkAction(_TagAction):
     def _default_given(self):
         if self.on_missing == "default" and self.default is None:
             raise ValueError("on_missing 'default' needs a default value")
+        if self.default is not None:
+            _check_value_any_vr(parse_path(self.to or self.tag).dictionary_vr(), self.default)
         return self
 
 
@@ -313,7 +365,7 @@ class AIStandardizeAction(_TagAction):
 
     action: Literal["ai_standardize"]
     kind: str = "free_text"
-    to: TagAddress | None = None
+    to: ActionTagAddress | None = None
     allowed: list[str] | None = None
     instructions: str | None = None
 
@@ -383,6 +435,9 @@ class DestinationBase(Doc):
     enabled: bool = True
     retry: Retry = Field(default_factory=Retry)
     max_concurrency: int = Field(default=4, ge=1, le=64)  # sends in flight to this destination
+    # The peer already has an instance with this SOP Instance UID and different bytes:
+    # "exception" records it and stops; "overwrite" replaces it where the peer allows.
+    on_conflict: Literal["exception", "overwrite"] = "exception"
 
 
 # Secrets are named, never written into config: "env:NAME" (an environment variable),

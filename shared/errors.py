@@ -12,3 +12,9 @@ class RetryLater(Exception):
 class Unprocessable(Exception):
     """The input itself is bad (not DICOM, truncated, missing attributes): retrying
     cannot help, so the object is quarantined with this reason."""
+
+
+class DeliveryRefused(Exception):
+    """The destination will not take this instance as it is (a conflicting instance
+    with the same SOP Instance UID, an unsupported SOP class or transfer syntax):
+    retrying cannot help, so it becomes an exception record at once."""

@@ -18,10 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from shared import destinations
+from shared.destinations import Senders
 from shared.config import AppConfig
 from shared.dicom.io import read_instance, sha256_file, write_instance
-from shared.errors import RetryLater, Unprocessable
+from shared.errors import DeliveryRefused, RetryLater, Unprocessable
 from shared.messages import BlobRef, DeadLetter, Delivery, IngestMetadata, ObjectFinalized, Plan
 from shared.morph import apply_actions
 from shared.ports import BlobStore, Bus, Claim, DeliveryLedger, DocumentStore
@@ -45,6 +45,11 @@ class Ports:
     bus: Bus
     config: Callable[[], AppConfig]
     base_dir: Path  # where relative filesystem-destination paths start
+    senders: Senders | None = None  # built from base_dir when not given
+
+    def __post_init__(self):
+        if self.senders is None:
+            self.senders = Senders(base_dir=self.base_dir)
 
 
 def record_exception(ports: Ports, *, stage: str, reason: str, status: str = "open",
@@ -194,12 +199,14 @@ def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
         raise RetryLater(f"delivery {key} is being sent by another worker", delay_s=5.0)
     try:
         with ports.blobs.local_path(delivery.blob) as path:
-            where = destinations.send(dest, path, base_dir=ports.base_dir)
+            where = ports.senders.send(dest, path, delivery)
     except Exception as exc:
         ports.ledger.release(key)
-        reason = str(exc) if isinstance(exc, (RetryLater, Unprocessable)) else f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, Unprocessable) or attempt >= dest.retry.max_attempts:
-            record_exception(ports, stage="route", reason=f"after {attempt} attempt(s): {reason}",
+        reason = str(exc) if isinstance(exc, (RetryLater, Unprocessable, DeliveryRefused)) else f"{type(exc).__name__}: {exc}"
+        refused = isinstance(exc, (Unprocessable, DeliveryRefused))
+        if refused or attempt >= dest.retry.max_attempts:
+            record_exception(ports, stage="route", status="refused" if refused else "failed",
+                             reason=reason if refused else f"after {attempt} attempt(s): {reason}",
                              sop_instance_uid=delivery.sop_instance_uid, destination_id=dest.id,
                              topic=TOPIC_DELIVER, body=delivery.model_dump_json())
             return "failed"

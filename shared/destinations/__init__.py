@@ -1,21 +1,92 @@
-"""Destinations: each module sends one morphed instance to one kind of peer.
-
-``send`` raises :class:`shared.errors.RetryLater` for anything worth retrying
-(peer down, timeout, failure status); the route stage turns the last failure into
-an exception record."""
+"""Destinations: one sender per configured destination, built lazily and rebuilt when
+its config changes. A sender's ``send(path, delivery)`` returns where the instance
+went, or raises :class:`~shared.errors.RetryLater` (worth retrying: peer down,
+timeout, failure status) or :class:`~shared.errors.DeliveryRefused` (retrying cannot
+help: a conflicting instance, an unsupported SOP class or transfer syntax)."""
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Protocol
 
-from shared.config import CStoreDestination, FilesystemDestination
-from shared.destinations import cstore, filesystem
+from shared.config import (
+    CStoreDestination,
+    DicomWebDestination,
+    FilesystemDestination,
+    GCSDestination,
+    HealthcareDestination,
+)
+from shared.errors import RetryLater
+from shared.messages import Delivery
+from shared.secrets import Secrets
+
+SLOT_WAIT_S = 30.0  # a send waits this long for a free slot before trying again later
 
 
-def send(destination, path: Path, *, base_dir: Path) -> str:
-    """Send the Part 10 file at ``path``; return where it went (for the ledger)."""
-    if isinstance(destination, FilesystemDestination):
-        return filesystem.send(destination, path, base_dir=base_dir)
-    if isinstance(destination, CStoreDestination):
-        return cstore.send(destination, path)
-    raise TypeError(f"no sender for destination type {type(destination).__name__}")
+class Sender(Protocol):
+    def send(self, path: Path, delivery: Delivery) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def build_sender(dest, *, secrets: Secrets, base_dir: Path) -> Sender:
+    if isinstance(dest, FilesystemDestination):
+        from shared.destinations.filesystem import FilesystemSender
+
+        return FilesystemSender(dest, base_dir)
+    if isinstance(dest, CStoreDestination):
+        from shared.destinations.cstore import CStoreSender
+
+        return CStoreSender(dest, secrets)
+    if isinstance(dest, (DicomWebDestination, HealthcareDestination)):
+        from shared.destinations.dicomweb import DicomWebSender
+
+        return DicomWebSender(dest, secrets)
+    if isinstance(dest, GCSDestination):
+        from shared.destinations.filesystem import GCSSender
+
+        return GCSSender(dest)
+    raise TypeError(f"no sender for destination type {type(dest).__name__}")
+
+
+class Senders:
+    """The process's senders and per-destination concurrency limits (``max_concurrency``
+    sends in flight per destination in this process)."""
+
+    def __init__(self, *, base_dir: Path, secrets: Secrets | None = None):
+        self.base_dir = base_dir
+        self.secrets = secrets or Secrets()
+        self._lock = threading.Lock()
+        self._senders: dict[str, tuple[object, Sender, threading.BoundedSemaphore]] = {}
+
+    def _entry(self, dest):
+        with self._lock:
+            entry = self._senders.get(dest.id)
+            if entry is None or entry[0] != dest:
+                if entry is not None:
+                    entry[1].close()
+                sender = build_sender(dest, secrets=self.secrets, base_dir=self.base_dir)
+                entry = self._senders[dest.id] = (dest, sender, threading.BoundedSemaphore(dest.max_concurrency))
+            return entry
+
+    @contextmanager
+    def slot(self, dest) -> Iterator[Sender]:
+        _, sender, slots = self._entry(dest)
+        if not slots.acquire(timeout=SLOT_WAIT_S):
+            raise RetryLater(f"{dest.id}: all {dest.max_concurrency} send slots busy", delay_s=1.0)
+        try:
+            yield sender
+        finally:
+            slots.release()
+
+    def send(self, dest, path: Path, delivery: Delivery) -> str:
+        with self.slot(dest) as sender:
+            return sender.send(path, delivery)
+
+    def close(self) -> None:
+        with self._lock:
+            entries, self._senders = self._senders, {}
+        for _, sender, _ in entries.values():
+            sender.close()

@@ -1,48 +1,103 @@
-"""C-STORE SCU destination (PS3.4 Annex B, PS3.7 section 9.1.1).
+"""C-STORE SCU destination (PS3.4 Annex B, PS3.7 section 9.1.1), optionally over TLS
+(PS3.15 Annex B.1).
 
 The file is sent as stored: pynetdicom's chunked send streams the encoded dataset
-without decoding it, proposing the instance's own transfer syntax only, so no
-transcoding can happen on the way."""
+without decoding it, and only the instance's own transfer syntax is proposed, so
+nothing is transcoded on the way. Associations are pooled per (SOP class, transfer
+syntax) and reused for following instances, up to the destination's
+``max_concurrency`` at once; one that fails is aborted, never reused."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, build_context
 from pynetdicom.status import code_to_category
 
 from shared.config import CStoreDestination
-from shared.errors import RetryLater
+from shared.destinations.tlsctx import client_context
+from shared.errors import DeliveryRefused, RetryLater
+from shared.messages import Delivery
+from shared.secrets import Secrets
+
+log = logging.getLogger(__name__)
 
 _config.STORE_SEND_CHUNKED_DATASET = True
 
 # Warning statuses (PS3.4 B.2.3) still mean the instance was stored.
 _STORED = {"Success", "Warning"}
+IDLE_S = 15.0  # an association unused this long is released
 
 
-def send(dest: CStoreDestination, path: Path) -> str:
-    meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
-    sop_class = meta.MediaStorageSOPClassUID
-    syntax = meta.TransferSyntaxUID
-    ae = AE(ae_title=dest.calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = dest.timeout_s
-    ae.maximum_pdu_size = dest.max_pdu
-    ae.add_requested_context(sop_class, [syntax])
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
-    if not assoc.is_established:
-        raise RetryLater(f"association with {dest.ae_title}@{dest.host}:{dest.port} not established")
-    try:
-        if not any(cx.abstract_syntax == sop_class for cx in assoc.accepted_contexts):
-            raise RetryLater(
-                f"{dest.ae_title} rejected SOP class {sop_class} in transfer syntax {syntax}"
-            )
-        status = assoc.send_c_store(path)
+class CStoreSender:
+    def __init__(self, dest: CStoreDestination, secrets: Secrets):
+        self.dest = dest
+        self.ae = AE(ae_title=dest.calling_ae)
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = dest.timeout_s
+        self.ae.maximum_pdu_size = dest.max_pdu
+        self._tls = (client_context(dest.tls, secrets), dest.host) if dest.tls else None
+        self._idle: dict[tuple[str, str], list[tuple[float, object]]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def peer(self) -> str:
+        return f"{self.dest.ae_title}@{self.dest.host}:{self.dest.port}"
+
+    def _checkout(self, key: tuple[str, str]):
+        now = time.monotonic()
+        with self._lock:
+            pool = self._idle.get(key, [])
+            while pool:
+                last_used, assoc = pool.pop()
+                if now - last_used < IDLE_S and assoc.is_established:
+                    return assoc
+                assoc.release()
+        assoc = self.ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title,
+                                  contexts=[build_context(key[0], [key[1]])],
+                                  **({"tls_args": self._tls} if self._tls else {}))
+        if not assoc.is_established:
+            what = "rejected" if assoc.is_rejected else "not established (peer down, wrong TLS, or timeout)"
+            raise RetryLater(f"association with {self.peer} {what}")
+        if not any(cx.abstract_syntax == key[0] for cx in assoc.accepted_contexts):
+            assoc.release()
+            raise DeliveryRefused(f"{self.peer} does not accept SOP class {key[0]} in transfer syntax {key[1]}")
+        return assoc
+
+    def _checkin(self, key, assoc) -> None:
+        with self._lock:
+            self._idle.setdefault(key, []).append((time.monotonic(), assoc))
+
+    def send(self, path: Path, delivery: Delivery) -> str:
+        if delivery.sop_class_uid and delivery.transfer_syntax_uid:
+            key = (delivery.sop_class_uid, delivery.transfer_syntax_uid)
+        else:
+            meta = dcmread(path, stop_before_pixels=True, specific_tags=[]).file_meta
+            key = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+        assoc = self._checkout(key)
+        try:
+            status = assoc.send_c_store(path)
+        except Exception as exc:
+            assoc.abort()
+            raise RetryLater(f"C-STORE to {self.peer} failed: {type(exc).__name__}: {exc}") from exc
         if "Status" not in status:
-            raise RetryLater(f"no C-STORE response from {dest.ae_title} (timeout or abort)")
+            assoc.abort()
+            raise RetryLater(f"no C-STORE response from {self.peer} (timeout or abort)")
         category = code_to_category(status.Status)
+        if not assoc.is_established:
+            pass  # the peer released after answering: do not pool it
+        else:
+            self._checkin(key, assoc)
         if category not in _STORED:
-            raise RetryLater(f"{dest.ae_title} answered C-STORE status 0x{status.Status:04X} ({category})")
-    finally:
-        assoc.release()
-    return f"{dest.ae_title}@{dest.host}:{dest.port}"
+            raise RetryLater(f"{self.peer} answered C-STORE status 0x{status.Status:04X} ({category})")
+        return self.peer
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._idle = self._idle, {}
+        for pool in pools.values():
+            for _, assoc in pool:
+                assoc.release()

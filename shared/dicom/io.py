@@ -7,14 +7,15 @@ and the transfer syntax of the file is kept (PS3.10 section 7.1 file meta)."""
 from __future__ import annotations
 
 import hashlib
-import io
+import struct
 import zlib
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import data_element_generator, read_file_meta_info
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID
 
 from shared.errors import Unprocessable
@@ -33,54 +34,201 @@ def sha256_file(path: Path) -> str:
 _UNDEFINED = 0xFFFFFFFF
 
 
-def check_complete(path: Path) -> None:
-    """Raise :class:`Unprocessable` if the file ends inside a data element.
+def dataset_bytes(data: bytes) -> bytes:
+    """The encoded dataset of a Part 10 file, without preamble and file meta: what two
+    copies of one instance share even when each side wrote its own file meta."""
+    if data[128:132] != b"DICM":
+        return data
+    group_length = int.from_bytes(data[140:144], "little")
+    return data[144 + group_length:]
+
+
+# Explicit VR: these VRs have 2 reserved bytes and a 32-bit length (PS3.5 section 7.1.2).
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"})
+# VRs of fixed-size binary values: a value length must be a multiple of the size.
+_FIXED_SIZE = {b"US": 2, b"SS": 2, b"UL": 4, b"SL": 4, b"FL": 4, b"FD": 8, b"AT": 4, b"SV": 8, b"UV": 8,
+               b"OW": 2, b"OF": 4, b"OD": 8, b"OL": 4, b"OV": 8}
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
+
+
+class _Walker:
+    """Walks the encoded dataset and checks its structure without decoding values
+    (PS3.5 section 7: data elements; 7.5: nesting of data sets; A.4: encapsulated
+    pixel data). Every value must fit in what remains, every undefined length must
+    end in its delimiter, sequence items of defined length must hold whole elements,
+    and fixed-size binary values (US, UL, FD, ...) must be a whole number of values."""
+
+    def __init__(self, data: bytes, implicit: bool, little: bool):
+        self.data = data
+        self.implicit = implicit
+        order = "<" if little else ">"
+        self.tag = struct.Struct(order + "HH")
+        self.explicit_header = struct.Struct(order + "HH2sH")
+        self.u32 = struct.Struct(order + "L")
+
+    def _corrupt(self, message: str) -> Unprocessable:
+        return Unprocessable(f"truncated or corrupt: {message}")
+
+    def elements(self, pos: int, end: int, *, implicit: bool, in_item: bool = False) -> int:
+        """Elements from ``pos`` to ``end``; in an undefined-length item, up to and
+        including its Item Delimitation Item. Returns the position after them."""
+        data, tag_s, explicit_s, u32 = self.data, self.tag, self.explicit_header, self.u32
+        long_vrs, fixed, dictionary = _LONG_VRS, _FIXED_SIZE, DicomDictionary
+        while pos < end:
+            if end - pos < 8:
+                raise self._corrupt("the file ends inside a data element header")
+            if implicit:
+                group, element = tag_s.unpack_from(data, pos)
+                length = u32.unpack_from(data, pos + 4)[0]
+                entry = dictionary.get((group << 16) | element)
+                vr = entry[0].encode() if entry else None
+            else:
+                group, element, vr, length = explicit_s.unpack_from(data, pos)
+            if group == 0xFFFE:
+                if in_item and element == _ITEM_END:
+                    return pos + 8
+                raise self._corrupt(f"unexpected ({group:04X},{element:04X}) at byte {pos}")
+            if implicit:
+                pos += 8
+            elif vr in long_vrs:
+                if end - pos < 12:
+                    raise self._corrupt("the file ends inside a data element header")
+                length = u32.unpack_from(data, pos + 8)[0]
+                pos += 12
+            else:
+                pos += 8
+            if length == _UNDEFINED:
+                # a sequence, or encapsulated pixel data: fragments (PS3.5 A.4)
+                if vr == b"UN":
+                    # a sequence in an undefined-length UN is implicit VR little endian (PS3.5 6.2.2)
+                    pos = _Walker(data, implicit=True, little=True).items(pos, end, fragments=False, delimited=True)
+                else:
+                    pos = self.items(pos, end, fragments=(vr != b"SQ" and not implicit), delimited=True)
+                continue
+            if length > end - pos:
+                raise self._corrupt(
+                    f"element ({group:04X},{element:04X}) declares {length} bytes, only {max(end - pos, 0)} remain")
+            if vr == b"SQ":
+                self.items(pos, pos + length, fragments=False, delimited=False)
+            elif vr in fixed and length % fixed[vr]:
+                raise self._corrupt(f"element ({group:04X},{element:04X}) has {length} bytes, not a whole number "
+                                    f"of {vr.decode()} values")
+            pos += length
+        if in_item:
+            raise self._corrupt("a sequence item ends before its delimiter")
+        return pos
+
+    def items(self, pos: int, end: int, *, fragments: bool, delimited: bool) -> int:
+        """Items of a sequence (or pixel data fragments) from ``pos``; with
+        ``delimited``, up to and including the Sequence Delimitation Item."""
+        data, tag_s, u32 = self.data, self.tag, self.u32
+        while pos < end:
+            if end - pos < 8:
+                raise self._corrupt("the file ends inside an item header")
+            group, element = tag_s.unpack_from(data, pos)
+            length = u32.unpack_from(data, pos + 4)[0]
+            pos += 8
+            if group == 0xFFFE and element == _SEQUENCE_END and delimited:
+                return pos
+            if group != 0xFFFE or element != _ITEM:
+                raise self._corrupt(f"expected a sequence item, found ({group:04X},{element:04X})")
+            if length == _UNDEFINED:
+                if fragments:
+                    raise self._corrupt("a pixel data fragment has undefined length")
+                pos = self.elements(pos, end, implicit=self.implicit, in_item=True)
+                continue
+            if length > end - pos:
+                raise self._corrupt(f"an item declares {length} bytes, only {end - pos} remain")
+            if not fragments:
+                self.elements(pos, pos + length, implicit=self.implicit)
+            pos += length
+        if delimited:
+            raise self._corrupt("the file ends before a sequence delimiter")
+        return pos
+
+
+_META_HEADER = struct.Struct("<HH2sHL")  # tag, VR, 16-bit length; 32-bit length for OB/UN...
+
+
+def _meta_end_and_syntax(data: bytes) -> tuple[int | None, UID | None]:
+    """Where the dataset starts and its transfer syntax, from a Part 10 file's meta
+    group (PS3.10 section 7.1: preamble, "DICM", group 0002 in explicit VR little
+    endian headed by its group length). (None, None) for anything else."""
+    if data[128:132] != b"DICM" or len(data) < 144:
+        return None, None
+    group, element, vr, _, group_length = _META_HEADER.unpack_from(data, 132)
+    if (group, element, vr) != (2, 0, b"UL"):
+        return None, None
+    end = 144 + group_length
+    pos, syntax = 144, None
+    while pos + 8 <= end and pos + 8 <= len(data):
+        if pos + 12 > len(data):
+            return None, None
+        group, element, vr, length, long_length = _META_HEADER.unpack_from(data, pos)
+        if group != 2:
+            return None, None
+        if vr in _LONG_VRS:
+            length, pos = long_length, pos + 12
+        else:
+            pos += 8
+        if element == 0x0010:
+            syntax = UID(data[pos:pos + length].rstrip(b"\0 ").decode("ascii", "replace"))
+        pos += length
+    if syntax is None or pos != end:
+        return None, None
+    return end, syntax
+
+
+def check_complete(path: Path, data: bytes | None = None) -> None:
+    """Raise :class:`Unprocessable` if the file ends inside a data element or its
+    structure is broken.
 
     pydicom reads a short last value without complaint (and only warns at a missing
     sequence delimiter), so a file cut off in transfer would pass as valid. This walks
-    the top-level elements (PS3.5 section 7.1) and checks each value is as long as its
-    header says, that undefined-length values end in their delimiter, and that no
-    partial element header is left at the end. A cut exactly between two elements is
+    the element headers (PS3.5 section 7.1), nested sequences and items (7.5) included,
+    without decoding or copying values: each value must be as long as its header says,
+    undefined-length values must end in their delimiter, and no partial element header
+    may be left at the end. A cut exactly between two top-level elements is
     syntactically a shorter valid dataset and is left to IOD validation."""
-    meta = read_file_meta_info(path)
-    offset = 132 + 12 + int(meta.FileMetaInformationGroupLength)
-    syntax = UID(meta.TransferSyntaxUID)
-    data = Path(path).read_bytes()[offset:]
+    if data is None:
+        data = Path(path).read_bytes()
+    offset, syntax = _meta_end_and_syntax(data)
+    if offset is None:  # unusual file meta: let pydicom read it
+        meta = read_file_meta_info(path)
+        offset = 132 + 12 + int(meta.FileMetaInformationGroupLength)
+        syntax = UID(meta.TransferSyntaxUID)
     if syntax.is_deflated:
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         try:
-            data = inflater.decompress(data)
+            data = inflater.decompress(memoryview(data)[offset:])
         except zlib.error as exc:
             raise Unprocessable(f"deflated dataset is corrupt: {exc}") from None
         if not inflater.eof:
             raise Unprocessable("truncated or corrupt: the deflated dataset ends before its end marker")
-    fp = io.BytesIO(data)
-    end = 0
-    try:
-        for elem in data_element_generator(fp, syntax.is_implicit_VR, syntax.is_little_endian):
-            if elem.length != _UNDEFINED and elem.value is not None and len(elem.value) < elem.length:
-                raise Unprocessable(
-                    f"truncated or corrupt: element ({elem.tag.group:04X},{elem.tag.element:04X}) declares "
-                    f"{elem.length} bytes, only {len(elem.value)} remain"
-                )
-            end = fp.tell()
-    except EOFError as exc:
-        raise Unprocessable(f"truncated or corrupt: {exc}") from None
-    if end != len(data):
-        raise Unprocessable("truncated or corrupt: the file ends inside its last data element")
+        offset = 0
+    if offset > len(data):
+        raise Unprocessable("truncated or corrupt: the file ends inside its file meta information")
+    _Walker(data, syntax.is_implicit_VR, syntax.is_little_endian).elements(
+        offset, len(data), implicit=syntax.is_implicit_VR)
 
 
 def read_instance(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
     """Parse a Part 10 file; anything that is not a complete DICOM file raises
-    :class:`Unprocessable` with the reason."""
+    :class:`Unprocessable` with the reason.
+
+    The full read checks the encoded structure first (:func:`check_complete`, every
+    nesting level) and then lets pydicom parse it; element values are converted
+    lazily, on first access, as pydicom does (converting all of them up front cost more
+    than reading and writing the file; what can break the parse is the structure,
+    which is checked). With ``stop_before_pixels`` (no structure check), every element
+    is converted so a corrupt file fails here."""
     try:
         if not stop_before_pixels:
             check_complete(path)
         ds = dcmread(path, stop_before_pixels=stop_before_pixels)
-        # Parsing is lazy per element: walk every element so a truncated or corrupt
-        # file fails here, not half-way through a morph.
-        for _ in ds.iterall():
-            pass
+        if stop_before_pixels:
+            for _ in ds.iterall():
+                pass
     except Unprocessable:
         raise
     except InvalidDicomError as exc:

@@ -1,0 +1,197 @@
+"""DICOMweb STOW-RS destinations (PS3.18 section 10.5): a generic server, and a Google
+Cloud Healthcare API DICOM store (the same protocol with Google credentials).
+
+Instances may be batched: concurrent sends to one destination are gathered into one
+multipart/related request of up to ``batch_max_instances`` / ``batch_max_bytes``, each
+caller getting its own instance's outcome from the response's Referenced and Failed
+SOP Sequences (PS3.18 10.5.3)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+from shared.config import DicomWebDestination, HealthcareDestination
+from shared.errors import DeliveryRefused, RetryLater
+from shared.httpauth import GoogleAuth, httpx_auth
+from shared.messages import Delivery
+from shared.secrets import Secrets
+
+log = logging.getLogger(__name__)
+
+BATCH_WAIT_S = 0.05  # how long the first instance of a batch waits for company
+REFERENCED_SOP_SEQUENCE, FAILED_SOP_SEQUENCE = "00081199", "00081198"
+REFERENCED_SOP_INSTANCE_UID, FAILURE_REASON = "00081155", "00081197"
+# Failure reasons that mean "the peer already has this SOP Instance" (PS3.4 C.4.2.1.4,
+# and 0x0111 Duplicate SOP Instance as servers report it in STOW-RS responses).
+DUPLICATE_REASONS = {0x0111}
+RETRYABLE_REASONS = {0xA700, 0x0110, 0x0212}  # out of resources, processing failure
+
+
+def _multipart(items: list[tuple[Path, Delivery]], boundary: str) -> Iterator[bytes]:
+    for path, _ in items:
+        yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(256 * 1024):
+                yield chunk
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+def _sequence(body: dict, tag: str) -> list[dict]:
+    return (body.get(tag) or {}).get("Value") or []
+
+
+def _first(item: dict, tag: str):
+    values = (item.get(tag) or {}).get("Value") or [None]
+    return values[0]
+
+
+class DicomWebSender:
+    def __init__(self, dest: DicomWebDestination | HealthcareDestination, secrets: Secrets):
+        self.dest = dest
+        if isinstance(dest, HealthcareDestination):
+            self.url, auth, headers = dest.dicomweb_url, GoogleAuth(), {}
+            self.max_items, self.max_bytes = 1, 50 * 1024 * 1024
+        else:
+            self.url = dest.url.rstrip("/")
+            auth, headers = httpx_auth(dest.auth, secrets)
+            self.max_items, self.max_bytes = dest.batch_max_instances, dest.batch_max_bytes
+        self.client = httpx.Client(auth=auth, headers=headers, timeout=dest.timeout_s)
+        self._lock = threading.Lock()
+        self._pending: list[tuple[Path, Delivery, Future]] = []
+        self._pending_bytes = 0
+        self._timer: threading.Timer | None = None
+
+    # --- batching -----------------------------------------------------------------
+
+    def send(self, path: Path, delivery: Delivery) -> str:
+        if self.max_items == 1:
+            return self._post([(path, delivery)])[delivery.sop_instance_uid].result()
+        future: Future = Future()
+        size = path.stat().st_size
+        with self._lock:
+            self._pending.append((path, delivery, future))
+            self._pending_bytes += size
+            full = len(self._pending) >= self.max_items or self._pending_bytes >= self.max_bytes
+            batch = self._take() if full else None
+            if not full and self._timer is None:
+                self._timer = threading.Timer(BATCH_WAIT_S, self._flush)
+                self._timer.daemon = True
+                self._timer.start()
+        if batch:
+            self._deliver(batch)
+        return future.result()
+
+    def _take(self):
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return batch
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            batch = self._take()
+        if batch:
+            self._deliver(batch)
+
+    def _deliver(self, batch: list[tuple[Path, Delivery, Future]]) -> None:
+        try:
+            outcomes = self._post([(p, d) for p, d, _ in batch])
+        except Exception as exc:  # the whole request failed: every caller sees it
+            for _, _, fut in batch:
+                fut.set_exception(exc)
+            return
+        for _, delivery, fut in batch:
+            outcome = outcomes[delivery.sop_instance_uid]
+            if outcome.exception():
+                fut.set_exception(outcome.exception())
+            else:
+                fut.set_result(outcome.result())
+
+    # --- one STOW-RS request --------------------------------------------------------
+
+    def _post(self, items: list[tuple[Path, Delivery]]) -> dict[str, Future]:
+        boundary = uuid.uuid4().hex
+        try:
+            response = self.client.post(
+                f"{self.url}/studies",
+                content=_multipart(items, boundary),
+                headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                         "Accept": "application/dicom+json"},
+            )
+        except httpx.HTTPError as exc:
+            raise RetryLater(f"STOW-RS to {self.dest.id} failed: {type(exc).__name__}: {exc}") from exc
+        outcomes = {d.sop_instance_uid: Future() for _, d in items}
+        status = response.status_code
+        if status >= 500 or status in (401, 403, 408, 429):
+            raise RetryLater(f"STOW-RS to {self.dest.id} answered HTTP {status}")
+        if status in (400, 413, 415):
+            raise DeliveryRefused(f"STOW-RS to {self.dest.id} answered HTTP {status}: {response.text[:200]}")
+        try:
+            body = response.json() if response.content else {}
+        except json.JSONDecodeError:
+            body = {}
+        failed = {}
+        for item in _sequence(body, FAILED_SOP_SEQUENCE):
+            failed[_first(item, REFERENCED_SOP_INSTANCE_UID)] = _first(item, FAILURE_REASON)
+        for path, delivery in items:
+            uid = delivery.sop_instance_uid
+            if uid in failed or status == 409:
+                reason = failed.get(uid)
+                try:
+                    outcomes[uid].set_result(self._failed(path, delivery, reason, status))
+                except Exception as exc:
+                    outcomes[uid].set_exception(exc)
+            else:
+                outcomes[uid].set_result(f"{self.dest.id} ({self.url})")
+        return outcomes
+
+    def _failed(self, path: Path, delivery: Delivery, reason: int | None, status: int) -> str:
+        if reason in RETRYABLE_REASONS:
+            raise RetryLater(f"{self.dest.id} failed the instance with reason 0x{reason:04X}")
+        if reason in DUPLICATE_REASONS or (status == 409 and reason is None):
+            if self._same_as_stored(path, delivery):
+                return f"{self.dest.id} (already there)"
+            raise DeliveryRefused(f"{self.dest.id} already has SOP Instance {delivery.sop_instance_uid} "
+                                  "with different content")
+        text = f"0x{reason:04X}" if isinstance(reason, int) else f"HTTP {status}"
+        raise DeliveryRefused(f"{self.dest.id} refused the instance ({text})")
+
+    def _same_as_stored(self, path: Path, delivery: Delivery) -> bool:
+        """Fetch the peer's copy (WADO-RS, PS3.18 10.4, as stored) and compare datasets."""
+        from shared.dicom.io import dataset_bytes
+
+        study = _study_uid(path)
+        url = f"{self.url}/studies/{study}/instances/{delivery.sop_instance_uid}"
+        try:
+            response = self.client.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        except httpx.HTTPError as exc:
+            raise RetryLater(f"could not compare with {self.dest.id}'s copy: {exc}") from exc
+        if response.status_code != 200:
+            raise RetryLater(f"could not compare with {self.dest.id}'s copy: HTTP {response.status_code}")
+        from email.parser import BytesParser
+        from email.policy import HTTP
+
+        message = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + response.headers["content-type"].encode() + b"\r\n\r\n" + response.content)
+        parts = [p.get_payload(decode=True) for p in message.iter_parts()] if message.is_multipart() else [response.content]
+        return any(dataset_bytes(part) == dataset_bytes(path.read_bytes()) for part in parts)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _study_uid(path: Path) -> str:
+    from pydicom import dcmread
+
+    return str(dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
