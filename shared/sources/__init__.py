@@ -1,0 +1,273 @@
+"""Pollers: find studies on a peer and bring their instances into the pipeline.
+
+``poll_source(source, ingestor=..., docs=..., secrets=..., now=...)`` runs one poll of
+one configured source (``shared.config.Source``) and returns a :class:`PollResult`.
+Both runtimes call it unchanged: the embedded runtime from
+:class:`shared.sources.scheduler.SourceScheduler`, the GCP runtime from a scheduled
+function (Cloud Scheduler -> Pub/Sub -> function, one job per source).
+
+One run, whatever the peer:
+
+1. list studies (QIDO-RS ``/studies`` or C-FIND STUDY), all pages, restricted to
+   ``StudyDate >= watermark`` unless the configured query sets StudyDate itself;
+2. skip studies seen complete before whose instance count has not grown;
+3. for each other study, list its instances (QIDO-RS ``/studies/X/instances``, or
+   C-FIND SERIES then IMAGE) and drop those already ingested from this source
+   (``source_studies``, see :mod:`shared.sources.state`);
+4. retrieve the rest (WADO-RS, C-MOVE or C-GET), each through the Ingestor, recording
+   every instance once it is durably ingested;
+5. advance the watermark to the newest StudyDate processed, but never past a study
+   that still has work left, and save counters and the last error.
+
+A study that gains instances later is listed again and only the new instances are
+retrieved, so each instance arrives exactly once. A peer that does not return
+NumberOfStudyRelatedInstances gets its studies listed again on every run (correct,
+not cheap). The watermark is a date only, used inclusively (``StudyDate=YYYYMMDD-``):
+same-day studies come back each run and are skipped by the seen map; StudyTime is not
+used because PACS clocks and time zones make it unreliable as a bound. A study whose
+StudyDate is older than the watermark and that first appears (or grows) later is not
+found by the date-bounded query; a query that sets StudyDate itself disables the
+watermark. Studies without a StudyDate are found
+by the first run (no watermark yet) and by queries that set StudyDate themselves; a
+date-bounded query cannot match them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+from shared.ingest import Ingestor
+from shared.ports import DocumentStore
+from shared.secrets import Secrets
+from shared.sources.state import SourceBusy, SourceLease, SourceState, StudyRecord, cap_watermark
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PollResult", "StudyHit", "InstanceRef", "poll_source", "source_status", "handle_healthcare_notification"]
+
+
+@dataclass(frozen=True)
+class StudyHit:
+    study_uid: str
+    study_date: str = ""  # YYYYMMDD, "" when the peer has none
+    count: int | None = None  # NumberOfStudyRelatedInstances, None when not returned
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str = ""
+
+
+Done = Callable[[InstanceRef], None]
+Failed = Callable[[InstanceRef, str], None]
+
+
+class Backend(Protocol):
+    def find_studies(self, since: str | None) -> Iterable[StudyHit]: ...
+
+    def list_instances(self, hit: StudyHit) -> list[InstanceRef]: ...
+
+    def retrieve(self, hit: StudyHit, refs: list[InstanceRef], *, whole_study: bool, done: Done,
+                 failed: Failed) -> None:
+        """Retrieve and ingest ``refs``; call ``done`` once each is durably ingested,
+        ``failed`` for each that is not. Raising fails whatever is not done."""
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class PollResult:
+    source_id: str
+    type: str
+    studies_seen: int = 0  # studies the query returned
+    found: int = 0  # studies with work to do
+    queued: int = 0  # instances to retrieve
+    retrieved: int = 0  # instances ingested
+    failed: int = 0  # instances (or unlisted studies) not retrieved
+    skipped: bool = False  # another run of this source held the lease
+    errors: list[str] = field(default_factory=list)
+    watermark: str | None = None
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.failed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+MAX_ERRORS = 20
+
+
+def poll_source(source, *, ingestor: Ingestor, docs: DocumentStore, secrets: Secrets,
+                now: datetime | None = None, tmp_dir: Path | None = None,
+                lease_s: float = 900.0) -> PollResult:
+    """One poll of ``source`` (a DicomWebSource, DimseSource or HealthcareSource).
+    Never raises for peer or retrieval errors: they are in the result and in the
+    state's ``last_error``, and the next run tries again."""
+    now = now or datetime.now(timezone.utc)
+    result = PollResult(source_id=source.id, type=source.type)
+    lease = SourceLease(docs, source.id, lease_s)
+    try:
+        lease.acquire()
+    except SourceBusy as exc:
+        result.skipped = True
+        result.errors.append(str(exc))
+        return result
+    started = time.monotonic()
+    try:
+        state = SourceState.load(docs, source.id)
+        state.type = source.type
+        try:
+            backend = _backend(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir)
+        except Exception as exc:  # bad secret reference, unreadable TLS files...
+            result.errors.append(f"setup: {_describe(exc)}")
+        else:
+            try:
+                _run(backend, source, state, docs, lease, now, result)
+            finally:
+                backend.close()
+        result.watermark = state.watermark
+        result.duration_s = round(time.monotonic() - started, 3)
+        for name in ("found", "queued", "retrieved", "failed"):
+            state.counters[name] += getattr(result, name)
+        state.runs += 1
+        state.last_run = now.isoformat()
+        if result.errors:
+            state.last_error = f"{now.isoformat()} {result.errors[0]}"
+        elif not result.failed:
+            state.last_success = now.isoformat()
+        state.last_result = {k: v for k, v in result.to_dict().items() if k != "errors"}
+        state.last_result["errors"] = result.errors[:5]
+        state.prune()
+        state.save(docs)
+    finally:
+        lease.release()
+    log.info("poll %s (%s): %d studies, %d with work, %d queued, %d retrieved, %d failed%s",
+             source.id, source.type, result.studies_seen, result.found, result.queued, result.retrieved,
+             result.failed, f"; {result.errors[0]}" if result.errors else "")
+    return result
+
+
+def source_status(docs: DocumentStore, source_ids: Iterable[str] | None = None) -> dict[str, dict]:
+    """Per-source state for the status API (counters, last error, watermark...)."""
+    from shared.sources.state import STATE
+
+    if source_ids is None:
+        source_ids = list(docs.list(STATE))
+    return {sid: SourceState.load(docs, sid).status() for sid in source_ids}
+
+
+def _backend(source, *, ingestor, secrets, now, tmp_dir) -> Backend:
+    if source.type == "dicomweb_poller":
+        from shared.sources.dicomweb import DicomWebBackend
+
+        return DicomWebBackend.for_source(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir)
+    if source.type == "healthcare":
+        from shared.sources.healthcare import healthcare_backend
+
+        return healthcare_backend(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir)
+    if source.type == "dimse_poller":
+        from shared.sources.dimse import DimseBackend
+
+        return DimseBackend(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir)
+    raise ValueError(f"unknown source type {source.type!r}")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}"[:500]
+
+
+def _run(backend: Backend, source, state: SourceState, docs: DocumentStore, lease: SourceLease,
+         now: datetime, result: PollResult) -> None:
+    query_sets_date = any(k.lower() in ("studydate", "00080020") for k in source.query)
+    since = None if query_sets_date else state.watermark
+    try:
+        hits = list(backend.find_studies(since))
+    except Exception as exc:
+        log.warning("poll %s: study query failed: %s", source.id, _describe(exc))
+        result.errors.append(f"query: {_describe(exc)}")
+        return
+    result.studies_seen = len(hits)
+    newest_done, oldest_open = "", None
+    for hit in sorted(hits, key=lambda h: h.study_date):
+        lease.renew()
+        seen = state.studies.get(hit.study_uid)
+        if seen and seen[2] and hit.count is not None and hit.count <= seen[1]:
+            newest_done = max(newest_done, hit.study_date)
+            continue
+        complete = _study(backend, source, state, docs, lease, hit, seen, result)
+        if complete:
+            newest_done = max(newest_done, hit.study_date)
+        elif hit.study_date:
+            oldest_open = min(oldest_open or hit.study_date, hit.study_date)
+    candidates = [d for d in (newest_done, oldest_open) if d]
+    if candidates:
+        mark = cap_watermark(min(candidates) if oldest_open else newest_done, now)
+        if not state.watermark or mark > state.watermark:
+            state.watermark = mark
+
+
+def _study(backend: Backend, source, state: SourceState, docs: DocumentStore, lease: SourceLease,
+           hit: StudyHit, seen: list | None, result: PollResult) -> bool:
+    """Bring one study up to date; True when every listed instance is ingested."""
+    record = StudyRecord(docs, source.id, hit.study_uid)
+    try:
+        refs = backend.list_instances(hit)
+    except Exception as exc:
+        result.failed += hit.count or 1
+        _error(result, f"study {hit.study_uid}: instance query failed: {_describe(exc)}")
+        return False
+    missing = [r for r in refs if not record.has(r.sop_instance_uid)]
+    if missing:
+        result.found += 1
+        result.queued += len(missing)
+    reasons: list[str] = []
+
+    def done(ref: InstanceRef) -> None:
+        if not record.has(ref.sop_instance_uid):
+            record.add(ref.sop_instance_uid)
+            result.retrieved += 1
+        lease.renew()
+
+    def failed(ref: InstanceRef, reason: str) -> None:
+        reasons.append(f"instance {ref.sop_instance_uid}: {reason}")
+
+    try:
+        if missing:
+            backend.retrieve(hit, missing, whole_study=len(missing) == len(refs), done=done, failed=failed)
+    except Exception as exc:
+        reasons.append(f"study {hit.study_uid}: retrieval failed: {_describe(exc)}")
+    finally:
+        record.flush()
+    left = [r for r in missing if not record.has(r.sop_instance_uid)]
+    result.failed += len(left)
+    if left and not reasons:
+        reasons.append(f"study {hit.study_uid}: {len(left)} instance(s) not received")
+    for reason in reasons[:3]:
+        _error(result, reason)
+    state.studies[hit.study_uid] = [hit.study_date, len(refs), 0 if left else 1]
+    return not left
+
+
+def _error(result: PollResult, message: str) -> None:
+    log.warning("poll %s: %s", result.source_id, message)
+    if len(result.errors) < MAX_ERRORS:
+        result.errors.append(message)
+
+
+def handle_healthcare_notification(*args, **kwargs):
+    """See :func:`shared.sources.healthcare.handle_healthcare_notification`."""
+    from shared.sources.healthcare import handle_healthcare_notification as handler
+
+    return handler(*args, **kwargs)

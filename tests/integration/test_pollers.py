@@ -1,0 +1,286 @@
+"""Pollers against Orthanc as a real PACS: QIDO-RS/WADO-RS and C-FIND/C-MOVE/C-GET into
+an in-process embedded runtime that delivers to a folder.
+
+Exactly-once is checked where it would show: the ingest bucket keeps one object per
+ingest (each under its own uuid name), so an instance ingested twice appears twice
+there even though the filesystem destination would overwrite the same path. Pixel
+data and transfer syntax are compared with the files uploaded to Orthanc."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from shared.config import parse_config
+from shared.ingest import Ingestor
+from shared.runtime.local import TOPIC_INGEST, EmbeddedRuntime
+from shared.secrets import Secrets
+from shared.sources import poll_source, source_status
+from shared.sources.scheduler import SourceScheduler
+from tests.support.dicomgen import make_ct_study
+from tests.support.orthanc import Orthanc
+from tests.support.procs import DCMTK_ENV, free_port, require, wait_for
+
+pytestmark = pytest.mark.dcmtk
+
+# pydicom samples in other transfer syntaxes (each gets new UIDs with dcmodify, which
+# keeps the transfer syntax and the encoded pixel data)
+TS_SAMPLES = ["MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jp2klossless.dcm", "MR_small_bigendian.dcm",
+              "image_dfl.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_implicit.dcm"]
+GATEWAY_AE = "AXIOM"
+POLLER_AE = "AXIOMPOLL"
+
+
+@pytest.fixture(scope="module")
+def gateway_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory, gateway_port):
+    with Orthanc(tmp_path_factory.mktemp("orthanc"), modalities={"axiom": (GATEWAY_AE, "127.0.0.1", gateway_port)}) as o:
+        yield o
+
+
+def dcmodify(path: Path, *assignments: str) -> None:
+    args = [require("dcmodify"), "-nb", "-gin"]
+    for a in assignments:
+        args += ["-i", a]
+    subprocess.run([*args, str(path)], check=True, env=DCMTK_ENV, capture_output=True)
+
+
+def make_study(folder: Path, patient_id: str, study_date: str, *, ct: int = 0, samples: list[str] = (),
+               study_uid: str | None = None, series_uid: str | None = None) -> list[Path]:
+    """``ct`` generated CT instances (256x256) and copies of ``samples``, all in one study."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    paths = []
+    if ct:
+        for p in make_ct_study(folder / f"ct-{generate_uid()[-8:]}", ct, rows=256, columns=256, patient_id=patient_id):
+            dcmodify(p, f"(0020,000D)={study_uid}", f"(0008,0020)={study_date}",
+                     *([f"(0020,000E)={series_uid}"] if series_uid else []))
+            paths.append(p)
+    for name in samples:
+        p = folder / f"{Path(name).stem}-{generate_uid()[-8:]}.dcm"
+        shutil.copy(get_testdata_file(name), p)
+        dcmodify(p, f"(0010,0020)={patient_id}", f"(0020,000D)={study_uid}", f"(0008,0020)={study_date}",
+                 f"(0020,000E)={generate_uid()}")
+        paths.append(p)
+    return paths
+
+
+def upload(orthanc: Orthanc, paths: list[Path]) -> dict[str, Path]:
+    by_uid = {}
+    for p in paths:
+        assert orthanc.upload(p)["Status"] == "Success", p
+        by_uid[str(dcmread(p, stop_before_pixels=True).SOPInstanceUID)] = p
+    return by_uid
+
+
+def runtime_config(gateway_port: int, sources: list[dict]) -> dict:
+    return {
+        "listeners": [{"id": "main", "ae_title": GATEWAY_AE, "host": "127.0.0.1", "port": gateway_port}],
+        "destinations": [{"id": "out", "type": "filesystem", "path": "out"}],
+        "default_route": {"destinations": ["out"]},
+        "sources": sources,
+    }
+
+
+@pytest.fixture
+def make_runtime(tmp_path, gateway_port):
+    runtimes = []
+
+    def make(sources: list[dict]) -> EmbeddedRuntime:
+        rt = EmbeddedRuntime(parse_config(runtime_config(gateway_port, sources)), tmp_path / "data", http_port=None)
+        rt.start()
+        runtimes.append(rt)
+        return rt
+
+    yield make
+    for rt in runtimes:
+        rt.stop()
+
+
+def ingestor(rt: EmbeddedRuntime) -> Ingestor:
+    return Ingestor(rt.blobs, rt.config().settings.ingest_bucket)
+
+
+def poll(rt: EmbeddedRuntime, source_id: str):
+    source = next(s for s in rt.config().sources if s.id == source_id)
+    return poll_source(source, ingestor=ingestor(rt), docs=rt.docs, secrets=Secrets(), tmp_dir=rt.data_dir / "tmp")
+
+
+def ingested(rt: EmbeddedRuntime) -> dict[str, list[dict]]:
+    """SOP Instance UID -> the ingest metadata of every ingest of it."""
+    bucket = rt.config().settings.ingest_bucket
+    meta_dir = rt.data_dir / "blobs" / bucket / ".meta"
+    out: dict[str, list[dict]] = {}
+    for m in meta_dir.rglob("*.json"):
+        meta = json.loads(m.read_text())
+        out.setdefault(meta["axiom-sop_instance_uid"], []).append(meta)
+    return out
+
+
+def delivered(rt: EmbeddedRuntime) -> dict[str, Path]:
+    root = rt.data_dir / "out"
+    return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in root.rglob("*.dcm")} if root.exists() else {}
+
+
+def wait_delivered(rt: EmbeddedRuntime, count: int) -> dict[str, Path]:
+    wait_for(lambda: len(delivered(rt)) >= count and not any(
+        rt.queue.pending(t) for t in (TOPIC_INGEST, "planned", "deliver")), 60, interval=0.1,
+        what=f"{count} instances delivered")
+    return delivered(rt)
+
+
+def assert_exactly_once(rt: EmbeddedRuntime, sources: dict[str, Path], *, source_type: str | None = None) -> None:
+    got = ingested(rt)
+    assert set(got) == set(sources), "every instance ingested, nothing else"
+    twice = {uid: len(v) for uid, v in got.items() if len(v) != 1}
+    assert not twice, f"ingested more than once: {twice}"
+    if source_type:
+        assert {m[0]["axiom-source_type"] for m in got.values()} == {source_type}
+    out = wait_delivered(rt, len(sources))
+    assert set(out) == set(sources)
+    for uid, src_path in sources.items():
+        src, dst = dcmread(src_path), dcmread(out[uid])
+        assert dst.file_meta.TransferSyntaxUID == src.file_meta.TransferSyntaxUID, src_path.name
+        assert dst.PixelData == src.PixelData, f"{src_path.name}: pixel data must arrive byte for byte"
+    assert not rt.docs.list("exceptions")
+
+
+# --- DICOMweb ------------------------------------------------------------------------
+
+
+def test_dicomweb_poll_exactly_once_then_only_new(tmp_path, orthanc, make_runtime):
+    pid = "AXF-POLL-WEB"
+    first = upload(orthanc, make_study(tmp_path / "a", pid, "20240105", ct=10))
+    first_series = dcmread(next(iter(first.values())), stop_before_pixels=True)
+    first |= upload(orthanc, make_study(tmp_path / "b", pid, "20240110", samples=TS_SAMPLES))
+    # a study of another patient the query must not return
+    upload(orthanc, make_study(tmp_path / "other", "AXF-NOT-ME", "20240111", ct=1))
+
+    rt = make_runtime([{"id": "web", "type": "dicomweb_poller", "url": orthanc.dicomweb,
+                        "query": {"PatientID": pid}, "page_size": 1, "interval_s": 3600}])
+    r = poll(rt, "web")
+    assert r.errors == [] and (r.studies_seen, r.found, r.queued, r.retrieved, r.failed) == (2, 2, 17, 17, 0)
+    assert r.watermark == "20240110"
+    assert_exactly_once(rt, first, source_type="dicomweb_poller")
+    assert {m[0]["axiom-source_id"] for m in ingested(rt).values()} == {"web"}
+
+    # nothing new: the same studies come back (the watermark is inclusive) and are skipped
+    r = poll(rt, "web")
+    assert (r.studies_seen, r.found, r.queued, r.retrieved, r.failed) == (1, 0, 0, 0, 0), r
+    assert_exactly_once(rt, first)
+
+    # two more instances arriving in the newest study (returned again by the inclusive
+    # date-bounded query), plus a new study
+    more = upload(orthanc, make_study(tmp_path / "c", pid, "20240110", ct=2,
+                                      study_uid=str(dcmread(first[next(reversed(first))]).StudyInstanceUID)))
+    newer = upload(orthanc, make_study(tmp_path / "d", pid, "20240201", ct=3))
+    r = poll(rt, "web")
+    assert r.errors == [] and (r.found, r.queued, r.retrieved, r.failed) == (2, 5, 5, 0), r
+    assert r.watermark == "20240201"
+    assert_exactly_once(rt, first | more | newer)
+
+    status = source_status(rt.docs, ["web"])["web"]
+    assert status["counters"] == {"found": 4, "queued": 22, "retrieved": 22, "failed": 0}
+    assert status["last_error"] is None and status["runs"] == 3 and status["watermark"] == "20240201"
+    assert first_series.StudyInstanceUID  # the first study stays fully retrieved
+
+
+def test_dicomweb_errors_are_counted_and_recorded(tmp_path, make_runtime):
+    rt = make_runtime([{"id": "down", "type": "dicomweb_poller", "url": f"http://127.0.0.1:{free_port()}/dicom-web",
+                        "timeout_s": 2}])
+    r = poll(rt, "down")
+    assert r.errors and r.errors[0].startswith("query: ConnectError")
+    status = source_status(rt.docs, ["down"])["down"]
+    assert "ConnectError" in status["last_error"] and status["last_success"] is None and status["runs"] == 1
+
+
+def test_scheduler_polls_on_its_timer(tmp_path, orthanc, make_runtime):
+    pid = "AXF-POLL-SCHED"
+    files = upload(orthanc, make_study(tmp_path / "s", pid, "20240301", ct=3))
+    rt = make_runtime([{"id": "timed", "type": "dicomweb_poller", "url": orthanc.dicomweb,
+                        "query": {"PatientID": pid}, "interval_s": 1}])
+    sched = SourceScheduler(rt.config, ingestor(rt), rt.docs, Secrets(), tmp_dir=rt.data_dir / "tmp", tick_s=0.1)
+    sched.start()
+    try:
+        wait_for(lambda: sched.status()["timed"]["runs"] >= 3, 20, interval=0.1, what="three timed runs")
+        late = upload(orthanc, make_study(tmp_path / "t", pid, "20240302", ct=1))
+        wait_for(lambda: sched.status()["timed"]["counters"]["retrieved"] >= 4, 20, interval=0.1,
+                 what="the new study")
+        status = sched.status()["timed"]
+    finally:
+        sched.stop()
+    assert status["counters"]["retrieved"] == 4 and status["counters"]["failed"] == 0
+    assert status["last_error"] is None and status["enabled"] is True
+    assert_exactly_once(rt, files | late, source_type="dicomweb_poller")
+
+
+# --- DIMSE ---------------------------------------------------------------------------
+
+
+def dimse_source(orthanc: Orthanc, pid: str, retrieve: str) -> dict:
+    return {"id": f"pacs-{retrieve}", "type": "dimse_poller", "ae_title": orthanc.ae_title, "host": "127.0.0.1",
+            "port": orthanc.dicom_port, "calling_ae": POLLER_AE, "query": {"PatientID": pid},
+            "retrieve": retrieve, "move_destination": GATEWAY_AE, "timeout_s": 20, "interval_s": 3600}
+
+
+@pytest.mark.parametrize("retrieve", ["move", "get"])
+def test_dimse_poll_exactly_once_then_only_new(tmp_path, orthanc, make_runtime, retrieve):
+    pid = f"AXF-POLL-{retrieve.upper()}"
+    series = generate_uid()
+    first = upload(orthanc, make_study(tmp_path / "a", pid, "20230605", ct=10, series_uid=series))
+    first |= upload(orthanc, make_study(tmp_path / "b", pid, "20230601", samples=TS_SAMPLES[:4]))
+    rt = make_runtime([dimse_source(orthanc, pid, retrieve)])
+    sid = f"pacs-{retrieve}"
+
+    r = poll(rt, sid)
+    assert r.errors == [] and (r.studies_seen, r.found, r.queued, r.retrieved, r.failed) == (2, 2, 14, 14, 0), r
+    assert r.watermark == "20230605"
+    # C-MOVE instances come in through the gateway (a C-STORE from Orthanc); C-GET
+    # instances are ingested by the poller itself
+    assert_exactly_once(rt, first, source_type="cstore" if retrieve == "move" else "dimse_poller")
+    if retrieve == "move":
+        assert {m[0]["axiom-calling_ae"] for m in ingested(rt).values()} == {orthanc.ae_title}
+
+    r = poll(rt, sid)
+    assert (r.found, r.queued, r.retrieved, r.failed) == (0, 0, 0, 0), r
+
+    # two new instances in an existing series (IMAGE-level retrieval of just those)
+    # and a new study (STUDY level)
+    study_a = str(dcmread(next(iter(first.values())), stop_before_pixels=True).StudyInstanceUID)
+    more = upload(orthanc, make_study(tmp_path / "c", pid, "20230605", ct=2, study_uid=study_a, series_uid=series))
+    newer = upload(orthanc, make_study(tmp_path / "d", pid, "20230701", ct=2))
+    r = poll(rt, sid)
+    assert r.errors == [] and (r.found, r.queued, r.retrieved, r.failed) == (2, 4, 4, 0), r
+    assert_exactly_once(rt, first | more | newer)
+    assert source_status(rt.docs, [sid])[sid]["counters"] == {"found": 4, "queued": 18, "retrieved": 18, "failed": 0}
+
+
+def test_dimse_move_to_unknown_destination_fails_and_retries(tmp_path, orthanc, make_runtime):
+    pid = "AXF-POLL-BADMOVE"
+    files = upload(orthanc, make_study(tmp_path / "a", pid, "20230801", ct=2))
+    source = dimse_source(orthanc, pid, "move") | {"move_destination": "NOBODY"}
+    rt = make_runtime([source])
+    r = poll(rt, "pacs-move")
+    assert (r.queued, r.retrieved, r.failed) == (2, 0, 2) and r.errors
+    assert "C-MOVE status 0x" in r.errors[0]
+    assert not ingested(rt)
+    state = source_status(rt.docs, ["pacs-move"])["pacs-move"]
+    assert state["last_error"] and state["watermark"] == "20230801"  # not past the unfinished study
+
+    # fixed: the next run retrieves exactly what is missing
+    rt.docs.set("sources", "pacs-move", dimse_source(orthanc, pid, "move"))
+    rt.config.invalidate()
+    r = poll(rt, "pacs-move")
+    assert (r.queued, r.retrieved, r.failed) == (2, 2, 0) and not r.errors, r
+    assert_exactly_once(rt, files)
