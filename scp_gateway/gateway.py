@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timezone
+from typing import Callable
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
 from shared.config import Listener
+from shared.destinations.tlsctx import server_context
 from shared.ingest import Ingestor
 from shared.messages import IngestMetadata
+from shared.secrets import Secrets
+from shared.sources.dimse import source_for_move
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +31,16 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 
 
-def handle_store(event, listener: Listener, ingestor: Ingestor) -> int:
+def handle_store(event, listener: Listener, ingestor: Ingestor, sources: Callable[[], list]) -> int:
     req = event.request
     requestor = event.assoc.requestor
+    # C-STORE sub-operations of a poller's C-MOVE carry the Move Originator AE Title
+    # (PS3.7 9.1.1.1): label them with that poller, not this listener.
+    poller = source_for_move(sources(), peer_ae=requestor.ae_title.strip(),
+                             move_originator_ae=str(req.MoveOriginatorApplicationEntityTitle or "").strip())
     meta = IngestMetadata(
-        source_type="cstore",
-        source_id=listener.id,
+        source_type="dimse_poller" if poller else "cstore",
+        source_id=poller or listener.id,
         calling_ae=requestor.ae_title.strip(),
         called_ae=requestor.primitive.called_ae_title.strip() if requestor.primitive else listener.ae_title,
         peer_ip=requestor.address,
@@ -60,24 +68,31 @@ def build_ae(listener: Listener) -> AE:
 
 
 class Gateway:
-    """All configured listeners; ``start`` returns once every port is bound."""
+    """All configured listeners; ``start`` returns once every port is bound. Listeners
+    with ``tls`` speak DICOM over TLS (PS3.15 B.1), by default requiring a client
+    certificate signed by the configured CA."""
 
-    def __init__(self, listeners: list[Listener], ingestor: Ingestor):
+    def __init__(self, listeners: list[Listener], ingestor: Ingestor, *, secrets: Secrets | None = None,
+                 sources: Callable[[], list] = lambda: []):
         self.listeners = listeners
         self.ingestor = ingestor
+        self.secrets = secrets or Secrets()
+        self.sources = sources
         self._servers = []
 
     def start(self) -> None:
         for listener in self.listeners:
             ae = build_ae(listener)
             handlers = [
-                (evt.EVT_C_STORE, handle_store, [listener, self.ingestor]),
+                (evt.EVT_C_STORE, handle_store, [listener, self.ingestor, self.sources]),
                 (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
             ]
-            server = ae.start_server((listener.host, listener.port), block=False, evt_handlers=handlers)
+            tls = server_context(listener.tls, self.secrets) if listener.tls else None
+            server = ae.start_server((listener.host, listener.port), block=False, evt_handlers=handlers,
+                                     ssl_context=tls)
             self._servers.append(server)
-            log.info("listener %s: AE %s on %s:%d", listener.id, listener.ae_title, listener.host,
-                     server.server_address[1])
+            log.info("listener %s: AE %s on %s:%d%s", listener.id, listener.ae_title, listener.host,
+                     server.server_address[1], " (TLS)" if tls else "")
 
     @property
     def ports(self) -> list[int]:

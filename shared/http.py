@@ -1,5 +1,6 @@
 """HTTP endpoints served by ``axiom-flow serve`` (and, per endpoint, by Cloud
-Functions): health and status now; STOW-RS and the config API in later issues."""
+Functions): health, status, exception records, and STOW-RS (``shared/stow.py``);
+the config API in a later issue."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ from typing import Callable
 
 from flask import Flask, jsonify
 
+from shared.secrets import Secrets
 
-def create_app(status: Callable[[], dict], exceptions: Callable[[], list[dict]]) -> Flask:
+
+def create_app(status: Callable[[], dict], exceptions: Callable[[], list[dict]], *,
+               stow_ports: object | None = None, secrets: Secrets | None = None) -> Flask:
+    """``stow_ports``: the :class:`shared.stages.Ports` (or a callable returning them)
+    STOW-RS stores with; None leaves ``/dicomweb/studies`` out."""
     app = Flask("axiom-flow")
 
     @app.get("/healthz")
@@ -22,5 +28,10 @@ def create_app(status: Callable[[], dict], exceptions: Callable[[], list[dict]])
     @app.get("/exceptions")
     def exceptions_view():
         return jsonify(exceptions())
+
+    if stow_ports is not None:
+        from shared.stow import stow_blueprint
+
+        app.register_blueprint(stow_blueprint(stow_ports, secrets))
 
     return app

@@ -23,7 +23,9 @@ from shared.config import AppConfig
 from shared.dicom.io import read_instance, sha256_file, write_instance
 from shared.errors import DeliveryRefused, RetryLater, Unprocessable
 from shared.messages import BlobRef, DeadLetter, Delivery, IngestMetadata, ObjectFinalized, Plan
+from shared.dicom.original_attributes import OriginalAttributesPolicy
 from shared.morph import apply_actions
+from shared.morph_services import MorphServices
 from shared.ports import BlobStore, Bus, Claim, DeliveryLedger, DocumentStore
 from shared.rules import decide, validate_instance
 
@@ -132,17 +134,20 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
     config = ports.config()
     with ports.blobs.local_path(plan.blob) as path:
         try:
-            ds = read_instance(path)
+            # match checked this object completely; it is immutable since.
+            ds = read_instance(path, check=False)
             if plan.actions:
-                apply_actions(ds, plan.actions)
+                policy = (OriginalAttributesPolicy(modifying_system=config.settings.modifying_system,
+                                                   modified_at=plan.ingest.received_at)
+                          if plan.log_original_attributes else None)
+                apply_actions(ds, plan.actions, morph_services(config), original_attributes=policy)
         except Unprocessable as exc:
             quarantine(ports, plan.blob, str(exc), stage="morph")
             return []
         if plan.actions:
             with tempfile.TemporaryDirectory(prefix="axiom-morph-") as tmp:
                 out = Path(tmp) / "morphed.dcm"
-                write_instance(ds, out)
-                sha = sha256_file(out)
+                sha = write_instance(ds, out)
                 blob = ports.blobs.put_file(config.settings.processed_bucket,
                                             f"{ds.SOPInstanceUID}/{sha}.dcm", out, move=True)
         else:  # nothing to change: deliver the received bytes as they are
@@ -168,6 +173,18 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
         ports.bus.publish(TOPIC_DELIVER, delivery)
         deliveries.append(delivery)
     return deliveries
+
+
+_SERVICES: dict[int, tuple[AppConfig, MorphServices]] = {}
+
+
+def morph_services(config: AppConfig) -> MorphServices:
+    """Crosswalk tables and standardizer for ``config``, built once per config version."""
+    cached = _SERVICES.get(id(config))
+    if cached is None or cached[0] is not config:
+        _SERVICES.clear()
+        cached = _SERVICES[id(config)] = (config, MorphServices.from_config(config))
+    return cached[1]
 
 
 def _find_destination(config: AppConfig, dest_id: str):

@@ -60,6 +60,18 @@ class Senders:
         self.secrets = secrets or Secrets()
         self._lock = threading.Lock()
         self._senders: dict[str, tuple[object, Sender, threading.BoundedSemaphore]] = {}
+        self._closed = threading.Event()
+        threading.Thread(target=self._reap, name="senders-reaper", daemon=True).start()
+
+    def _reap(self) -> None:
+        """Let senders release idle connections even when no new work arrives."""
+        while not self._closed.wait(1.0):
+            with self._lock:
+                senders = [sender for _, sender, _ in self._senders.values()]
+            for sender in senders:
+                reap = getattr(sender, "reap", None)
+                if reap:
+                    reap()
 
     def _entry(self, dest):
         with self._lock:
@@ -86,6 +98,7 @@ class Senders:
             return sender.send(path, delivery)
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             entries, self._senders = self._senders, {}
         for _, sender, _ in entries.values():

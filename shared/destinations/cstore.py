@@ -30,7 +30,7 @@ _config.STORE_SEND_CHUNKED_DATASET = True
 
 # Warning statuses (PS3.4 B.2.3) still mean the instance was stored.
 _STORED = {"Success", "Warning"}
-IDLE_S = 15.0  # an association unused this long is released
+IDLE_S = 5.0  # an association unused this long is released
 
 
 class CStoreSender:
@@ -41,21 +41,54 @@ class CStoreSender:
         self.ae.maximum_pdu_size = dest.max_pdu
         self._tls = (client_context(dest.tls, secrets), dest.host) if dest.tls else None
         self._idle: dict[tuple[str, str], list[tuple[float, object]]] = {}
+        self._busy = 0
         self._lock = threading.Lock()
 
     @property
     def peer(self) -> str:
         return f"{self.dest.ae_title}@{self.dest.host}:{self.dest.port}"
 
+    def reap(self, max_idle_s: float = IDLE_S) -> None:
+        """Release associations idle longer than ``max_idle_s``: an open association
+        holds resources at the peer, and some peers take only one at a time."""
+        now = time.monotonic()
+        stale = []
+        with self._lock:
+            for key, pool in self._idle.items():
+                stale += [a for used, a in pool if now - used >= max_idle_s or not a.is_established]
+                pool[:] = [(used, a) for used, a in pool if now - used < max_idle_s and a.is_established]
+        for assoc in stale:
+            assoc.release()
+
     def _checkout(self, key: tuple[str, str]):
         now = time.monotonic()
+        evict = []
         with self._lock:
             pool = self._idle.get(key, [])
             while pool:
                 last_used, assoc = pool.pop()
                 if now - last_used < IDLE_S and assoc.is_established:
+                    self._busy += 1
                     return assoc
-                assoc.release()
+                evict.append(assoc)
+            # Never hold more associations than max_concurrency: free idle ones of other
+            # SOP classes / transfer syntaxes first.
+            idle = sorted(((used, k, a) for k, p in self._idle.items() for used, a in p), key=lambda t: t[0])
+            while idle and self._busy + len(idle) >= self.dest.max_concurrency:
+                _, k, a = idle.pop(0)
+                self._idle[k] = [(u, x) for u, x in self._idle[k] if x is not a]
+                evict.append(a)
+            self._busy += 1
+        for assoc in evict:
+            assoc.release()
+        try:
+            return self._associate(key)
+        except BaseException:
+            with self._lock:
+                self._busy -= 1
+            raise
+
+    def _associate(self, key: tuple[str, str]):
         assoc = self.ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title,
                                   contexts=[build_context(key[0], [key[1]])],
                                   **({"tls_args": self._tls} if self._tls else {}))
@@ -69,7 +102,9 @@ class CStoreSender:
 
     def _checkin(self, key, assoc) -> None:
         with self._lock:
-            self._idle.setdefault(key, []).append((time.monotonic(), assoc))
+            self._busy -= 1
+            if assoc is not None:
+                self._idle.setdefault(key, []).append((time.monotonic(), assoc))
 
     def send(self, path: Path, delivery: Delivery) -> str:
         if delivery.sop_class_uid and delivery.transfer_syntax_uid:
@@ -82,15 +117,15 @@ class CStoreSender:
             status = assoc.send_c_store(path)
         except Exception as exc:
             assoc.abort()
+            self._checkin(key, None)
             raise RetryLater(f"C-STORE to {self.peer} failed: {type(exc).__name__}: {exc}") from exc
         if "Status" not in status:
             assoc.abort()
+            self._checkin(key, None)
             raise RetryLater(f"no C-STORE response from {self.peer} (timeout or abort)")
         category = code_to_category(status.Status)
-        if not assoc.is_established:
-            pass  # the peer released after answering: do not pool it
-        else:
-            self._checkin(key, assoc)
+        # a peer that released after answering is not pooled
+        self._checkin(key, assoc if assoc.is_established else None)
         if category not in _STORED:
             raise RetryLater(f"{self.peer} answered C-STORE status 0x{status.Status:04X} ({category})")
         return self.peer

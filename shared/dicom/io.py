@@ -7,6 +7,7 @@ and the transfer syntax of the file is kept (PS3.10 section 7.1 file meta)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -212,7 +213,7 @@ def check_complete(path: Path, data: bytes | None = None) -> None:
         offset, len(data), implicit=syntax.is_implicit_VR)
 
 
-def read_instance(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
+def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool = True) -> Dataset:
     """Parse a Part 10 file; anything that is not a complete DICOM file raises
     :class:`Unprocessable` with the reason.
 
@@ -221,9 +222,10 @@ def read_instance(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
     lazily, on first access, as pydicom does (converting all of them up front cost more
     than reading and writing the file; what can break the parse is the structure,
     which is checked). With ``stop_before_pixels`` (no structure check), every element
-    is converted so a corrupt file fails here."""
+    is converted so a corrupt file fails here. ``check=False`` skips the structure
+    check for a file already checked (an immutable ingest object)."""
     try:
-        if not stop_before_pixels:
+        if check and not stop_before_pixels:
             check_complete(path)
         ds = dcmread(path, stop_before_pixels=stop_before_pixels)
         if stop_before_pixels:
@@ -243,9 +245,31 @@ def read_instance(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
     return ds
 
 
-def write_instance(ds: Dataset, path: Path) -> None:
+class _HashingFile(io.RawIOBase):
+    """A write-only file that hashes what passes through, so the sha256 of a written
+    instance costs no second read."""
+
+    def __init__(self, fh):
+        self._fh = fh
+        self.sha256 = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self._fh.write(data)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+
+def write_instance(ds: Dataset, path: Path) -> str:
     """Write as a Part 10 file in the dataset's own transfer syntax, keeping the file
-    meta consistent with the dataset."""
+    meta consistent with the dataset; return the file's sha256."""
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.save_as(path, enforce_file_format=True)
+    with open(path, "wb") as fh:
+        out = _HashingFile(fh)
+        ds.save_as(out, enforce_file_format=True)
+    return out.sha256.hexdigest()

@@ -26,7 +26,10 @@ from shared.config import AppConfig, to_documents
 from shared.http import create_app
 from shared.ingest import Ingestor
 from shared.messages import DeadLetter, Delivery, ObjectFinalized, Plan
+from shared.destinations import Senders
 from shared.runtime.configcache import CachedConfig
+from shared.secrets import Secrets
+from shared.sources.scheduler import SourceScheduler
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +62,10 @@ class EmbeddedRuntime:
             on_finalize=lambda event: self.queue.publish(TOPIC_INGEST, event),
             notify_buckets=frozenset({settings.ingest_bucket}),
         )
+        self.secrets = Secrets()
         self.ports = stages.Ports(blobs=self.blobs, docs=self.docs, ledger=self.ledger, bus=self.queue,
-                                  config=self.config, base_dir=self.data_dir)
+                                  config=self.config, base_dir=self.data_dir,
+                                  senders=Senders(base_dir=self.data_dir, secrets=self.secrets))
         p = self.ports
         stage_attempts = settings.stage_max_attempts
         self.queue.subscribe(Subscription(TOPIC_INGEST, lambda b, a: stages.match(p, ObjectFinalized.from_bytes(b)),
@@ -73,8 +78,10 @@ class EmbeddedRuntime:
                                           workers=route_workers, max_attempts=100))
         self.queue.subscribe(Subscription(DEAD_LETTER_TOPIC, lambda b, a: stages.dead_letter(p, DeadLetter.from_bytes(b)),
                                           workers=1, max_attempts=1000))
-        self.gateway = Gateway(config.listeners, Ingestor(self.blobs, settings.ingest_bucket))
-        app = create_app(self.status, lambda: list(self.docs.list(stages.EXCEPTIONS).values()))
+        ingestor = Ingestor(self.blobs, settings.ingest_bucket)
+        self.gateway = Gateway(config.listeners, ingestor, secrets=self.secrets, sources=lambda: self.config().sources)
+        self.sources = SourceScheduler(self.config, ingestor, self.docs, self.secrets, tmp_dir=tmp)
+        app = create_app(self.status, lambda: list(self.docs.list(stages.EXCEPTIONS).values()), stow_ports=self.ports)
         self._http = make_server(http_host, http_port, app, threaded=True) if http_port is not None else None
         self._http_thread: threading.Thread | None = None
 
@@ -86,6 +93,7 @@ class EmbeddedRuntime:
             "deliveries": self.ledger.counts(),
             "exceptions": len(exceptions),
             "listeners": {lsn.id: port for lsn, port in zip(self.gateway.listeners, self.gateway.ports)},
+            "sources": self.sources.status(),
         }
 
     def start(self) -> None:
@@ -95,13 +103,16 @@ class EmbeddedRuntime:
                         " sent again and are marked in doubt", expired)
         self.queue.start()
         self.gateway.start()
+        self.sources.start()  # after the gateway: C-MOVE retrievals arrive there
         if self._http:
             self._http_thread = threading.Thread(target=self._http.serve_forever, name="http", daemon=True)
             self._http_thread.start()
             log.info("HTTP on http://%s:%d", self._http.host, self._http.port)
 
     def stop(self) -> None:
+        self.sources.stop()
         self.gateway.stop()
         if self._http:
             self._http.shutdown()
         self.queue.stop()
+        self.ports.senders.close()

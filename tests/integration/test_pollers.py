@@ -246,9 +246,9 @@ def test_dimse_poll_exactly_once_then_only_new(tmp_path, orthanc, make_runtime, 
     r = poll(rt, sid)
     assert r.errors == [] and (r.studies_seen, r.found, r.queued, r.retrieved, r.failed) == (2, 2, 14, 14, 0), r
     assert r.watermark == "20230605"
-    # C-MOVE instances come in through the gateway (a C-STORE from Orthanc); C-GET
-    # instances are ingested by the poller itself
-    assert_exactly_once(rt, first, source_type="cstore" if retrieve == "move" else "dimse_poller")
+    # C-MOVE instances come in through the gateway (C-STOREs from Orthanc carrying our
+    # Move Originator AE); C-GET instances are ingested by the poller itself
+    assert_exactly_once(rt, first, source_type="dimse_poller")  # C-MOVE arrivals are labelled by Move Originator
     if retrieve == "move":
         assert {m[0]["axiom-calling_ae"] for m in ingested(rt).values()} == {orthanc.ae_title}
 

@@ -56,7 +56,8 @@ def require(tool: str) -> str:
 class StoreSCP:
     """dcmtk ``storescp`` writing every received instance bit-preserved into ``out_dir``,
     each under a unique file name (``+uf``), so an instance stored twice shows as two
-    files while one aborted half-way leaves none."""
+    files while one aborted half-way leaves none. ``--fork`` takes concurrent
+    associations, as a PACS does."""
 
     def __init__(self, out_dir: Path, *, ae_title: str = "STORESCP", port: int | None = None,
                  extra: list[str] | None = None):
@@ -71,7 +72,7 @@ class StoreSCP:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [require("storescp"), "-v", "-aet", self.ae_title, "-od", str(self.out_dir), "+xa", "+B", "+uf",
+            [require("storescp"), "-v", "-aet", self.ae_title, "-od", str(self.out_dir), "+xa", "+B", "+uf", "--fork",
              "--max-pdu", "131072", *self.extra, str(self.port)],
             stdout=self._log, stderr=subprocess.STDOUT, env=DCMTK_ENV,
         )

@@ -1,0 +1,93 @@
+"""Every action type over pydicom's test files, checked by ``dciodvfy`` (dicom3tools):
+the morphed output may have no error the input did not already have. Each output also
+carries an Original Attributes item, so its encoding (PS3.3 C.12.1.1.9) is checked too."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from shared.config import CrosswalkTable
+from shared.dicom.io import read_instance, write_instance
+from shared.dicom.original_attributes import OriginalAttributesPolicy
+from shared.morph import apply_actions
+from shared.morph_services import InMemoryCrosswalk, MorphServices
+
+FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm"]
+
+ACTIONS = {
+    "set": [{"action": "set", "tag": "PatientID", "value": "AXF-{PatientID}"},
+            {"action": "set", "tag": "InstitutionName", "value": "AXIOM HOSPITAL"}],
+    "delete": [{"action": "delete", "tag": "InstitutionName"}, {"action": "delete", "group": "private"}],
+    "prepend": [{"action": "prepend", "tag": "PatientID", "value": "P-"}],
+    "suffix": [{"action": "suffix", "tag": "PatientID", "value": "-S"}],
+    "regex_replace": [{"action": "regex_replace", "tag": "PatientID", "pattern": r"^(\w)(.*)$",
+                       "replacement": r"\2\1"}],
+    "copy": [{"action": "copy", "from": "PatientID", "to": "AccessionNumber"}],
+    "move": [{"action": "move", "from": "InstitutionName", "to": "InstitutionalDepartmentName"}],
+    "crosswalk": [{"action": "crosswalk", "tag": "PatientID", "table": "ids", "on_missing": "default",
+                   "default": "UNMAPPED"}],
+    "ai_standardize": [{"action": "ai_standardize", "tag": "InstitutionName",
+                        "allowed": ["JFK Imaging Center", "Toshiba"]}],
+}
+SERVICES = MorphServices(crosswalk=InMemoryCrosswalk([CrosswalkTable(id="ids", entries={"1CT1": "CT-ONE"})]))
+POLICY = OriginalAttributesPolicy("AXIOM FLOW", datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc))
+
+
+def _dciodvfy() -> str:
+    path = shutil.which("dciodvfy")
+    if path is None:
+        pytest.fail("dciodvfy (dicom3tools) is not installed: apt-get install dicom3tools")
+    return path
+
+
+def errors(path: Path) -> set[str]:
+    """dciodvfy's Error lines, normalized so the same error on the same attribute
+    compares equal: element values (`` = <...>``) are dropped, whitespace collapsed;
+    attribute and module names (``Element=<...>``) are kept."""
+    proc = subprocess.run([_dciodvfy(), str(path)], capture_output=True, text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    if "Abort" in out and not re.search(r"^(Error|Warning)", out, re.M):
+        pytest.fail(f"dciodvfy could not read {path.name}: {out.strip()[:500]}")
+    found = set()
+    for line in out.splitlines():
+        if not line.startswith("Error"):
+            continue
+        line = re.sub(r"\s=\s*<[^>]*>", " = <>", line)
+        found.add(" ".join(line.split()))
+    return found
+
+
+_INPUT_ERRORS: dict[str, set[str]] = {}
+
+
+@pytest.mark.parametrize("name", list(ACTIONS))
+def test_no_new_dciodvfy_errors(name, tmp_path):
+    for filename in FILES:
+        source = Path(get_testdata_file(filename))
+        if filename not in _INPUT_ERRORS:
+            _INPUT_ERRORS[filename] = errors(source)
+        ds = read_instance(source)
+        pixels = ds.get("PixelData")
+        changes = apply_actions(ds, ACTIONS[name], SERVICES, original_attributes=POLICY)
+        out = tmp_path / f"{name}-{filename}"
+        write_instance(ds, out)
+        assert read_instance(out).get("PixelData") == pixels
+        new = errors(out) - _INPUT_ERRORS[filename]
+        assert not new, f"{name} on {filename} ({len(changes)} changes) added dciodvfy errors: {sorted(new)}"
+
+
+def test_the_check_sees_a_new_error(tmp_path):
+    """Negative control: an incomplete new sequence item is a new Type 1 error."""
+    source = Path(get_testdata_file("MR_small.dcm"))
+    ds = read_instance(source)
+    apply_actions(ds, [{"action": "set", "tag": "ReferencedStudySequence[0].ReferencedSOPInstanceUID",
+                        "value": "1.2.3"}])
+    write_instance(ds, tmp_path / "bad.dcm")
+    assert any("ReferencedSOPClassUID" in line for line in errors(tmp_path / "bad.dcm") - errors(source))
