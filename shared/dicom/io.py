@@ -269,7 +269,8 @@ def write_instance(ds: Dataset, path: Path) -> str:
     meta consistent with the dataset; return the file's sha256."""
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    with open(path, "wb") as fh:
-        out = _HashingFile(fh)
-        ds.save_as(out, enforce_file_format=True)
-    return out.sha256.hexdigest()
+    with open(path, "wb", buffering=0) as fh:
+        hashing = _HashingFile(fh)
+        with io.BufferedWriter(hashing, buffer_size=1024 * 1024) as out:
+            ds.save_as(out, enforce_file_format=True)
+    return hashing.sha256.hexdigest()
