@@ -27,15 +27,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-from shared.dicom.tags import TagAddressError, parse_path
 from pydicom.valuerep import VR as _VR
 
+from shared.dicom.tags import TagAddressError, parse_path
 from shared.dicom.values import check_comparable, check_value_for_vr
 from shared.messages import SourceType
 from shared.regex import compile_regex
 from shared.templates import check_template, has_fields
-
 
 _VR_NAMES = frozenset(str(vr) for vr in _VR)
 

@@ -18,12 +18,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from shared.destinations import Senders
 from shared.config import AppConfig
+from shared.destinations import Senders
 from shared.dicom.io import read_instance, sha256_file, write_instance
+from shared.dicom.original_attributes import OriginalAttributesPolicy
 from shared.errors import DeliveryRefused, RetryLater, Unprocessable
 from shared.messages import BlobRef, DeadLetter, Delivery, IngestMetadata, ObjectFinalized, Plan
-from shared.dicom.original_attributes import OriginalAttributesPolicy
 from shared.morph import apply_actions
 from shared.morph_services import MorphServices
 from shared.ports import BlobStore, Bus, Claim, DeliveryLedger, DocumentStore

@@ -10,7 +10,7 @@ from pydicom import dcmread
 from shared.adapters.files import durable_place
 from shared.config import FilesystemDestination, GCSDestination
 from shared.dicom.io import sha256_file
-from shared.errors import DeliveryRefused, Unprocessable
+from shared.errors import DeliveryRefused, RetryLater, Unprocessable
 from shared.messages import Delivery
 from shared.templates import render
 

@@ -10,7 +10,6 @@ from shared.config import CONFIG_COLLECTIONS, AppConfig, from_documents
 from shared.ports import DocumentStore
 
 
-
 def load_config(docs: DocumentStore) -> AppConfig:
     return from_documents({c: docs.list(c) for c in CONFIG_COLLECTIONS})
 

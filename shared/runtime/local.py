@@ -23,10 +23,10 @@ from shared.adapters.local_blobs import LocalBlobStore
 from shared.adapters.local_queue import DEAD_LETTER_TOPIC, LocalQueue, Subscription
 from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteDocumentStore
 from shared.config import AppConfig, to_documents
+from shared.destinations import Senders
 from shared.http import create_app
 from shared.ingest import Ingestor
 from shared.messages import DeadLetter, Delivery, ObjectFinalized, Plan
-from shared.destinations import Senders
 from shared.runtime.configcache import CachedConfig
 from shared.secrets import Secrets
 from shared.sources.scheduler import SourceScheduler

@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from shared.config import ConfigError, CrosswalkTable, parse_config
-from shared.dicom.original_attributes import ORIGINAL_ATTRIBUTES_SEQUENCE, OriginalAttributesPolicy
+from shared.dicom.original_attributes import OriginalAttributesPolicy
 from shared.dicom.tags import locate, parse_path
 from shared.errors import Unprocessable
 from shared.morph import Change, _text, apply_actions, validate_actions
