@@ -1,4 +1,6 @@
-"""Cloud Functions entry points: ``match``, ``morph``, ``route``, ``dead_letter``.
+"""Cloud Functions entry points: ``match``, ``morph``, ``route``, ``dead_letter``;
+``stow`` (HTTP, STOW-RS), ``poll`` (Cloud Scheduler -> Pub/Sub ``{"source_id": ...}``)
+and ``ghc_ingest`` (Healthcare API DICOM store notifications).
 
 Each is a CloudEvent function fed by a Pub/Sub push (``google.cloud.pubsub.topic.v1.
 messagePublished``). It only decodes the Pub/Sub message into the message model,
@@ -29,6 +31,8 @@ import functions_framework
 from shared import stages
 from shared.messages import DeadLetter, Delivery, ObjectFinalized, Plan
 from shared.runtime import gcp
+from shared.sources import ingest_healthcare_notification, poll_by_id
+from shared.stow import stow_http_function
 
 logging.basicConfig(level=os.environ.get("AXIOM_LOG_LEVEL", "INFO"),
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -134,3 +138,24 @@ def _forwarded_letter(body: bytes, attributes: dict) -> DeadLetter:
     where = f" of subscription {subscription}" if subscription else ""
     return DeadLetter(topic=topic, body=body.decode("utf-8", errors="replace"), attempts=attempts,
                       last_error=f"Pub/Sub dead-letter policy{where}: the stage failed on every delivery")
+
+
+@functions_framework.http
+def stow(request):
+    """STOW-RS: POST .../studies[/{StudyInstanceUID}]."""
+    return stow_http_function(request, gcp.ports())
+
+
+@functions_framework.cloud_event
+def poll(cloud_event) -> None:
+    """One poll of a source; Cloud Scheduler publishes ``{"source_id": "..."}``."""
+    _, body, _ = _pubsub_message(cloud_event)
+    result = poll_by_id(gcp.ports(), json.loads(body)["source_id"])
+    log.info("poll %s: %s", result.source_id, result.to_dict())
+
+
+@functions_framework.cloud_event
+def ghc_ingest(cloud_event) -> None:
+    """A Healthcare API DICOM store notification (data: the instance resource name)."""
+    _, body, attributes = _pubsub_message(cloud_event)
+    ingest_healthcare_notification(gcp.ports(), body, attributes)

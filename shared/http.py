@@ -6,15 +6,19 @@ from __future__ import annotations
 
 from typing import Callable
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 
 from shared.secrets import Secrets
 
 
-def create_app(status: Callable[[], dict], exceptions: Callable[[], list[dict]], *,
-               stow_ports: object | None = None, secrets: Secrets | None = None) -> Flask:
-    """``stow_ports``: the :class:`shared.stages.Ports` (or a callable returning them)
-    STOW-RS stores with; None leaves ``/dicomweb/studies`` out."""
+def create_app(ports, status: Callable[[], dict], *, secrets: Secrets | None = None, stow: bool = True) -> Flask:
+    """The embedded runtime's HTTP app over its :class:`shared.stages.Ports`.
+
+    Exception records can be listed and retried here without authentication: the
+    embedded server listens on 127.0.0.1 by default. Users and roles come with the
+    config API."""
+    from shared import stages
+
     app = Flask("axiom-flow")
 
     @app.get("/healthz")
@@ -27,11 +31,20 @@ def create_app(status: Callable[[], dict], exceptions: Callable[[], list[dict]],
 
     @app.get("/exceptions")
     def exceptions_view():
-        return jsonify(exceptions())
+        wanted = request.args.get("status")
+        records = ports.docs.list(stages.EXCEPTIONS).values()
+        return jsonify([r for r in records if wanted is None or r.get("status") == wanted])
 
-    if stow_ports is not None:
+    @app.post("/exceptions/<record_id>/retry")
+    def retry_view(record_id: str):
+        try:
+            return jsonify(stages.retry_exception(ports, record_id))
+        except stages.NotRetryable as exc:
+            return jsonify({"error": str(exc)}), 404 if "no exception record" in str(exc) else 409
+
+    if stow:
         from shared.stow import stow_blueprint
 
-        app.register_blueprint(stow_blueprint(stow_ports, secrets))
+        app.register_blueprint(stow_blueprint(ports, secrets))
 
     return app

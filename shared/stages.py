@@ -244,3 +244,28 @@ def dead_letter(ports: Ports, letter: DeadLetter) -> str:
     return record_exception(ports, stage=letter.topic, reason=f"gave up after {letter.attempts} attempt(s): {letter.last_error}",
                             topic=letter.topic, body=letter.body)
 
+
+
+# --- exception records ------------------------------------------------------------------
+
+
+class NotRetryable(LookupError):
+    """An exception record that does not exist or carries no message to retry."""
+
+
+def retry_exception(ports: Ports, record_id: str) -> dict:
+    """Publish the message an exception record holds back onto its topic (a delivery
+    to route again, a held plan to morph, ...) and mark the record ``retried``. The
+    ledger still guards against a second delivery of what did arrive."""
+    record = ports.docs.get(EXCEPTIONS, record_id)
+    if record is None:
+        raise NotRetryable(f"no exception record {record_id}")
+    retry = record.get("retry") or {}
+    if not retry.get("topic") or retry.get("body") is None:
+        raise NotRetryable(f"exception record {record_id} ({record.get('status')}) has no message to retry")
+    ports.bus.publish(retry["topic"], retry["body"].encode())
+    record = {**record, "status": "retried", "retried_at": datetime.now(timezone.utc).isoformat(),
+              "retries": int(record.get("retries") or 0) + 1}
+    ports.docs.set(EXCEPTIONS, record_id, record)
+    log.info("exception %s retried on %s", record_id, retry["topic"])
+    return record

@@ -81,8 +81,7 @@ class EmbeddedRuntime:
         ingestor = Ingestor(self.blobs, settings.ingest_bucket)
         self.gateway = Gateway(config.listeners, ingestor, secrets=self.secrets, sources=lambda: self.config().sources)
         self.sources = SourceScheduler(self.config, ingestor, self.docs, self.secrets, tmp_dir=tmp)
-        app = create_app(self.status, lambda: list(self.docs.list(stages.EXCEPTIONS).values()), stow_ports=self.ports,
-                         secrets=self.secrets)
+        app = create_app(self.ports, self.status, secrets=self.secrets)
         self._http = make_server(http_host, http_port, app, threaded=True) if http_port is not None else None
         self._http_thread: threading.Thread | None = None
 

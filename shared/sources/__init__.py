@@ -271,3 +271,30 @@ def handle_healthcare_notification(*args, **kwargs):
     from shared.sources.healthcare import handle_healthcare_notification as handler
 
     return handler(*args, **kwargs)
+
+
+# --- entry points shared by the runtimes ------------------------------------------------
+
+
+def poll_by_id(ports, source_id: str, secrets: Secrets | None = None) -> PollResult:
+    """One poll of the configured source ``source_id`` with the runtime's ports (the
+    scheduled ``poll`` function; the embedded scheduler calls poll_source itself)."""
+    config = ports.config()
+    source = next((s for s in config.sources if s.id == source_id), None)
+    if source is None:
+        raise KeyError(f"no source {source_id!r} in the config")
+    return poll_source(source, ingestor=Ingestor(ports.blobs, config.settings.ingest_bucket), docs=ports.docs,
+                       secrets=secrets or Secrets())
+
+
+def ingest_healthcare_notification(ports, data: bytes, attributes: dict, secrets: Secrets | None = None):
+    """A Healthcare API DICOM store notification -> the instance, ingested once."""
+    from shared.sources.healthcare import DEFAULT_ENDPOINT, handle_healthcare_notification, source_for_store
+
+    config = ports.config()
+    source_id = source_for_store(config.sources, attributes.get("storeName", ""))
+    source = next((s for s in config.sources if s.id == source_id), None)
+    return handle_healthcare_notification(
+        data, attributes, ingestor=Ingestor(ports.blobs, config.settings.ingest_bucket), docs=ports.docs,
+        secrets=secrets or Secrets(), source_id=source_id,
+        endpoint=getattr(source, "endpoint", None) or DEFAULT_ENDPOINT)

@@ -12,7 +12,7 @@ from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteD
 from shared.config import parse_config
 from shared.errors import RetryLater
 from shared.ingest import Ingestor
-from shared.messages import IngestMetadata
+from shared.messages import Delivery, IngestMetadata
 from tests.support.procs import free_port
 
 CT = Path(get_testdata_file("CT_small.dcm"))
@@ -153,3 +153,23 @@ def test_non_dicom_object_is_quarantined_with_reason(make_ports, tmp_path):
     assert ports.blobs.list("quarantine") == [event.blob.name]
     [record] = ports.docs.list(stages.EXCEPTIONS).values()
     assert record["status"] == "quarantined" and "not a DICOM" in record["reason"]
+
+
+def test_failed_delivery_can_be_retried_from_its_exception_record(make_ports):
+    from shared.http import create_app
+
+    dest = {"id": "pacs", "type": "cstore", "ae_title": "NOPE", "host": "127.0.0.1", "port": free_port(),
+            "timeout_s": 2, "retry": {"max_attempts": 1}}
+    ports = make_ports(config({"id": "all", "destinations": ["pacs"]}, destinations=[dest]))
+    stages.match(ports, ingest(ports, CT))
+    [delivery] = stages.morph(ports, ports.bus.on(stages.TOPIC_PLANNED)[0])
+    assert stages.route(ports, delivery, 1) == "failed"
+    [(record_id, record)] = ports.docs.list(stages.EXCEPTIONS).items()
+
+    client = create_app(ports, lambda: {}, stow=False).test_client()
+    assert client.get("/exceptions?status=failed").json == [record]
+    answer = client.post(f"/exceptions/{record_id}/retry")
+    assert answer.status_code == 200 and answer.json["status"] == "retried" and answer.json["retries"] == 1
+    retried = ports.bus.sent[-1]
+    assert retried[0] == stages.TOPIC_DELIVER and Delivery.from_bytes(retried[1]) == delivery
+    assert client.post("/exceptions/nope/retry").status_code == 404
