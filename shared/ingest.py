@@ -22,7 +22,8 @@ class Ingestor:
 
     def object_name(self, meta: IngestMetadata) -> str:
         uid = _UNSAFE.sub("_", meta.sop_instance_uid)[:64] or "unknown"
-        return f"{meta.received_at:%Y/%m/%d}/{uid}/{uuid.uuid4().hex}.dcm"
+        # one directory per day: creating a directory per instance costs more than the write
+        return f"{meta.received_at:%Y/%m/%d}/{uid}-{uuid.uuid4().hex}.dcm"
 
     def ingest_file(self, path: Path, meta: IngestMetadata, *, move: bool = False) -> BlobRef:
         """Durably store ``path``; when this returns, the instance cannot be lost."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -16,25 +17,44 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def ensure_dir(path: Path) -> None:
+    """``mkdir -p`` whose new directories survive a crash: each new directory's entry
+    is fsynced in its parent."""
+    if path.is_dir():
+        return
+    ensure_dir(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    fsync_dir(path.parent)
+
+
 def durable_place(src: Path, dest: Path, *, move: bool) -> None:
     """Put ``src`` at ``dest`` atomically and durably. With ``move`` the source file is
-    renamed when it lives on the same filesystem (no copy); otherwise it is copied."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if move:
-        try:
-            with open(src, "rb") as fh:
-                os.fsync(fh.fileno())
+    renamed; without, it is hard-linked (both names then share bytes that nothing
+    changes in place: every write here replaces a file). Either falls back to a copy
+    across filesystems."""
+    ensure_dir(dest.parent)
+    with open(src, "rb") as fh:
+        os.fsync(fh.fileno())
+    try:
+        if move:
             os.replace(src, dest)
-            fsync_dir(dest.parent)
-            return
-        except OSError as exc:
-            if exc.errno != 18:  # EXDEV: other filesystem, fall back to copying
-                raise
+        else:
+            tmp = dest.parent / f".tmp-{os.getpid()}-{os.urandom(6).hex()}"
+            os.link(src, tmp)
+            os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1024 * 1024)
-            out.flush()
+        os.close(fd)
+        shutil.copyfile(src, tmp)  # sendfile where the kernel can
+        with open(tmp, "rb") as out:
             os.fsync(out.fileno())
         os.replace(tmp, dest)
     except BaseException:
@@ -43,16 +63,9 @@ def durable_place(src: Path, dest: Path, *, move: bool) -> None:
     fsync_dir(dest.parent)
 
 
-def durable_write_bytes(dest: Path, data: bytes) -> None:
+def write_bytes_atomic(dest: Path, data: bytes) -> None:
+    """Atomic but not fsynced: for data that is also kept durably elsewhere."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(dest.parent)
+    tmp = dest.parent / f".tmp-{os.getpid()}-{os.urandom(6).hex()}"
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)

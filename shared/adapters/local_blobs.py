@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from shared.adapters.files import durable_place, durable_write_bytes
+from shared.adapters.files import durable_place, write_bytes_atomic
 from shared.messages import BlobRef, ObjectFinalized
 
 
@@ -34,7 +34,9 @@ class LocalBlobStore:
 
     def put_file(self, bucket, name, path, metadata=None, *, move=False) -> BlobRef:
         dest = self._path(bucket, name)
-        durable_write_bytes(self._meta_path(bucket, name), json.dumps(metadata or {}).encode())
+        # The sidecar is not fsynced: the metadata also travels, durably, in the
+        # finalize message; the sidecar serves later reads (quarantine, inspection).
+        write_bytes_atomic(self._meta_path(bucket, name), json.dumps(metadata or {}).encode())
         durable_place(Path(path), dest, move=move)
         ref = BlobRef(bucket=bucket, name=name, generation=str(time.time_ns()))
         if self.on_finalize and bucket in self.notify_buckets:

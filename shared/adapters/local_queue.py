@@ -84,10 +84,13 @@ class LocalQueue:
 
     # --- Bus port ---------------------------------------------------------------
 
-    def publish(self, topic: str, message: Message | bytes) -> None:
+    def publish(self, topic: str, message: Message | bytes, *, sync: bool = True) -> None:
+        """Commit ``message``; with ``sync`` (the default) the commit is fsynced before
+        this returns. See :meth:`from_handlers` for when that can be skipped."""
         body = message if isinstance(message, bytes) else message.to_bytes()
         now = time.time()
-        self._publish_db.conn().execute(
+        db = self._publish_db if sync else self._work_db
+        db.conn().execute(
             "INSERT INTO messages (topic, body, available_at, created_at) VALUES (?,?,?,?)",
             (topic, body, now, now),
         )
@@ -95,6 +98,13 @@ class LocalQueue:
         if cond:
             with cond:
                 cond.notify()
+
+    def from_handlers(self) -> "HandlerBus":
+        """The bus for stage handlers. Their publishes need no fsync of their own: the
+        handler's ack is committed after them to the same write-ahead log, so a power
+        loss can only drop a publish together with the ack that follows it, and the
+        message is then handled again."""
+        return HandlerBus(self)
 
     # --- consumers --------------------------------------------------------------
 
@@ -182,3 +192,13 @@ class LocalQueue:
             "SELECT topic, body, attempts, last_error FROM dead_letters ORDER BY id"
         ).fetchall()
         return [dict(topic=t, body=bytes(b).decode(), attempts=a, last_error=e) for t, b, a, e in rows]
+
+
+class HandlerBus:
+    """Bus port for code running inside a queue handler (see LocalQueue.from_handlers)."""
+
+    def __init__(self, queue: LocalQueue):
+        self._queue = queue
+
+    def publish(self, topic: str, message: Message | bytes) -> None:
+        self._queue.publish(topic, message, sync=False)

@@ -63,7 +63,7 @@ class EmbeddedRuntime:
             notify_buckets=frozenset({settings.ingest_bucket}),
         )
         self.secrets = Secrets()
-        self.ports = stages.Ports(blobs=self.blobs, docs=self.docs, ledger=self.ledger, bus=self.queue,
+        self.ports = stages.Ports(blobs=self.blobs, docs=self.docs, ledger=self.ledger, bus=self.queue.from_handlers(),
                                   config=self.config, base_dir=self.data_dir,
                                   senders=Senders(base_dir=self.data_dir, secrets=self.secrets))
         p = self.ports
