@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import signal
 import sys
@@ -17,7 +18,8 @@ def _serve(args) -> int:
 
     config = load_yaml(args.config)
     runtime = EmbeddedRuntime(config, Path(args.data_dir), http_host=args.http_host,
-                              http_port=None if args.http_port == 0 else args.http_port)
+                              http_port=None if args.http_port == 0 else args.http_port,
+                              pipeline_processes=args.pipeline_processes)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--data-dir", required=True, help="where blobs, queue and state live")
     serve.add_argument("--http-host", default="127.0.0.1")
     serve.add_argument("--http-port", type=int, default=8080, help="0 disables HTTP")
+    serve.add_argument("--pipeline-processes", type=int, default=int(os.environ.get("AXIOM_PIPELINE_PROCESSES", "0")),
+                       help="run the stage workers in N child processes (0: in this process)")
     serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a config file")

@@ -112,10 +112,14 @@ class LocalQueue:
         self._subs[sub.topic] = sub
         self._wake[sub.topic] = threading.Condition()
 
-    def start(self) -> None:
-        released = self._work_db.conn().execute("UPDATE messages SET leased=0 WHERE leased=1").rowcount
-        if released:
-            log.info("released %d message lease(s) left by the previous run", released)
+    def start(self, *, release_leases: bool = True) -> None:
+        """Start the consumers. ``release_leases``: this process owns the queue, so every
+        lease left is from a previous run that died (a worker process of a running
+        owner passes False)."""
+        if release_leases:
+            released = self._work_db.conn().execute("UPDATE messages SET leased=0 WHERE leased=1").rowcount
+            if released:
+                log.info("released %d message lease(s) left by the previous run", released)
         for sub in self._subs.values():
             for n in range(sub.workers):
                 t = threading.Thread(target=self._work, args=(sub,), name=f"queue-{sub.topic}-{n}", daemon=True)

@@ -1,16 +1,26 @@
-"""The embedded runtime: gateway, stages and HTTP endpoints in one process, with no
-cloud at all. Layout of the data dir:
+"""The embedded runtime: gateway, stages and HTTP endpoints with no cloud at all.
+
+By default everything runs in one process. With ``pipeline_processes`` > 0 the stage
+workers run in that many child processes instead (same data dir, same code), so the
+gateway's receive loop and the pipeline use separate cores rather than sharing one
+interpreter lock; the children die with the parent (PR_SET_PDEATHSIG).
+
+Layout of the data dir:
 
     blobs/<bucket>/...   ingest, processed and quarantine objects (+ .meta sidecars)
     state.db             config documents, delivery ledger, exception records
     queue.db             the durable message queue and its dead letters
-    tmp/                 C-STORE datasets being received (same filesystem: renamed, not copied)
+    tmp/                 datasets being received (same filesystem: renamed, not copied)
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
+import os
 import shutil
+import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -34,11 +44,74 @@ from shared.sources.scheduler import SourceScheduler
 log = logging.getLogger(__name__)
 
 TOPIC_INGEST = "ingest"
+TOPICS = (TOPIC_INGEST, stages.TOPIC_PLANNED, stages.TOPIC_DELIVER, DEAD_LETTER_TOPIC)
+
+
+class _Stores:
+    """The local adapters over one data dir; built the same way in every process."""
+
+    def __init__(self, data_dir: Path, *, notify: bool, poll_s: float = 0.5):
+        db = SQLiteDatabase(data_dir / "state.db")
+        self.docs = SQLiteDocumentStore(db)
+        self.ledger = SQLiteDeliveryLedger(db)
+        self.queue = LocalQueue(data_dir / "queue.db", poll_s=poll_s)
+        self.config = CachedConfig(self.docs)
+        self.secrets = Secrets()
+        self.data_dir = data_dir
+        self.blobs = LocalBlobStore(
+            data_dir / "blobs",
+            on_finalize=(lambda event: self.queue.publish(TOPIC_INGEST, event)) if notify else None,
+            notify_buckets=frozenset({self.config().settings.ingest_bucket}) if notify else frozenset(),
+        )
+        self.ports = stages.Ports(blobs=self.blobs, docs=self.docs, ledger=self.ledger,
+                                  bus=self.queue.from_handlers(), config=self.config, base_dir=data_dir,
+                                  senders=Senders(base_dir=data_dir, secrets=self.secrets))
+
+    def subscribe_stages(self, route_workers: int) -> None:
+        p, q = self.ports, self.queue
+        attempts = self.config().settings.stage_max_attempts
+        q.subscribe(Subscription(TOPIC_INGEST, lambda b, a: stages.match(p, ObjectFinalized.from_bytes(b)),
+                                 workers=2, max_attempts=attempts))
+        q.subscribe(Subscription(stages.TOPIC_PLANNED, lambda b, a: stages.morph(p, Plan.from_bytes(b)),
+                                 workers=2, max_attempts=attempts))
+        # route gives up per destination itself (its retry policy); the queue's limit
+        # is only a backstop for bugs
+        q.subscribe(Subscription(stages.TOPIC_DELIVER, lambda b, a: stages.route(p, Delivery.from_bytes(b), a),
+                                 workers=route_workers, max_attempts=100))
+        q.subscribe(Subscription(DEAD_LETTER_TOPIC, lambda b, a: stages.dead_letter(p, DeadLetter.from_bytes(b)),
+                                 workers=1, max_attempts=1000))
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: the child notices the parent is gone when its pipe closes
+
+
+def _pipeline_process(data_dir: str, route_workers: int, log_level: int, parent_pid: int) -> None:
+    """A child process running the stage workers (see EmbeddedRuntime)."""
+    _die_with_parent()
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[pipeline]: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    tempfile.tempdir = str(Path(data_dir) / "tmp")
+    stores = _Stores(Path(data_dir), notify=False, poll_s=0.05)
+    stores.subscribe_stages(route_workers)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    stores.queue.start(release_leases=False)  # the parent released them before starting us
+    stop.wait()
+    stores.queue.stop()
+    stores.ports.senders.close()
 
 
 class EmbeddedRuntime:
     def __init__(self, config: AppConfig, data_dir: Path, *, http_host: str = "127.0.0.1",
-                 http_port: int | None = 8080, route_workers: int = 4):
+                 http_port: int | None = 8080, route_workers: int = 4, pipeline_processes: int = 0):
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.data_dir / "tmp"
@@ -50,35 +123,18 @@ class EmbeddedRuntime:
         # data dir's filesystem lets the gateway rename instead of copy.
         tempfile.tempdir = str(tmp)
 
-        db = SQLiteDatabase(self.data_dir / "state.db")
-        self.docs = SQLiteDocumentStore(db)
-        self.docs.replace_collections(to_documents(config))
-        self.ledger = SQLiteDeliveryLedger(db)
-        self.queue = LocalQueue(self.data_dir / "queue.db")
-        self.config = CachedConfig(self.docs)
-        settings = config.settings
-        self.blobs = LocalBlobStore(
-            self.data_dir / "blobs",
-            on_finalize=lambda event: self.queue.publish(TOPIC_INGEST, event),
-            notify_buckets=frozenset({settings.ingest_bucket}),
-        )
-        self.secrets = Secrets()
-        self.ports = stages.Ports(blobs=self.blobs, docs=self.docs, ledger=self.ledger, bus=self.queue.from_handlers(),
-                                  config=self.config, base_dir=self.data_dir,
-                                  senders=Senders(base_dir=self.data_dir, secrets=self.secrets))
-        p = self.ports
-        stage_attempts = settings.stage_max_attempts
-        self.queue.subscribe(Subscription(TOPIC_INGEST, lambda b, a: stages.match(p, ObjectFinalized.from_bytes(b)),
-                                          workers=2, max_attempts=stage_attempts))
-        self.queue.subscribe(Subscription(stages.TOPIC_PLANNED, lambda b, a: stages.morph(p, Plan.from_bytes(b)),
-                                          workers=2, max_attempts=stage_attempts))
-        # route gives up per destination itself (destination retry policy); the queue's
-        # limit is only a backstop for bugs.
-        self.queue.subscribe(Subscription(stages.TOPIC_DELIVER, lambda b, a: stages.route(p, Delivery.from_bytes(b), a),
-                                          workers=route_workers, max_attempts=100))
-        self.queue.subscribe(Subscription(DEAD_LETTER_TOPIC, lambda b, a: stages.dead_letter(p, DeadLetter.from_bytes(b)),
-                                          workers=1, max_attempts=1000))
-        ingestor = Ingestor(self.blobs, settings.ingest_bucket)
+        SQLiteDocumentStore(SQLiteDatabase(self.data_dir / "state.db")).replace_collections(to_documents(config))
+        self.stores = _Stores(self.data_dir, notify=True)
+        self.docs, self.ledger, self.queue = self.stores.docs, self.stores.ledger, self.stores.queue
+        self.config, self.blobs, self.secrets = self.stores.config, self.stores.blobs, self.stores.secrets
+        self.ports = self.stores.ports
+        self.route_workers = route_workers
+        self.pipeline_processes = pipeline_processes
+        if pipeline_processes == 0:
+            self.stores.subscribe_stages(route_workers)
+        self._children: list[multiprocessing.Process] = []
+
+        ingestor = Ingestor(self.blobs, config.settings.ingest_bucket)
         self.gateway = Gateway(config.listeners, ingestor, secrets=self.secrets, sources=lambda: self.config().sources)
         self.sources = SourceScheduler(self.config, ingestor, self.docs, self.secrets, tmp_dir=tmp)
         app = create_app(self.ports, self.status, secrets=self.secrets)
@@ -88,12 +144,12 @@ class EmbeddedRuntime:
     def status(self) -> dict:
         exceptions = self.docs.list(stages.EXCEPTIONS)
         return {
-            "queue": {t: self.queue.pending(t)
-                      for t in (TOPIC_INGEST, stages.TOPIC_PLANNED, stages.TOPIC_DELIVER, DEAD_LETTER_TOPIC)},
+            "queue": {t: self.queue.pending(t) for t in TOPICS},
             "deliveries": self.ledger.counts(),
             "exceptions": len(exceptions),
             "listeners": {lsn.id: port for lsn, port in zip(self.gateway.listeners, self.gateway.ports)},
             "sources": self.sources.status(),
+            "pipeline_processes": [c.pid for c in self._children if c.is_alive()],
         }
 
     def start(self) -> None:
@@ -101,7 +157,13 @@ class EmbeddedRuntime:
         if expired:
             log.warning("%d delivery(ies) were being sent when the previous run died; they will be"
                         " sent again and are marked in doubt", expired)
-        self.queue.start()
+        self.queue.start()  # releases every lease of the previous run
+        ctx = multiprocessing.get_context("spawn")
+        for n in range(self.pipeline_processes):
+            child = ctx.Process(target=_pipeline_process, name=f"axiom-pipeline-{n}", daemon=True,
+                                args=(str(self.data_dir), self.route_workers, logging.getLogger().level, os.getpid()))
+            child.start()
+            self._children.append(child)
         self.gateway.start()
         self.sources.start()  # after the gateway: C-MOVE retrievals arrive there
         if self._http:
@@ -114,5 +176,12 @@ class EmbeddedRuntime:
         self.gateway.stop()
         if self._http:
             self._http.shutdown()
+        for child in self._children:
+            child.terminate()
+        for child in self._children:
+            child.join(15)
+            if child.is_alive():
+                child.kill()
+        self._children.clear()
         self.queue.stop()
         self.ports.senders.close()
