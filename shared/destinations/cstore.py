@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.uid import UID
 from pynetdicom import AE, _config, build_context
 from pynetdicom.status import code_to_category
 
@@ -93,12 +94,25 @@ class CStoreSender:
                                   contexts=[build_context(key[0], [key[1]])],
                                   **({"tls_args": self._tls} if self._tls else {}))
         if not assoc.is_established:
-            what = "rejected" if assoc.is_rejected else "not established (peer down, wrong TLS, or timeout)"
-            raise RetryLater(f"association with {self.peer} {what}")
+            if assoc.rejected_contexts and not assoc.accepted_contexts:
+                # The peer accepted the association but none of its presentation
+                # contexts; pynetdicom then aborts it. Retrying cannot help.
+                raise DeliveryRefused(self._refusal(key, assoc.rejected_contexts))
+            if assoc.is_rejected:
+                raise RetryLater(f"association with {self.peer} rejected{_rejection(assoc)}")
+            raise RetryLater(f"association with {self.peer} not established (peer down, wrong TLS, or timeout)")
         if not any(cx.abstract_syntax == key[0] for cx in assoc.accepted_contexts):
+            rejected = assoc.rejected_contexts
             assoc.release()
-            raise DeliveryRefused(f"{self.peer} does not accept SOP class {key[0]} in transfer syntax {key[1]}")
+            raise DeliveryRefused(self._refusal(key, rejected))
         return assoc
+
+    def _refusal(self, key: tuple[str, str], rejected) -> str:
+        why = {0x01: "user rejection", 0x02: "no reason given", 0x03: "abstract syntax not supported",
+               0x04: "transfer syntax not supported"}
+        results = sorted({why.get(cx.result, f"result 0x{cx.result:02X}") for cx in rejected if cx.result is not None})
+        return (f"{self.peer} does not accept SOP class {_uid_name(key[0])} in transfer syntax {_uid_name(key[1])}"
+                + (f" ({', '.join(results)})" if results else ""))
 
     def _checkin(self, key, assoc) -> None:
         with self._lock:
@@ -136,3 +150,19 @@ class CStoreSender:
         for pool in pools.values():
             for _, assoc in pool:
                 assoc.release()
+
+
+def _uid_name(uid: str) -> str:
+    name = UID(uid).name
+    return f"{name} ({uid})" if name and name != uid else uid
+
+
+def _rejection(assoc) -> str:
+    """Result, source and reason of an A-ASSOCIATE-RJ (PS3.8 9.3.4)."""
+    rsp = assoc.acceptor.primitive
+    if rsp is None or rsp.result is None:
+        return ""
+    try:
+        return f" ({rsp.result_str}, {rsp.source_str}: {rsp.reason_str})"
+    except Exception:  # an out-of-range code: give the numbers
+        return f" (result {rsp.result}, source {rsp.result_source}, reason {rsp.diagnostic})"
