@@ -29,6 +29,7 @@ configured literal values, tag names and VRs do.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
@@ -96,11 +97,23 @@ class Change:
 
 def validate_actions(actions: Iterable[dict[str, Any]]) -> list:
     """The action models for ``actions`` (JSON dicts as carried in a Plan); a list that
-    does not validate raises :class:`shared.config.ConfigError` naming the field."""
-    try:
-        return _ACTIONS.validate_python(list(actions))
-    except ValidationError as exc:
-        raise ConfigError.from_validation(exc, prefix="actions.") from None
+    does not validate raises :class:`shared.config.ConfigError` naming the field.
+    Plans repeat the same few action lists, so validated lists are cached by content."""
+    actions = list(actions)
+    key = json.dumps(actions, sort_keys=True, default=str)
+    models = _VALIDATED.get(key)
+    if models is None:
+        try:
+            models = _ACTIONS.validate_python(actions)
+        except ValidationError as exc:
+            raise ConfigError.from_validation(exc, prefix="actions.") from None
+        if len(_VALIDATED) > 512:
+            _VALIDATED.clear()
+        _VALIDATED[key] = models
+    return models
+
+
+_VALIDATED: dict[str, list] = {}
 
 
 def apply_actions(ds: Dataset, actions: list[dict[str, Any]], services: MorphServices | None = None, *,
