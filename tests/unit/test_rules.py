@@ -284,7 +284,8 @@ def test_dry_run_trace_explains_each_condition():
 def test_validation_reports_missing_attributes_and_bad_uids():
     ds = instance()
     del ds.PatientID
-    ds.SeriesInstanceUID = "1.2.abc"
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        ds.SeriesInstanceUID = "1.2.abc"
     problems = validate_instance(ds, parse_config({}).settings)
     assert problems == ["required attribute PatientID is missing", "SeriesInstanceUID is not a valid UID"]
     relaxed = parse_config({"settings": {"required_attributes": ["SOPInstanceUID"]}}).settings
