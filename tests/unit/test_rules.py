@@ -281,12 +281,12 @@ def test_dry_run_trace_explains_each_condition():
 
 # --- validation ----------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # pydicom warns on every access
 def test_validation_reports_missing_attributes_and_bad_uids():
     ds = instance()
     del ds.PatientID
-    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
-        ds.SeriesInstanceUID = "1.2.abc"
-        problems = validate_instance(ds, parse_config({}).settings)
+    ds.SeriesInstanceUID = "1.2.abc"
+    problems = validate_instance(ds, parse_config({}).settings)
     assert problems == ["required attribute PatientID is missing", "SeriesInstanceUID is not a valid UID"]
     relaxed = parse_config({"settings": {"required_attributes": ["SOPInstanceUID"]}}).settings
     assert validate_instance(ds, relaxed) == ["SeriesInstanceUID is not a valid UID"]
