@@ -111,7 +111,8 @@ def _pipeline_process(data_dir: str, route_workers: int, log_level: int, parent_
 
 class EmbeddedRuntime:
     def __init__(self, config: AppConfig, data_dir: Path, *, http_host: str = "127.0.0.1",
-                 http_port: int | None = 8080, route_workers: int = 4, pipeline_processes: int = 0):
+                 http_port: int | None = 8080, route_workers: int = 4, pipeline_processes: int = 0,
+                 poll_sources: bool = True):
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.data_dir / "tmp"
@@ -129,6 +130,7 @@ class EmbeddedRuntime:
         self.config, self.blobs, self.secrets = self.stores.config, self.stores.blobs, self.stores.secrets
         self.ports = self.stores.ports
         self.route_workers = route_workers
+        self.poll_sources = poll_sources
         self.pipeline_processes = pipeline_processes
         if pipeline_processes == 0:
             self.stores.subscribe_stages(route_workers)
@@ -165,7 +167,8 @@ class EmbeddedRuntime:
             child.start()
             self._children.append(child)
         self.gateway.start()
-        self.sources.start()  # after the gateway: C-MOVE retrievals arrive there
+        if self.poll_sources:
+            self.sources.start()  # after the gateway: C-MOVE retrievals arrive there
         if self._http:
             self._http_thread = threading.Thread(target=self._http.serve_forever, name="http", daemon=True)
             self._http_thread.start()

@@ -98,7 +98,9 @@ def make_runtime(tmp_path, gateway_port):
     runtimes = []
 
     def make(sources: list[dict]) -> EmbeddedRuntime:
-        rt = EmbeddedRuntime(parse_config(runtime_config(gateway_port, sources)), tmp_path / "data", http_port=None)
+        # the tests poll by hand; the scheduler has its own test
+        rt = EmbeddedRuntime(parse_config(runtime_config(gateway_port, sources)), tmp_path / "data", http_port=None,
+                             poll_sources=False)
         rt.start()
         runtimes.append(rt)
         return rt

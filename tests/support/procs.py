@@ -53,6 +53,17 @@ def require(tool: str) -> str:
     return path
 
 
+def _complete(path: Path) -> bool:
+    from shared.dicom.io import check_complete
+    from shared.errors import Unprocessable
+
+    try:
+        check_complete(path)
+        return True
+    except (Unprocessable, OSError, ValueError, EOFError):
+        return False
+
+
 class StoreSCP:
     """dcmtk ``storescp`` writing every received instance bit-preserved into ``out_dir``,
     each under a unique file name (``+uf``), so an instance stored twice shows as two
@@ -80,10 +91,19 @@ class StoreSCP:
         return self
 
     def received_count(self) -> int:
-        """Instances stored, duplicates included."""
+        """Instances stored completely, duplicates included."""
         return len(self.files())
 
     def files(self) -> list[Path]:
+        """Complete instance files. With ``+B`` storescp writes while receiving, so a
+        transfer aborted half-way (and retried by the sender) leaves a partial file: that
+        is not a delivery and is not listed (see ``partial_files``)."""
+        return [p for p in self._all_files() if _complete(p)]
+
+    def partial_files(self) -> list[Path]:
+        return [p for p in self._all_files() if not _complete(p)]
+
+    def _all_files(self) -> list[Path]:
         return sorted(p for p in self.out_dir.iterdir() if p.is_file())
 
     def stop(self) -> None:
