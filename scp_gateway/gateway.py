@@ -10,11 +10,14 @@ of Resources) so the sender keeps the instance and retries.
 from __future__ import annotations
 
 import logging
+import ssl
+import threading
 from datetime import datetime, timezone
 from typing import Callable
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
 from shared.config import Listener
 from shared.destinations.tlsctx import server_context
@@ -29,6 +32,32 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+
+
+class TLSAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's server with the TLS handshake moved off the accept loop.
+
+    pynetdicom wraps each accepted socket in ``get_request``, i.e. on the one thread
+    that accepts connections and with no time limit: a single client that connects and
+    never starts its handshake (a port scanner, a load balancer's TCP probe, a stuck
+    modality) keeps every other association out for as long as it stays connected.
+    Here the handshake runs in the connection's own thread with a time limit, and a
+    failed one is logged (pynetdicom drops it silently)."""
+
+    def get_request(self):
+        return self.socket.accept()
+
+    def process_request_thread(self, request, client_address):
+        try:
+            request.settimeout(TLS_HANDSHAKE_TIMEOUT_S)
+            tls_socket = self.ssl_context.wrap_socket(request, server_side=True)
+            tls_socket.settimeout(None)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("TLS handshake with %s:%s failed: %s", client_address[0], client_address[1], exc)
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(tls_socket, client_address)
 
 
 def handle_store(event, listener: Listener, ingestor: Ingestor, sources: Callable[[], list]) -> int:
@@ -88,8 +117,13 @@ class Gateway:
                 (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
             ]
             tls = server_context(listener.tls, self.secrets) if listener.tls else None
-            server = ae.start_server((listener.host, listener.port), block=False, evt_handlers=handlers,
-                                     ssl_context=tls)
+            if tls is None:
+                server = ae.start_server((listener.host, listener.port), block=False, evt_handlers=handlers)
+            else:  # AE.start_server(block=False), with the handshake off the accept loop
+                server = ae.make_server((listener.host, listener.port), evt_handlers=handlers, ssl_context=tls,
+                                        server_class=TLSAssociationServer)
+                ae._servers.append(server)  # as start_server does: server.shutdown() removes it
+                threading.Thread(target=server.serve_forever, name=f"listener-{listener.id}", daemon=True).start()
             self._servers.append(server)
             log.info("listener %s: AE %s on %s:%d%s", listener.id, listener.ae_title, listener.host,
                      server.server_address[1], " (TLS)" if tls else "")

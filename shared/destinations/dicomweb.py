@@ -171,8 +171,9 @@ class DicomWebSender:
         """Fetch the peer's copy (WADO-RS, PS3.18 10.4, as stored) and compare datasets."""
         from shared.dicom.io import dataset_bytes
 
-        study = _study_uid(path)
-        url = f"{self.url}/studies/{study}/instances/{delivery.sop_instance_uid}"
+        study, series = _study_series_uids(path)
+        # the Instance resource (PS3.18 10.4.1.1.3); there is no /studies/{s}/instances/{i}
+        url = f"{self.url}/studies/{study}/series/{series}/instances/{delivery.sop_instance_uid}"
         try:
             response = self.client.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
         except httpx.HTTPError as exc:
@@ -191,7 +192,8 @@ class DicomWebSender:
         self.client.close()
 
 
-def _study_uid(path: Path) -> str:
+def _study_series_uids(path: Path) -> tuple[str, str]:
     from pydicom import dcmread
 
-    return str(dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+    ds = dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
