@@ -250,5 +250,9 @@ def write_instance(ds: Dataset, path: Path) -> str:
     cache: measured as fast as hashing while writing, and simpler)."""
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.save_as(path, enforce_file_format=True)
+    # A dataset read from a Part 10 file with a preamble is written back as one as it
+    # is; pydicom's enforce_file_format (a deep copy and re-check of the file meta,
+    # ~8% of a 530 KB write) is needed only when something is missing.
+    complete = ds.preamble is not None and "FileMetaInformationVersion" in ds.file_meta
+    ds.save_as(path, enforce_file_format=not complete)
     return sha256_file(path)
