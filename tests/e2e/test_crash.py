@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections import Counter
 
+import pytest
 from pydicom import dcmread
 
 from tests.support.dicomgen import make_ct_study
@@ -40,7 +41,8 @@ def in_doubt(server: AxiomServer, destination_id: str) -> set[str]:
     return {i["sop_instance_uid"] for i in infos if i["destination_id"] == destination_id}
 
 
-def test_kill_9_mid_send_loses_and_duplicates_nothing(tmp_path, storescp):
+@pytest.mark.parametrize("pipeline_processes", [0, 1], ids=["one-process", "pipeline-process"])
+def test_kill_9_mid_send_loses_and_duplicates_nothing(tmp_path, storescp, pipeline_processes):
     files = make_ct_study(tmp_path / "study", 200, rows=256, columns=256)
     uid_of = {str(p): dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in files}
     config = {
@@ -52,7 +54,8 @@ def test_kill_9_mid_send_loses_and_duplicates_nothing(tmp_path, storescp):
             "id": "all", "actions": [{"action": "set", "tag": "StationName", "value": "ROUTED"}],
             "destinations": ["archive", "pacs"]}]}],
     }
-    server = AxiomServer(tmp_path / "data", config).start()
+    env = {"AXIOM_PIPELINE_PROCESSES": str(pipeline_processes)}
+    server = AxiomServer(tmp_path / "data", config, env=env).start()
     log_path = tmp_path / "storescu.log"
     with open(log_path, "wb") as log:
         sender = subprocess.Popen(
@@ -66,7 +69,7 @@ def test_kill_9_mid_send_loses_and_duplicates_nothing(tmp_path, storescp):
     acked = answered_success(log_path.read_bytes())
     assert 80 <= len(acked) < 200, "the kill must land mid-send"
 
-    restarted = AxiomServer(tmp_path / "data", config, dicom_port=server.dicom_port).start()
+    restarted = AxiomServer(tmp_path / "data", config, dicom_port=server.dicom_port, env=env).start()
     try:
         restarted.wait_idle(120)
         acked_uids = {uid_of[f] for f in acked}
