@@ -34,6 +34,25 @@ _STORED = {"Success", "Warning"}
 IDLE_S = 5.0  # an association unused this long is released
 
 
+def _keep_responses(assoc) -> None:
+    """Work around a race in pynetdicom 3.0: ``send_c_store`` pauses the association's
+    reactor thread, but the reactor can pass its checkpoint just before the pause and
+    then take the C-STORE response off the DIMSE queue and drop it as "unexpected". The
+    sender waits out the DIMSE timeout, the association is aborted and the instance,
+    which the peer did store, is sent again. On our outgoing associations every message
+    that is not a request is a response to us, so the reactor puts it back for the
+    sender instead of dropping it."""
+    serve_request = assoc._serve_request
+
+    def serve(msg, context_id):
+        if not msg.is_valid_request:
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve_request(msg, context_id)
+
+    assoc._serve_request = serve
+
+
 class CStoreSender:
     def __init__(self, dest: CStoreDestination, secrets: Secrets):
         self.dest = dest
@@ -105,6 +124,7 @@ class CStoreSender:
             rejected = assoc.rejected_contexts
             assoc.release()
             raise DeliveryRefused(self._refusal(key, rejected))
+        _keep_responses(assoc)
         return assoc
 
     def _refusal(self, key: tuple[str, str], rejected) -> str:
