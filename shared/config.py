@@ -509,21 +509,26 @@ class DicomWebDestination(DestinationBase):
     timeout_s: float = Field(default=60.0, gt=0)
 
 
-class HealthcareDestination(DestinationBase):
-    """A Google Cloud Healthcare API DICOM store, by STOW-RS with Google credentials."""
+class HealthcareStore(Doc):
+    """A Google Cloud Healthcare API DICOM store (destination or source)."""
 
-    type: Literal["healthcare"]
     project: str
     location: str
     dataset: str
     dicom_store: str
     endpoint: str = Field(default="https://healthcare.googleapis.com/v1", pattern=r"^https?://")
-    timeout_s: float = Field(default=60.0, gt=0)
 
     @property
     def dicomweb_url(self) -> str:
         return (f"{self.endpoint}/projects/{self.project}/locations/{self.location}/datasets/{self.dataset}"
                 f"/dicomStores/{self.dicom_store}/dicomWeb")
+
+
+class HealthcareDestination(HealthcareStore, DestinationBase):
+    """A Healthcare API DICOM store, by STOW-RS with Google credentials."""
+
+    type: Literal["healthcare"]
+    timeout_s: float = Field(default=60.0, gt=0)
 
 
 class GCSDestination(DestinationBase):
@@ -597,23 +602,13 @@ class DimseSource(SourceBase):
     tls: TLS | None = None
 
 
-class HealthcareSource(SourceBase):
+class HealthcareSource(HealthcareStore, SourceBase):
     """Poll a Healthcare API DICOM store by QIDO-RS and retrieve full instances."""
 
     type: Literal["healthcare"]
-    project: str
-    location: str
-    dataset: str
-    dicom_store: str
-    endpoint: str = Field(default="https://healthcare.googleapis.com/v1", pattern=r"^https?://")
     query: dict[str, str] = Field(default_factory=dict)
     page_size: int = Field(default=100, ge=1, le=10000)
     timeout_s: float = Field(default=60.0, gt=0)
-
-    @property
-    def dicomweb_url(self) -> str:
-        return (f"{self.endpoint}/projects/{self.project}/locations/{self.location}/datasets/{self.dataset}"
-                f"/dicomStores/{self.dicom_store}/dicomWeb")
 
 
 Source = Annotated[Union[DicomWebSource, DimseSource, HealthcareSource], Field(discriminator="type")]

@@ -17,7 +17,6 @@ import json
 import re
 import shutil
 import sqlite3
-import subprocess
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,21 +30,13 @@ from pydicom.data import get_testdata_file
 
 from tests.support.dicomgen import make_ct_study
 from tests.support.orthanc import Orthanc
-from tests.support.procs import DCMTK_ENV, AxiomServer, StoreSCP, free_port, require, storescu, wait_for
+from tests.support.procs import AxiomServer, StoreSCP, free_port, storescu, wait_for
+from tests.support.samples import TS_SAMPLES, make_ts_samples
 
 pytestmark = pytest.mark.dcmtk
 
-# pydicom samples in other transfer syntaxes, with the storescu option that sends each
-# in its own transfer syntax (as in tests/e2e/conftest.py)
-TS_SAMPLES = {
-    "implicit-le": ("MR_small_implicit.dcm", ["-xi"]),
-    "explicit-be": ("MR_small_bigendian.dcm", ["-xb"]),
-    "deflated": ("image_dfl.dcm", ["-xd"]),
-    "jpeg-baseline": ("SC_rgb_jpeg_dcmtk.dcm", ["-xy"]),
-    "jpeg-ls": ("MR_small_jpeg_ls_lossless.dcm", ["-xt"]),
-    "jpeg-2000": ("MR_small_jp2klossless.dcm", ["-xv"]),
-    "rle": ("MR_small_RLE.dcm", ["-xr"]),
-}
+# pydicom samples in the other transfer syntaxes
+SAMPLE_NAMES = [name for name in TS_SAMPLES if name != "explicit-le"]
 FAST_RETRY = {"initial_backoff_s": 0.2, "max_backoff_s": 1.0}
 
 
@@ -59,17 +50,8 @@ def study(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture
 def samples(tmp_path) -> dict[str, tuple[Path, list[str]]]:
-    """Fresh copies (new SOP Instance UIDs from dcmodify, transfer syntax and pixel data
-    untouched, a Patient ID) for each test."""
-    out = {}
-    for name, (filename, opts) in TS_SAMPLES.items():
-        path = tmp_path / "samples" / f"{name}.dcm"
-        path.parent.mkdir(exist_ok=True)
-        shutil.copy(get_testdata_file(filename), path)
-        subprocess.run([require("dcmodify"), "-nb", "-gin", "-i", "(0010,0020)=AXF-TS", str(path)],
-                       check=True, env=DCMTK_ENV)
-        out[name] = (path, opts)
-    return out
+    """Fresh copies (new SOP Instance UIDs, a Patient ID) for each test."""
+    return make_ts_samples(tmp_path / "samples", SAMPLE_NAMES, jpeg_lossless=False)
 
 
 def send(server: AxiomServer, study: list[Path], samples: dict | None = None) -> dict[str, Path]:
