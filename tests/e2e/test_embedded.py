@@ -1,12 +1,14 @@
 """The embedded runtime end to end, with dcmtk on both sides: storescu sends into
 ``axiom-flow serve``, which morphs and delivers to a folder and to storescp."""
 
+import shutil
+import subprocess
 from pathlib import Path
 
 from pydicom import dcmread
 
 from tests.support.dicomgen import make_ct_study
-from tests.support.procs import AxiomServer, storescu, wait_for
+from tests.support.procs import DCMTK_ENV, AxiomServer, require, storescu, wait_for
 
 INSTITUTION = "AXIOM ROUTED"
 
@@ -91,3 +93,23 @@ def test_redelivered_and_resent_instances_are_not_delivered_twice(tmp_path, stor
         server.wait_idle()
         assert storescp.received_count() == 3
         assert server.status()["deliveries"]["delivered"] == 6
+
+
+def test_echo_and_store_failure_answers_a700_and_keeps_nothing(tmp_path, storescp):
+    files = make_ct_study(tmp_path / "study", 2, rows=64, columns=64)
+    with AxiomServer(tmp_path / "data", router_config(storescp)) as server:
+        echo = subprocess.run([require("echoscu"), "-aec", "AXIOM", "127.0.0.1", str(server.dicom_port)],
+                              capture_output=True, env=DCMTK_ENV, timeout=30)
+        assert echo.returncode == 0, echo.stderr
+        # the ingest store cannot be written: the gateway must not answer Success
+        ingest = server.data_dir / "blobs" / "ingest"
+        shutil.rmtree(ingest, ignore_errors=True)
+        ingest.write_text("not a directory")
+        failed = storescu(server.dicom_port, files[:1], check=False, extra=["-nh"])
+        log = failed.stdout + failed.stderr
+        assert b"Received Store Response (Success)" not in log
+        assert b"Refused: OutOfResources" in log, log.decode()  # 0xA700
+        ingest.unlink()
+        storescu(server.dicom_port, files)
+        server.wait_idle()
+        assert storescp.received_count() == 2
