@@ -22,6 +22,7 @@ from shared.config import AppConfig
 from shared.destinations import Senders
 from shared.dicom.io import read_instance, sha256_file, write_instance
 from shared.dicom.original_attributes import OriginalAttributesPolicy
+from shared.dicom.splice import write_spliced
 from shared.errors import DeliveryRefused, RetryLater, Unprocessable
 from shared.messages import BlobRef, DeadLetter, Delivery, IngestMetadata, ObjectFinalized, Plan
 from shared.morph import apply_actions
@@ -147,7 +148,10 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
         if plan.actions:
             with tempfile.TemporaryDirectory(prefix="axiom-morph-") as tmp:
                 out = Path(tmp) / "morphed.dcm"
-                sha = write_instance(ds, out)
+                # copy the unchanged elements' bytes; pydicom re-encodes when that cannot apply
+                sha = write_spliced(path, ds, None, out)
+                if sha is None:
+                    sha = write_instance(ds, out)
                 blob = ports.blobs.put_file(config.settings.processed_bucket,
                                             f"{ds.SOPInstanceUID}/{sha}.dcm", out, move=True)
         else:  # nothing to change: deliver the received bytes as they are

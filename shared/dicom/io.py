@@ -50,6 +50,10 @@ _FIXED_SIZE = {b"US": 2, b"SS": 2, b"UL": 4, b"SL": 4, b"FL": 4, b"FD": 8, b"AT"
                b"OW": 2, b"OF": 4, b"OD": 8, b"OL": 4, b"OV": 8}
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
 
+# One encoded element: (tag, header start, value start, length field, end). The length
+# field is 0xFFFFFFFF for an undefined length; ``end`` is then after the delimiter.
+Span = tuple[int, int, int, int, int]
+
 
 class _Walker:
     """Walks the encoded dataset and checks its structure without decoding values
@@ -69,12 +73,19 @@ class _Walker:
     def _corrupt(self, message: str) -> Unprocessable:
         return Unprocessable(f"truncated or corrupt: {message}")
 
-    def elements(self, pos: int, end: int, *, implicit: bool, in_item: bool = False) -> int:
+    def elements(self, pos: int, end: int, *, implicit: bool, in_item: bool = False,
+                 spans: list[Span] | None = None) -> int:
         """Elements from ``pos`` to ``end``; in an undefined-length item, up to and
-        including its Item Delimitation Item. Returns the position after them."""
+        including its Item Delimitation Item. Returns the position after them.
+
+        With ``spans`` (a list), one :data:`Span` per element walked at this level is
+        appended to it, in file order: where its header starts, where its value starts,
+        its length field as encoded, and where it ends (after its delimiter, for an
+        undefined length). Nested elements are checked but not listed."""
         data, tag_s, explicit_s, u32 = self.data, self.tag, self.explicit_header, self.u32
         long_vrs, fixed, dictionary = _LONG_VRS, _FIXED_SIZE, DicomDictionary
         while pos < end:
+            start = pos
             if end - pos < 8:
                 raise self._corrupt("the file ends inside a data element header")
             if implicit:
@@ -98,12 +109,15 @@ class _Walker:
             else:
                 pos += 8
             if length == _UNDEFINED:
+                value = pos
                 # a sequence, or encapsulated pixel data: fragments (PS3.5 A.4)
                 if vr == b"UN":
                     # a sequence in an undefined-length UN is implicit VR little endian (PS3.5 6.2.2)
                     pos = _Walker(data, implicit=True, little=True).items(pos, end, fragments=False, delimited=True)
                 else:
                     pos = self.items(pos, end, fragments=(vr != b"SQ" and not implicit), delimited=True)
+                if spans is not None:
+                    spans.append(((group << 16) | element, start, value, length, pos))
                 continue
             if length > end - pos:
                 raise self._corrupt(
@@ -114,6 +128,8 @@ class _Walker:
                 raise self._corrupt(f"element ({group:04X},{element:04X}) has {length} bytes, not a whole number "
                                     f"of {vr.decode()} values")
             pos += length
+            if spans is not None:
+                spans.append(((group << 16) | element, start, pos - length, length, pos))
         if in_item:
             raise self._corrupt("a sequence item ends before its delimiter")
         return pos
@@ -150,7 +166,7 @@ class _Walker:
 _META_HEADER = struct.Struct("<HH2sHL")  # tag, VR, 16-bit length; 32-bit length for OB/UN...
 
 
-def _meta_end_and_syntax(data: bytes) -> tuple[int | None, UID | None]:
+def part10_layout(data: bytes) -> tuple[int | None, UID | None]:
     """Where the dataset starts and its transfer syntax, from a Part 10 file's meta
     group (PS3.10 section 7.1: preamble, "DICM", group 0002 in explicit VR little
     endian headed by its group length). (None, None) for anything else."""
@@ -179,6 +195,19 @@ def _meta_end_and_syntax(data: bytes) -> tuple[int | None, UID | None]:
     return end, syntax
 
 
+def top_level_spans(data: bytes, offset: int, syntax: UID) -> list[Span]:
+    """The top-level elements of the (not deflated) dataset that starts at ``offset``,
+    as :data:`Span` s in file order, checked as :func:`check_complete` checks them
+    (PS3.5 section 7.1 element encoding; 7.5 nested items are walked and checked,
+    not listed). Raises :class:`Unprocessable` for a broken structure."""
+    if syntax.is_deflated:
+        raise ValueError("a deflated dataset has no byte offsets in the file")
+    spans: list[Span] = []
+    _Walker(data, syntax.is_implicit_VR, syntax.is_little_endian).elements(
+        offset, len(data), implicit=syntax.is_implicit_VR, spans=spans)
+    return spans
+
+
 def check_complete(path: Path, data: bytes | None = None) -> None:
     """Raise :class:`Unprocessable` if the file ends inside a data element or its
     structure is broken.
@@ -192,7 +221,7 @@ def check_complete(path: Path, data: bytes | None = None) -> None:
     syntactically a shorter valid dataset and is left to IOD validation."""
     if data is None:
         data = Path(path).read_bytes()
-    offset, syntax = _meta_end_and_syntax(data)
+    offset, syntax = part10_layout(data)
     if offset is None:  # unusual file meta: let pydicom read it
         meta = read_file_meta_info(path)
         offset = 132 + 12 + int(meta.FileMetaInformationGroupLength)
