@@ -123,20 +123,33 @@ def run_axiom(work: Path, files: list[Path], sop_uids: set[str], max_pdu: int, r
     return {"ingest_s": elapsed, "drain_s": drained}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def bench_arguments(doc: str, *, repeat: int, what: str) -> argparse.ArgumentParser:
+    """The arguments every storescu-driven benchmark takes; add your own, then
+    :func:`parse_bench_arguments`."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=500, help="instances per run (default 500)")
-    ap.add_argument("--repeat", type=int, default=5, help="runs per receiver; the median is reported (default 5)")
+    ap.add_argument("--repeat", type=int, default=repeat,
+                    help=f"runs per {what}; the median is reported (default {repeat})")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="where to generate data and receive (default: a temp dir, removed at the end)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    return ap
+
+
+def parse_bench_arguments(ap: argparse.ArgumentParser, argv: list[str] | None):
+    args = ap.parse_args(argv)
+    if args.count < 1 or args.repeat < 1:
+        ap.error("--count and --repeat must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = bench_arguments(__doc__, repeat=5, what="receiver")
     ap.add_argument("--max-pdu", type=int, default=131072,
                     help="max PDU for storescu, storescp and the axiom listener (default 131072)")
     ap.add_argument("--rows", type=int, default=512, help="image rows/columns (512: ~530 KB per instance)")
     ap.add_argument("--drain-timeout", type=float, default=600.0, help="seconds to wait for the pipeline to drain")
-    ap.add_argument("--workdir", type=Path, default=None,
-                    help="where to generate data and receive (default: a temp dir, removed at the end)")
-    ap.add_argument("--keep", action="store_true", help="keep the work dir")
-    args = ap.parse_args(argv)
-    if args.count < 1 or args.repeat < 1:
-        ap.error("--count and --repeat must be >= 1")
+    args = parse_bench_arguments(ap, argv)
 
     work = Path(tempfile.mkdtemp(prefix="axiom-bench-ingest-", dir=args.workdir))
     try:

@@ -39,7 +39,6 @@ is ``route_ratio_vs_orthanc=<axiom inst/s / Orthanc inst/s>`` (goal: >= 8).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import platform
@@ -58,7 +57,13 @@ if str(REPO) not in sys.path:
 import httpx  # noqa: E402
 from pydicom import dcmread  # noqa: E402
 
-from bench.ingest import _dcmtk_version, _git_describe, check_storescu  # noqa: E402
+from bench.ingest import (  # noqa: E402
+    _dcmtk_version,
+    _git_describe,
+    bench_arguments,
+    check_storescu,
+    parse_bench_arguments,
+)
 from tests.support.dicomgen import make_ct_study  # noqa: E402
 from tests.support.orthanc import Orthanc  # noqa: E402
 from tests.support.procs import AxiomServer, StoreSCP, free_port, storescu  # noqa: E402
@@ -269,9 +274,7 @@ def run_orthanc(work: Path, src: Source, run: int, timeout: float, *, lua: str =
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--count", type=int, default=500, help="instances per run (default 500)")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per router; the median is reported (default 3)")
+    ap = bench_arguments(__doc__, repeat=3, what="router")
     ap.add_argument("--concurrency", type=int, default=4,
                     help="max_concurrency of axiom-flow's cstore destination (default 4)")
     ap.add_argument("--pipeline-processes", type=int, default=None,
@@ -279,12 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--orthanc-forward-only", action="store_true",
                     help="also time Orthanc forwarding without the modify step (informative)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds a run may take before it fails")
-    ap.add_argument("--workdir", type=Path, default=None,
-                    help="where to generate data and receive (default: a temp dir, removed at the end)")
-    ap.add_argument("--keep", action="store_true", help="keep the work dir")
-    args = ap.parse_args(argv)
-    if args.count < 1 or args.repeat < 1:
-        ap.error("--count and --repeat must be >= 1")
+    args = parse_bench_arguments(ap, argv)
 
     work = Path(tempfile.mkdtemp(prefix="axiom-bench-route-", dir=args.workdir))
     try:
