@@ -309,7 +309,8 @@ _NEW = ["PatientComments", "AdditionalPatientHistory", "ImageComments", "StudyCo
         "PatientState", "RequestedProcedureDescription", "ReasonForStudy", "DerivationDescription"]
 _op = st.one_of(
     st.tuples(st.just("delete"), st.sampled_from(_EXISTING)),
-    st.tuples(st.just("set"), st.sampled_from(_TEXT + _NEW), st.text("ABCXYZ019 ^-", min_size=0, max_size=20)),
+    # 16 characters: within the shortest of these VRs (SH); longer values are refused
+    st.tuples(st.just("set"), st.sampled_from(_TEXT + _NEW), st.text("ABCXYZ019 ^-", min_size=0, max_size=16)),
 )
 
 
