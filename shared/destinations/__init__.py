@@ -45,7 +45,7 @@ def build_sender(dest, *, secrets: Secrets, base_dir: Path) -> Sender:
 
         return DicomWebSender(dest, secrets)
     if isinstance(dest, GCSDestination):
-        from shared.destinations.filesystem import GCSSender
+        from shared.destinations.gcs import GCSSender
 
         return GCSSender(dest)
     raise TypeError(f"no sender for destination type {type(dest).__name__}")

@@ -8,9 +8,9 @@ from pathlib import Path
 from pydicom import dcmread
 
 from shared.adapters.files import durable_place
-from shared.config import FilesystemDestination, GCSDestination
+from shared.config import FilesystemDestination
 from shared.dicom.io import sha256_file
-from shared.errors import DeliveryRefused, RetryLater, Unprocessable
+from shared.errors import DeliveryRefused, Unprocessable
 from shared.messages import Delivery
 from shared.templates import render
 
@@ -48,38 +48,6 @@ class FilesystemSender:
             raise DeliveryRefused(f"{target.name} exists at {self.dest.id} with different bytes")
         durable_place(path, target, move=False)
         return str(target)
-
-    def close(self) -> None:
-        pass
-
-
-class GCSSender:
-    """Upload with ``if_generation_match=0`` (create only): an existing object with our
-    sha256 is the same delivery; with another it is a conflict."""
-
-    def __init__(self, dest: GCSDestination):
-        from google.cloud import storage  # only needed when a GCS destination exists
-
-        self.dest = dest
-        self.bucket = storage.Client().bucket(dest.bucket)
-
-    def send(self, path: Path, delivery: Delivery) -> str:
-        from google.api_core import exceptions as gexc
-
-        name = object_name(self.dest.name_template, path)
-        blob = self.bucket.blob(name)
-        blob.metadata = {"axiom-sha256": delivery.sha256, "axiom-sop-instance-uid": delivery.sop_instance_uid}
-        try:
-            blob.upload_from_filename(str(path), content_type="application/dicom",
-                                      if_generation_match=None if self.dest.on_conflict == "overwrite" else 0)
-        except gexc.PreconditionFailed:
-            blob.reload()
-            if (blob.metadata or {}).get("axiom-sha256") == delivery.sha256:
-                return f"gs://{self.dest.bucket}/{name} (already there)"
-            raise DeliveryRefused(f"gs://{self.dest.bucket}/{name} exists with different bytes") from None
-        except (gexc.ServiceUnavailable, gexc.InternalServerError, gexc.TooManyRequests, ConnectionError) as exc:
-            raise RetryLater(f"GCS upload to {self.dest.bucket} failed: {exc}") from exc
-        return f"gs://{self.dest.bucket}/{name}"
 
     def close(self) -> None:
         pass
