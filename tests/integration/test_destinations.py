@@ -54,6 +54,23 @@ def samples(tmp_path) -> dict[str, tuple[Path, list[str]]]:
     return make_ts_samples(tmp_path / "samples", SAMPLE_NAMES, jpeg_lossless=False)
 
 
+def wait_delivered_without_exceptions(server: AxiomServer, sent: dict[str, Path]) -> None:
+    wait_for(lambda: server.status()["deliveries"].get("delivered", 0) >= len(sent) or route_exceptions(server),
+             60, what="every instance delivered")
+    status = server.wait_idle()
+    assert route_exceptions(server) == []
+    assert status["deliveries"]["delivered"] == len(sent)
+
+
+def assert_once_at_orthanc(orthanc: Orthanc, sent: dict[str, Path]) -> None:
+    """Every sent instance is in Orthanc exactly once, with the same pixel data."""
+    stored = orthanc_files(orthanc)
+    assert set(stored) == set(sent)
+    for uid, path in sent.items():
+        assert len(stored[uid]) == 1
+        assert_same_instance(path, stored[uid][0])
+
+
 def send(server: AxiomServer, study: list[Path], samples: dict | None = None) -> dict[str, Path]:
     """storescu everything into the server; returns SOP Instance UID -> source file."""
     if study:
@@ -270,16 +287,8 @@ def test_stow_rs_to_orthanc_exactly_once(tmp_path, study, samples, mode):
         env = {"AXIOM_TEST_TOKEN": token, "AXIOM_TEST_KEY": key}
         with AxiomServer(tmp_path / "data", route_all(dest), env=env) as server:
             sent = send(server, study, samples)
-            wait_for(lambda: server.status()["deliveries"].get("delivered", 0) >= len(sent) or route_exceptions(server),
-                     60, what="every instance delivered")
-            status = server.wait_idle()
-            assert route_exceptions(server) == []
-            assert status["deliveries"]["delivered"] == len(sent)
-        stored = orthanc_files(orthanc)
-        assert set(stored) == set(sent)
-        for uid, path in sent.items():
-            assert len(stored[uid]) == 1
-            assert_same_instance(path, stored[uid][0])
+            wait_delivered_without_exceptions(server, sent)
+        assert_once_at_orthanc(orthanc, sent)
         if mode != "direct":
             assert front.refused == 0
             assert front.stored() == Counter({uid: 1 for uid in sent}), "each instance in exactly one request"
@@ -328,16 +337,8 @@ def test_cstore_to_orthanc(tmp_path, study, samples):
                 "port": orthanc.dicom_port, "retry": {"max_attempts": 3, **FAST_RETRY}}
         with AxiomServer(tmp_path / "data", route_all(dest)) as server:
             sent = send(server, study, samples)
-            wait_for(lambda: server.status()["deliveries"].get("delivered", 0) >= len(sent) or route_exceptions(server),
-                     60, what="every instance delivered")
-            status = server.wait_idle()
-            assert route_exceptions(server) == []
-            assert status["deliveries"]["delivered"] == len(sent)
-        stored = orthanc_files(orthanc)
-        assert set(stored) == set(sent)
-        for uid, path in sent.items():
-            assert len(stored[uid]) == 1
-            assert_same_instance(path, stored[uid][0])  # Orthanc stores as received: same transfer syntax
+            wait_delivered_without_exceptions(server, sent)
+        assert_once_at_orthanc(orthanc, sent)  # Orthanc stores as received: same transfer syntax
 
 
 # --- 3. a presentation context the peer refuses ---------------------------------------------
