@@ -30,6 +30,7 @@ The last printed line is ``ingest_ratio_vs_storescp=<axiom inst/s / storescp ins
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -136,6 +137,25 @@ def bench_arguments(doc: str, *, repeat: int, what: str) -> argparse.ArgumentPar
     return ap
 
 
+@contextlib.contextmanager
+def bench_workdir(args, prefix: str):
+    """A work dir for one benchmark run, removed afterwards unless ``--keep``."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=args.workdir))
+    try:
+        yield work
+    finally:
+        if args.keep:
+            print(f"work dir kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def print_load_average(busy_above: float) -> None:
+    load = os.getloadavg()[0]
+    print(f"load average after: {load:.2f}" + ("  (other work was running: numbers are pessimistic)"
+                                                if load > busy_above else ""))
+
+
 def parse_bench_arguments(ap: argparse.ArgumentParser, argv: list[str] | None):
     args = ap.parse_args(argv)
     if args.count < 1 or args.repeat < 1:
@@ -151,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drain-timeout", type=float, default=600.0, help="seconds to wait for the pipeline to drain")
     args = parse_bench_arguments(ap, argv)
 
-    work = Path(tempfile.mkdtemp(prefix="axiom-bench-ingest-", dir=args.workdir))
-    try:
+    with bench_workdir(args, "axiom-bench-ingest-") as work:
         t = time.perf_counter()
         files = make_ct_study(work / "input", args.count, rows=args.rows, columns=args.rows)
         total_bytes = sum(p.stat().st_size for p in files)
@@ -190,15 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         drain = statistics.median(r["drain_s"] for r in ax_runs)
         print(f"axiom-flow drained (all delivered to the filesystem destination): {args.count / drain:7.1f} inst/s  "
               f"{total_bytes / drain / 1e6:7.1f} MB/s  (median {drain:.2f}s after the first byte)")
-        load = os.getloadavg()[0]
-        print(f"load average after: {load:.2f}" + ("  (other work was running: numbers are pessimistic)" if load > 1.0 else ""))
+        print_load_average(busy_above=1.0)
         print(f"ingest_ratio_vs_storescp={ax_rate / scp_rate:.3f}")
         return 0
-    finally:
-        if args.keep:
-            print(f"work dir kept: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _sop_uid(path: Path) -> str:

@@ -46,7 +46,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -61,8 +60,10 @@ from bench.ingest import (  # noqa: E402
     _dcmtk_version,
     _git_describe,
     bench_arguments,
+    bench_workdir,
     check_storescu,
     parse_bench_arguments,
+    print_load_average,
 )
 from tests.support.dicomgen import make_ct_study  # noqa: E402
 from tests.support.orthanc import Orthanc  # noqa: E402
@@ -285,8 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds a run may take before it fails")
     args = parse_bench_arguments(ap, argv)
 
-    work = Path(tempfile.mkdtemp(prefix="axiom-bench-route-", dir=args.workdir))
-    try:
+    with bench_workdir(args, "axiom-bench-route-") as work:
         t = time.perf_counter()
         src = Source(make_ct_study(work / "input", args.count))
         print(f"generated {src.count} instances, {src.total_bytes / src.count / 1e3:.0f} KB each, "
@@ -335,15 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         or_rate = summary("orthanc", "Orthanc Lua modify + forward")
         if runs["orthanc-fwd"]:
             summary("orthanc-fwd", "Orthanc Lua forward only (info)")
-        load = os.getloadavg()[0]
-        print(f"load average after: {load:.2f}" + ("  (other work was running: numbers are pessimistic)" if load > 1.5 else ""))
+        print_load_average(busy_above=1.5)
         print(f"route_ratio_vs_orthanc={ax_rate / or_rate:.3f}")
         return 0
-    finally:
-        if args.keep:
-            print(f"work dir kept: {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _orthanc_version() -> str:
