@@ -17,7 +17,9 @@ Both receivers write to the same local disk. ``storescp`` runs bit-preserving (`
 with ``TCP_NODELAY=1`` (see tests/support/procs.py). The reported figure per receiver is
 the MEDIAN over ``--repeat`` runs (best is printed too); runs alternate
 storescp / axiom-flow so drift hits both alike, and ``sync`` runs before each timed
-send so no run pays for the previous run's page-cache writeback.
+send so no run pays for the previous run's page-cache writeback. Nothing is deleted
+until the end, so no run pays for the previous run's deleted inodes either (see
+bench/route.py).
 
 Correctness is checked on every run, and the script exits non-zero if it fails:
 every instance answered Success (``storescu -v`` output), no failure lines, and the
@@ -76,7 +78,6 @@ def run_storescp(work: Path, files: list[Path], max_pdu: int, run: int) -> dict:
     n_files = len(scp.files())
     if n_files != len(files) or scp.received_count() != len(files):
         raise SystemExit(f"storescp: {n_files} files / {scp.received_count()} requests for {len(files)} sent")
-    shutil.rmtree(out_dir, ignore_errors=True)
     return {"ingest_s": elapsed}
 
 
@@ -119,8 +120,6 @@ def run_axiom(work: Path, files: list[Path], sop_uids: set[str], max_pdu: int, r
         problems.append(f"status {status}")
     if problems:
         raise SystemExit(f"axiom-flow run {run}: " + "; ".join(problems) + f" (log: {server.log_path})")
-    shutil.rmtree(data_dir, ignore_errors=True)
-    shutil.rmtree(dest_dir, ignore_errors=True)
     return {"ingest_s": elapsed, "drain_s": drained}
 
 

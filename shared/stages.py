@@ -11,6 +11,7 @@ Every stage is at-least-once safe: re-running it produces the same output, and
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -136,7 +137,8 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
     with ports.blobs.local_path(plan.blob) as path:
         try:
             # match checked this object completely; it is immutable since.
-            ds = read_instance(path, check=False)
+            data = path.read_bytes()
+            ds = read_instance(path, check=False, data=data)
             if plan.actions:
                 policy = (OriginalAttributesPolicy(modifying_system=config.settings.modifying_system,
                                                    modified_at=plan.ingest.received_at)
@@ -146,14 +148,18 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
             quarantine(ports, plan.blob, str(exc), stage="morph")
             return []
         if plan.actions:
-            with tempfile.TemporaryDirectory(prefix="axiom-morph-") as tmp:
-                out = Path(tmp) / "morphed.dcm"
+            fd, tmp = tempfile.mkstemp(prefix="axiom-morph-", suffix=".dcm")
+            os.close(fd)
+            out = Path(tmp)
+            try:
                 # copy the unchanged elements' bytes; pydicom re-encodes when that cannot apply
-                sha = write_spliced(path, ds, None, out)
+                sha = write_spliced(path, ds, None, out, data=data)
                 if sha is None:
                     sha = write_instance(ds, out)
                 blob = ports.blobs.put_file(config.settings.processed_bucket,
-                                            f"{ds.SOPInstanceUID}/{sha}.dcm", out, move=True)
+                                            processed_name(plan.ingest, str(ds.SOPInstanceUID), sha), out, move=True)
+            finally:
+                out.unlink(missing_ok=True)
         else:  # nothing to change: deliver the received bytes as they are
             sha = plan.ingest.sha256 or sha256_file(path)
             blob = plan.blob
@@ -177,6 +183,13 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
         ports.bus.publish(TOPIC_DELIVER, delivery)
         deliveries.append(delivery)
     return deliveries
+
+
+def processed_name(ingest: IngestMetadata, sop_instance_uid: str, sha256: str) -> str:
+    """Content-addressed name of a morphed object, under its receive date like ingest
+    objects: a re-run writes the same object, and a day's objects share a directory
+    (locally, one directory per instance cost more than writing the file)."""
+    return f"{ingest.received_at:%Y/%m/%d}/{sop_instance_uid}-{sha256}.dcm"
 
 
 _SERVICES: dict[int, tuple[AppConfig, MorphServices]] = {}

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,16 +19,19 @@ from shared.messages import BlobRef, ObjectFinalized
 class LocalBlobStore:
     def __init__(self, root: Path, on_finalize: Callable[[ObjectFinalized], None] | None = None,
                  notify_buckets: frozenset[str] = frozenset()):
-        self.root = Path(root)
+        self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.on_finalize = on_finalize
         self.notify_buckets = notify_buckets
 
     def _path(self, bucket: str, name: str) -> Path:
-        path = (self.root / bucket / name).resolve()
-        if not path.is_relative_to((self.root / bucket).resolve()) or name.startswith(".meta/"):
-            raise ValueError(f"object name escapes its bucket: {name!r}")
-        return path
+        # lexical check (no realpath: it costs a stat per path component): nothing in a
+        # bucket is a symlink, so only '..' and absolute names can leave it
+        base = os.path.join(self.root, bucket)
+        path = os.path.normpath(os.path.join(base, name))
+        if not path.startswith(base + os.sep) or name.startswith(".meta/") or os.sep in bucket or bucket in ("", ".", ".."):
+            raise ValueError(f"object name escapes its bucket: {bucket!r}/{name!r}")
+        return Path(path)
 
     def _meta_path(self, bucket: str, name: str) -> Path:
         return self.root / bucket / ".meta" / f"{name}.json"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
+from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
@@ -241,7 +242,8 @@ def check_complete(path: Path, data: bytes | None = None) -> None:
         offset, len(data), implicit=syntax.is_implicit_VR)
 
 
-def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool = True) -> Dataset:
+def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool = True,
+                  data: bytes | None = None) -> Dataset:
     """Parse a Part 10 file; anything that is not a complete DICOM file raises
     :class:`Unprocessable` with the reason.
 
@@ -251,11 +253,21 @@ def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool =
     than reading and writing the file; what can break the parse is the structure,
     which is checked). With ``stop_before_pixels`` (no structure check), every element
     is converted so a corrupt file fails here. ``check=False`` skips the structure
-    check for a file already checked (an immutable ingest object)."""
+    check for a file already checked (an immutable ingest object).
+
+    A full read parses the file's bytes in memory (``data`` if the caller has them
+    already): pydicom asks a file for its position before every element, and on a file
+    that is a system call each time, on bytes it is not."""
     try:
-        if check and not stop_before_pixels:
-            check_complete(path)
-        ds = dcmread(path, stop_before_pixels=stop_before_pixels)
+        if stop_before_pixels:
+            source = path
+        else:
+            if data is None:
+                data = Path(path).read_bytes()
+            if check:
+                check_complete(path, data)
+            source = BytesIO(data)
+        ds = dcmread(source, stop_before_pixels=stop_before_pixels)
         if stop_before_pixels:
             for _ in ds.iterall():
                 pass

@@ -52,10 +52,12 @@ _UNDEFINED = 0xFFFFFFFF
 
 
 def write_spliced(src_path: Path, ds: Dataset, changed_top_level_tags: Collection[int] | None,
-                  out_path: Path) -> str | None:
+                  out_path: Path, *, data: bytes | None = None) -> str | None:
     """Write ``ds`` (read from ``src_path`` with pydicom, then changed in place) to
     ``out_path`` by copying the source's bytes for every unchanged top-level element;
     return the sha256 of the written file, hashed while writing.
+
+    ``data``: the source file's bytes, if the caller has read them already.
 
     ``changed_top_level_tags``: tags the caller knows changed (they are re-encoded);
     None or incomplete is fine, as every element that is not provably the source's
@@ -68,7 +70,7 @@ def write_spliced(src_path: Path, ds: Dataset, changed_top_level_tags: Collectio
     re-encoded differently; a source whose structure or tag order is broken; any
     element pydicom cannot encode."""
     try:
-        chunks = splice_chunks(Path(src_path), ds, changed_top_level_tags)
+        chunks = splice_chunks(Path(src_path), ds, changed_top_level_tags, data=data)
     except Exception:  # noqa: BLE001 - a fast path: never the reason a morph fails
         log.warning("splice of %s failed; writing with pydicom", src_path, exc_info=True)
         return None
@@ -82,12 +84,13 @@ def write_spliced(src_path: Path, ds: Dataset, changed_top_level_tags: Collectio
     return digest.hexdigest()
 
 
-def splice_chunks(src_path: Path, ds: Dataset, changed_top_level_tags: Collection[int] | None = None
-                  ) -> list[bytes | memoryview] | None:
+def splice_chunks(src_path: Path, ds: Dataset, changed_top_level_tags: Collection[int] | None = None,
+                  *, data: bytes | None = None) -> list[bytes | memoryview] | None:
     """The output file of :func:`write_spliced` as a list of byte chunks (slices of the
     source file and newly encoded elements), or None when the fast path does not
     apply."""
-    data = src_path.read_bytes()
+    if data is None:
+        data = src_path.read_bytes()
     offset, syntax = part10_layout(data)
     if offset is None or syntax.is_deflated or syntax.is_private or not syntax.is_transfer_syntax:
         return None

@@ -1,5 +1,6 @@
 """The stages in-process on the local adapters: what each publishes, records and writes."""
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,31 @@ def test_failed_delivery_can_be_retried_from_its_exception_record(make_ports):
     retried = ports.bus.sent[-1]
     assert retried[0] == stages.TOPIC_DELIVER and Delivery.from_bytes(retried[1]) == delivery
     assert client.post("/exceptions/nope/retry").status_code == 404
+
+
+@pytest.mark.parametrize("bucket,name", [
+    ("ingest", "../processed/x.dcm"), ("ingest", "a/../../x.dcm"), ("ingest", "/etc/passwd"),
+    ("ingest", ".meta/a.dcm.json"), ("..", "x.dcm"), ("a/b", "x.dcm"),
+])
+def test_local_blob_names_cannot_leave_their_bucket(tmp_path, bucket, name):
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    src = tmp_path / "src.dcm"
+    src.write_bytes(b"data")
+    with pytest.raises(ValueError, match="escapes its bucket"):
+        blobs.put_file(bucket, name, src)
+    assert src.exists() and not any(p.is_file() for p in (tmp_path / "blobs").rglob("*"))
+
+
+def test_morphed_object_is_named_by_receive_date_and_content(make_ports):
+    ports = make_ports(config({"id": "r", "actions": [{"action": "set", "tag": "StationName", "value": "X"}],
+                               "destinations": ["archive"]}))
+    event = ingest(ports, CT)
+    plan = stages.match(ports, event)
+    [delivery] = stages.morph(ports, plan)
+    day = f"{plan.ingest.received_at:%Y/%m/%d}"
+    assert delivery.blob.bucket == "processed"
+    assert delivery.blob.name == f"{day}/{plan.sop_instance_uid}-{delivery.sha256}.dcm"
+    with ports.blobs.local_path(delivery.blob) as path:
+        assert dcmread(path).StationName == "X"
+    assert stages.morph(ports, plan)[0].blob.name == delivery.blob.name  # a re-run writes the same object
+    assert not list(Path(tempfile.gettempdir()).glob("axiom-morph-*"))
