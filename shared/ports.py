@@ -17,8 +17,10 @@ class BlobStore(Protocol):
         """Store ``path`` durably; return only once the object survives a crash.
         ``move`` lets a local store take the file instead of copying it."""
 
-    def local_path(self, ref: BlobRef) -> AbstractContextManager[Path]:
-        """A readable local file with the object's bytes, valid inside the block."""
+    def local_path(self, ref: BlobRef, *, last_read: bool = False) -> AbstractContextManager[Path]:
+        """A readable local file with the object's bytes, valid inside the block.
+        ``last_read``: the caller is the object's last reader in the pipeline, so a
+        store that caches it locally may let the cached copy go afterwards."""
 
     def metadata(self, ref: BlobRef) -> dict[str, str]: ...
 

@@ -134,7 +134,8 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
     """Apply the plan's actions, store the result, publish one delivery per destination.
     The morphed object is content-addressed, so a re-run writes the same object."""
     config = ports.config()
-    with ports.blobs.local_path(plan.blob) as path:
+    # with actions, this read is the received object's last (the morphed one is delivered)
+    with ports.blobs.local_path(plan.blob, last_read=bool(plan.actions)) as path:
         try:
             # match checked this object completely; it is immutable since.
             data = path.read_bytes()
@@ -232,7 +233,8 @@ def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
     if claim is Claim.BUSY:
         raise RetryLater(f"delivery {key} is being sent by another worker", delay_s=5.0)
     try:
-        with ports.blobs.local_path(delivery.blob) as path:
+        # usually the last read (another destination's send would read it from disk again)
+        with ports.blobs.local_path(delivery.blob, last_read=True) as path:
             where = ports.senders.send(dest, path, delivery)
     except Exception as exc:
         ports.ledger.release(key)

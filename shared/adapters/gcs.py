@@ -54,7 +54,8 @@ class GCSBlobStore:
         return self._ref(blob)
 
     @contextmanager
-    def local_path(self, ref: BlobRef) -> Iterator[Path]:
+    def local_path(self, ref: BlobRef, *, last_read: bool = False) -> Iterator[Path]:
+        # a download per call, removed afterwards: nothing is cached, last_read is moot
         fd, tmp = tempfile.mkstemp(prefix="axiom-blob-", suffix=".dcm", dir=self.tmp_dir)
         os.close(fd)
         try:

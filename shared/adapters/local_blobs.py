@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from shared.adapters.files import durable_place, write_bytes_atomic
+from shared.adapters.files import drop_cached, durable_place, write_bytes_atomic
 from shared.messages import BlobRef, ObjectFinalized
 
 
@@ -48,11 +48,15 @@ class LocalBlobStore:
         return ref
 
     @contextmanager
-    def local_path(self, ref: BlobRef) -> Iterator[Path]:
+    def local_path(self, ref: BlobRef, *, last_read: bool = False) -> Iterator[Path]:
         path = self._path(ref.bucket, ref.name)
         if not path.exists():
             raise FileNotFoundError(str(ref))
-        yield path
+        try:
+            yield path
+        finally:
+            if last_read:
+                drop_cached(path)
 
     def metadata(self, ref: BlobRef) -> dict[str, str]:
         try:

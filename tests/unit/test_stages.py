@@ -1,5 +1,8 @@
 """The stages in-process on the local adapters: what each publishes, records and writes."""
 
+import os
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -8,6 +11,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from shared import stages
+from shared.adapters.files import drop_cached
 from shared.adapters.local_blobs import LocalBlobStore
 from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteDocumentStore
 from shared.config import parse_config
@@ -202,3 +206,36 @@ def test_morphed_object_is_named_by_receive_date_and_content(make_ports):
         assert dcmread(path).StationName == "X"
     assert stages.morph(ports, plan)[0].blob.name == delivery.blob.name  # a re-run writes the same object
     assert not list(Path(tempfile.gettempdir()).glob("axiom-morph-*"))
+
+
+def _resident_bytes(path: Path) -> int:
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip())
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="fincore (util-linux) not installed")
+def test_objects_read_for_the_last_time_leave_the_page_cache_not_the_disk(make_ports, tmp_path):
+    probe = tmp_path / "probe"
+    with open(probe, "wb") as fh:
+        fh.write(b"x" * 65536)
+        os.fsync(fh.fileno())
+    drop_cached(probe)
+    if _resident_bytes(probe):
+        pytest.skip("this filesystem keeps pages that posix_fadvise(DONTNEED) asks to drop (tmpfs?)")
+    ports = make_ports(config({"id": "r", "actions": [{"action": "set", "tag": "StationName", "value": "X"}],
+                               "destinations": ["archive"]}))
+    event = ingest(ports, CT)
+    plan = stages.match(ports, event)
+    with ports.blobs.local_path(event.blob) as received:
+        assert _resident_bytes(received) > 0  # match read it: cached
+        received_bytes = received.read_bytes()
+    [delivery] = stages.morph(ports, plan)
+    with ports.blobs.local_path(delivery.blob) as morphed:
+        assert _resident_bytes(received) == 0  # morph was its last reader
+        assert _resident_bytes(morphed) > 0  # route reads it next
+    assert stages.route(ports, delivery) == "delivered"
+    with ports.blobs.local_path(delivery.blob) as morphed:
+        assert _resident_bytes(morphed) == 0
+        assert dcmread(morphed).StationName == "X"
+        assert received.read_bytes() == received_bytes  # on disk, unchanged
