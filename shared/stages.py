@@ -10,14 +10,19 @@ Every stage is at-least-once safe: re-running it produces the same output, and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
+import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
+
+from pydicom.dataset import Dataset
 
 from shared.config import AppConfig
 from shared.destinations import Senders
@@ -97,9 +102,10 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
     ingest = IngestMetadata.from_blob_metadata(event.metadata or ports.blobs.metadata(event.blob))
     try:
         with ports.blobs.local_path(event.blob) as path:
-            ds = read_instance(path)
+            data = path.read_bytes()
+            ds = read_instance(path, data=data)
             if not ingest.sha256:
-                ingest = ingest.model_copy(update={"sha256": sha256_file(path)})
+                ingest = ingest.model_copy(update={"sha256": hashlib.sha256(data).hexdigest()})
     except Unprocessable as exc:
         quarantine(ports, event.blob, str(exc), stage="match")
         return None
@@ -122,9 +128,47 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
                          blob=event.blob, sop_instance_uid=plan.sop_instance_uid,
                          topic=TOPIC_PLANNED, body=plan.model_dump_json())
         return plan
+    if plan.actions:
+        PARSED.put(event.blob, data, ds)
     ports.bus.publish(TOPIC_PLANNED, plan)
     log.info("planned %s -> %s (%d rule(s))", plan.sop_instance_uid, plan.destination_ids, len(plan.matched))
     return plan
+
+
+class ParsedInstances:
+    """Instances match has just parsed, handed to morph in the same process.
+
+    Where both stages run in one process (the embedded runtime), morph would otherwise
+    read and parse the same immutable ingest object again. An entry is taken once (morph
+    changes the dataset); the newest are kept up to ``max_bytes`` of file data (a parsed
+    dataset holds about as much again). A miss (another process, a retry, a long
+    backlog) just means reading the object."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, str, str | None], tuple[bytes, Dataset]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, blob: BlobRef, data: bytes, ds: Dataset) -> None:
+        if len(data) > self.max_bytes:
+            return
+        with self._lock:
+            self._entries[(blob.bucket, blob.name, blob.generation)] = (data, ds)
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes:
+                _, (old, _) = self._entries.popitem(last=False)
+                self._bytes -= len(old)
+
+    def take(self, blob: BlobRef) -> tuple[bytes, Dataset] | None:
+        with self._lock:
+            entry = self._entries.pop((blob.bucket, blob.name, blob.generation), None)
+            if entry is not None:
+                self._bytes -= len(entry[0])
+            return entry
+
+
+PARSED = ParsedInstances()
 
 
 # --- morph ----------------------------------------------------------------------------
@@ -137,9 +181,12 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
     # with actions, this read is the received object's last (the morphed one is delivered)
     with ports.blobs.local_path(plan.blob, last_read=bool(plan.actions)) as path:
         try:
-            # match checked this object completely; it is immutable since.
-            data = path.read_bytes()
-            ds = read_instance(path, check=False, data=data)
+            parsed = PARSED.take(plan.blob)
+            if parsed is not None:
+                data, ds = parsed
+            else:  # match checked this object completely; it is immutable since.
+                data = path.read_bytes()
+                ds = read_instance(path, check=False, data=data)
             if plan.actions:
                 policy = (OriginalAttributesPolicy(modifying_system=config.settings.modifying_system,
                                                    modified_at=plan.ingest.received_at)

@@ -239,3 +239,29 @@ def test_objects_read_for_the_last_time_leave_the_page_cache_not_the_disk(make_p
         assert _resident_bytes(morphed) == 0
         assert dcmread(morphed).StationName == "X"
         assert received.read_bytes() == received_bytes  # on disk, unchanged
+
+
+def test_morph_takes_matchs_parse_once_and_writes_what_a_fresh_read_writes(make_ports):
+    ports = make_ports(config({"id": "r", "actions": [{"action": "set", "tag": "StationName", "value": "X"},
+                                                      {"action": "delete", "tag": "OtherPatientIDs"}],
+                               "destinations": ["archive"]}))
+    plan = stages.match(ports, ingest(ports, CT))
+    assert stages.PARSED.take(plan.blob) is not None  # match left its parse for morph...
+    plan = stages.match(ports, ingest(ports, CT))
+    [from_handoff] = stages.morph(ports, plan)
+    assert stages.PARSED.take(plan.blob) is None  # ...which took it (a dataset is changed only once)
+    [from_disk] = stages.morph(ports, plan)  # a redelivered plan reads the object again
+    assert from_handoff.sha256 == from_disk.sha256 and from_handoff.blob.name == from_disk.blob.name
+
+
+def test_parsed_instances_keeps_only_the_newest():
+    from shared.messages import BlobRef
+
+    parsed = stages.ParsedInstances(max_bytes=20)
+    refs = [BlobRef(bucket="ingest", name=f"{n}.dcm", generation="1") for n in range(4)]
+    for ref in refs[:3]:
+        parsed.put(ref, b"x" * 10, None)
+    assert parsed.take(refs[0]) is None  # evicted: 30 bytes > 20
+    assert parsed.take(refs[2]) == (b"x" * 10, None) and parsed.take(refs[2]) is None
+    parsed.put(refs[3], b"x" * 21, None)  # bigger than the whole budget: not kept
+    assert parsed.take(refs[3]) is None and parsed.take(refs[1]) == (b"x" * 10, None)
