@@ -196,14 +196,15 @@ def axiom_config(port: int, scp: StoreSCP, concurrency: int) -> dict:
 
 
 def run_axiom(work: Path, src: Source, run: int, concurrency: int, timeout: float,
-              on_started=None, pipeline_processes: int | None = None) -> dict:
+              on_started=None, pipeline_processes: int | None = None, route_processes: int | None = None) -> dict:
     scp = StoreSCP(work / f"axiom-{run}-storescp")
     data_dir = work / f"axiom-{run}"
     server = None
     try:
         scp.start()
         port = free_port()
-        env = None if pipeline_processes is None else {"AXIOM_PIPELINE_PROCESSES": str(pipeline_processes)}
+        env = {name: str(value) for name, value in (("AXIOM_PIPELINE_PROCESSES", pipeline_processes),
+                                                    ("AXIOM_ROUTE_PROCESSES", route_processes)) if value is not None}
         server = AxiomServer(data_dir, axiom_config(port, scp, concurrency), dicom_port=port, env=env)
         server.start()
         if on_started:
@@ -281,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                          "on 2 cores, each open association costs a polling thread)")
     ap.add_argument("--pipeline-processes", type=int, default=None,
                     help="axiom-flow serve --pipeline-processes (AXIOM_PIPELINE_PROCESSES); default: serve's own")
+    ap.add_argument("--route-processes", type=int, default=None,
+                    help="axiom-flow serve --route-processes (AXIOM_ROUTE_PROCESSES); default: serve's own")
     ap.add_argument("--orthanc-forward-only", action="store_true",
                     help="also time Orthanc forwarding without the modify step (informative)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds a run may take before it fails")
@@ -295,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{platform.system()} {platform.release()}; storescu {_dcmtk_version()}; {_orthanc_version()}")
         print(f"code: {_git_describe()}")
         pp = "serve default" if args.pipeline_processes is None else args.pipeline_processes
+        rp = "serve default" if args.route_processes is None else args.route_processes
         print(f"max_pdu={MAX_PDU} axiom cstore max_concurrency={args.concurrency} pipeline_processes={pp} "
+              f"route_processes={rp} "
               f"repeat={args.repeat} "
               f"(median reported); load average before: {os.getloadavg()[0]:.2f}")
 
@@ -305,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             runs["direct"].append(r)
             print(f"  run {run + 1}: direct     {r['s']:6.2f}s {src.count / r['s']:7.1f} inst/s", flush=True)
             r = run_axiom(work, src, run, args.concurrency, args.timeout,
-                          pipeline_processes=args.pipeline_processes)
+                          pipeline_processes=args.pipeline_processes, route_processes=args.route_processes)
             runs["axiom-flow"].append(r)
             print(f"  run {run + 1}: axiom-flow {r['s']:6.2f}s {src.count / r['s']:7.1f} inst/s"
                   f"  (storescu done after {r['ingest_s']:.2f}s)", flush=True)

@@ -19,7 +19,7 @@ def _serve(args) -> int:
     config = load_yaml(args.config)
     runtime = EmbeddedRuntime(config, Path(args.data_dir), http_host=args.http_host,
                               http_port=None if args.http_port == 0 else args.http_port,
-                              pipeline_processes=args.pipeline_processes)
+                              pipeline_processes=args.pipeline_processes, route_processes=args.route_processes)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--http-port", type=int, default=8080, help="0 disables HTTP")
     serve.add_argument("--pipeline-processes", type=int, default=int(os.environ.get("AXIOM_PIPELINE_PROCESSES", "0")),
                        help="run the stage workers in N child processes (0: in this process)")
+    serve.add_argument("--route-processes", type=int, default=int(os.environ.get("AXIOM_ROUTE_PROCESSES", "0")),
+                       help="run route's workers in M child processes of their own (0: with the other stages)")
     serve.set_defaults(func=_serve)
 
     validate = sub.add_parser("validate", help="check a config file")

@@ -8,7 +8,6 @@ import re
 import uuid
 from pathlib import Path
 
-from shared.dicom.io import sha256_file
 from shared.messages import BlobRef, IngestMetadata
 from shared.ports import BlobStore
 
@@ -26,6 +25,8 @@ class Ingestor:
         return f"{meta.received_at:%Y/%m/%d}/{uid}-{uuid.uuid4().hex}.dcm"
 
     def ingest_file(self, path: Path, meta: IngestMetadata, *, move: bool = False) -> BlobRef:
-        """Durably store ``path``; when this returns, the instance cannot be lost."""
-        meta = meta.model_copy(update={"sha256": sha256_file(path)})
+        """Durably store ``path``; when this returns, the instance cannot be lost.
+
+        The object is not hashed here: a C-STORE answer waits for this, and match,
+        which reads the whole object anyway, adds its sha256 to the plan."""
         return self.blobs.put_file(self.bucket, self.object_name(meta), path, meta.to_blob_metadata(), move=move)

@@ -3,7 +3,9 @@
 By default everything runs in one process. With ``pipeline_processes`` > 0 the stage
 workers run in that many child processes instead (same data dir, same code), so the
 gateway's receive loop and the pipeline use separate cores rather than sharing one
-interpreter lock; the children die with the parent (PR_SET_PDEATHSIG).
+interpreter lock; with ``route_processes`` > 0 route's workers run in child processes
+of their own, and the others no longer route. The children die with the parent
+(PR_SET_PDEATHSIG).
 
 Layout of the data dir:
 
@@ -67,19 +69,22 @@ class _Stores:
                                   bus=self.queue.from_handlers(), config=self.config, base_dir=data_dir,
                                   senders=Senders(base_dir=data_dir, secrets=self.secrets))
 
-    def subscribe_stages(self, route_workers: int) -> None:
+    def subscribe_stages(self, route_workers: int, *, prepare: bool = True, route: bool = True) -> None:
+        """Workers for match, morph and dead letters (``prepare``) and for route."""
         p, q = self.ports, self.queue
         attempts = self.config().settings.stage_max_attempts
-        q.subscribe(Subscription(TOPIC_INGEST, lambda b, a: stages.match(p, ObjectFinalized.from_bytes(b)),
-                                 workers=2, max_attempts=attempts))
-        q.subscribe(Subscription(stages.TOPIC_PLANNED, lambda b, a: stages.morph(p, Plan.from_bytes(b)),
-                                 workers=2, max_attempts=attempts))
-        # route gives up per destination itself (its retry policy); the queue's limit
-        # is only a backstop for bugs
-        q.subscribe(Subscription(stages.TOPIC_DELIVER, lambda b, a: stages.route(p, Delivery.from_bytes(b), a),
-                                 workers=route_workers, max_attempts=100))
-        q.subscribe(Subscription(DEAD_LETTER_TOPIC, lambda b, a: stages.dead_letter(p, DeadLetter.from_bytes(b)),
-                                 workers=1, max_attempts=1000))
+        if prepare:
+            q.subscribe(Subscription(TOPIC_INGEST, lambda b, a: stages.match(p, ObjectFinalized.from_bytes(b)),
+                                     workers=2, max_attempts=attempts))
+            q.subscribe(Subscription(stages.TOPIC_PLANNED, lambda b, a: stages.morph(p, Plan.from_bytes(b)),
+                                     workers=2, max_attempts=attempts))
+            q.subscribe(Subscription(DEAD_LETTER_TOPIC, lambda b, a: stages.dead_letter(p, DeadLetter.from_bytes(b)),
+                                     workers=1, max_attempts=1000))
+        if route:
+            # route gives up per destination itself (its retry policy); the queue's limit
+            # is only a backstop for bugs
+            q.subscribe(Subscription(stages.TOPIC_DELIVER, lambda b, a: stages.route(p, Delivery.from_bytes(b), a),
+                                     workers=route_workers, max_attempts=100))
 
 
 def _die_with_parent() -> None:
@@ -90,8 +95,9 @@ def _die_with_parent() -> None:
         pass  # not Linux: the child notices the parent is gone when its pipe closes
 
 
-def _pipeline_process(data_dir: str, route_workers: int, log_level: int, parent_pid: int) -> None:
-    """A child process running the stage workers (see EmbeddedRuntime)."""
+def _pipeline_process(data_dir: str, route_workers: int, log_level: int, parent_pid: int,
+                      prepare: bool = True, route: bool = True) -> None:
+    """A child process running stage workers (see EmbeddedRuntime)."""
     _die_with_parent()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
@@ -99,7 +105,7 @@ def _pipeline_process(data_dir: str, route_workers: int, log_level: int, parent_
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     tempfile.tempdir = str(Path(data_dir) / "tmp")
     stores = _Stores(Path(data_dir), notify=False, poll_s=0.05)
-    stores.subscribe_stages(route_workers)
+    stores.subscribe_stages(route_workers, prepare=prepare, route=route)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
@@ -112,7 +118,7 @@ def _pipeline_process(data_dir: str, route_workers: int, log_level: int, parent_
 class EmbeddedRuntime:
     def __init__(self, config: AppConfig, data_dir: Path, *, http_host: str = "127.0.0.1",
                  http_port: int | None = 8080, route_workers: int = 4, pipeline_processes: int = 0,
-                 poll_sources: bool = True):
+                 route_processes: int = 0, poll_sources: bool = True):
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.data_dir / "tmp"
@@ -132,8 +138,9 @@ class EmbeddedRuntime:
         self.route_workers = route_workers
         self.poll_sources = poll_sources
         self.pipeline_processes = pipeline_processes
-        if pipeline_processes == 0:
-            self.stores.subscribe_stages(route_workers)
+        self.route_processes = route_processes
+        self.stores.subscribe_stages(route_workers, prepare=pipeline_processes == 0,
+                                     route=pipeline_processes == 0 and route_processes == 0)
         self._children: list[multiprocessing.Process] = []
 
         ingestor = Ingestor(self.blobs, config.settings.ingest_bucket)
@@ -161,9 +168,12 @@ class EmbeddedRuntime:
                         " sent again and are marked in doubt", expired)
         self.queue.start()  # releases every lease of the previous run
         ctx = multiprocessing.get_context("spawn")
-        for n in range(self.pipeline_processes):
-            child = ctx.Process(target=_pipeline_process, name=f"axiom-pipeline-{n}", daemon=True,
-                                args=(str(self.data_dir), self.route_workers, logging.getLogger().level, os.getpid()))
+        shapes = ([("pipeline", True, self.route_processes == 0)] * self.pipeline_processes
+                  + [("route", False, True)] * self.route_processes)
+        for n, (name, prepare, route) in enumerate(shapes):
+            child = ctx.Process(target=_pipeline_process, name=f"axiom-{name}-{n}", daemon=True,
+                                args=(str(self.data_dir), self.route_workers, logging.getLogger().level, os.getpid(),
+                                      prepare, route))
             child.start()
             self._children.append(child)
         self.gateway.start()

@@ -41,8 +41,9 @@ def in_doubt(server: AxiomServer, destination_id: str) -> set[str]:
     return {i["sop_instance_uid"] for i in infos if i["destination_id"] == destination_id}
 
 
-@pytest.mark.parametrize("pipeline_processes", [0, 1], ids=["one-process", "pipeline-process"])
-def test_kill_9_mid_send_loses_and_duplicates_nothing(tmp_path, storescp, pipeline_processes):
+@pytest.mark.parametrize("pipeline_processes,route_processes", [(0, 0), (1, 0), (1, 1)],
+                         ids=["one-process", "pipeline-process", "route-process"])
+def test_kill_9_mid_send_loses_and_duplicates_nothing(tmp_path, storescp, pipeline_processes, route_processes):
     files = make_ct_study(tmp_path / "study", 200, rows=256, columns=256)
     uid_of = {str(p): dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in files}
     config = {
@@ -54,8 +55,9 @@ def test_kill_9_mid_send_loses_and_duplicates_nothing(tmp_path, storescp, pipeli
             "id": "all", "actions": [{"action": "set", "tag": "StationName", "value": "ROUTED"}],
             "destinations": ["archive", "pacs"]}]}],
     }
-    env = {"AXIOM_PIPELINE_PROCESSES": str(pipeline_processes)}
+    env = {"AXIOM_PIPELINE_PROCESSES": str(pipeline_processes), "AXIOM_ROUTE_PROCESSES": str(route_processes)}
     server = AxiomServer(tmp_path / "data", config, env=env).start()
+    assert len(server.status()["pipeline_processes"]) == pipeline_processes + route_processes
     log_path = tmp_path / "storescu.log"
     with open(log_path, "wb") as log:
         sender = subprocess.Popen(
