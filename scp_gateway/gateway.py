@@ -16,6 +16,7 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
+import pynetdicom.association
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
@@ -61,18 +62,25 @@ class TLSAssociationServer(ThreadedAssociationServer):
         super().process_request_thread(tls_socket, client_address)
 
 
+BUSY_LOOP_DELAY_S = 0.0001
+
+
 class LoopDelay:
     """Poll faster on associations that are receiving instances.
 
-    Each association's DUL thread sleeps ``_run_loop_delay`` (pynetdicom's default
-    1 ms) whenever it finds nothing to do: before it sends our C-STORE response, and
-    before it reads the sender's next request. On one association sending one instance
-    after another, that sleeping was about a third of the time per instance
-    (bench/results/route.md). While instances arrive the delay is ``busy_s``; an
-    association idle for ``idle_after_s`` goes back to ``idle_s``, so a connected but
-    quiet modality costs what it did before."""
+    pynetdicom runs two polling loops per association: the DUL thread sleeps
+    ``_run_loop_delay`` (1 ms) whenever it finds nothing to do, before it sends our
+    C-STORE response and before it reads the sender's next request; the association's
+    reactor sleeps a fixed 1 ms between looks for a completed request. On one
+    association sending one instance after another that was about a fifth of the time
+    per instance (bench/results/route.md). While instances arrive both delays are
+    ``busy_s``; an association idle for ``idle_after_s`` goes back to pynetdicom's
+    1 ms, so a connected but quiet modality costs what it did before."""
 
-    def __init__(self, busy_s: float = 0.0001, idle_s: float = 0.001, idle_after_s: float = 0.5):
+    REACTOR_SLEEP_S = 0.001  # pynetdicom.association's hard-coded reactor sleep
+    _busy: set = set()  # acceptor association threads now receiving, for _ReactorClock
+
+    def __init__(self, busy_s: float = BUSY_LOOP_DELAY_S, idle_s: float = 0.001, idle_after_s: float = 0.5):
         self.busy_s, self.idle_s, self.idle_after_s = busy_s, idle_s, idle_after_s
         self._last_store: dict = {}  # association -> monotonic time of its last C-STORE
         self._lock = threading.Lock()
@@ -81,6 +89,7 @@ class LoopDelay:
         assoc.dul._run_loop_delay = self.busy_s
         with self._lock:
             self._last_store[assoc] = time.monotonic()
+        LoopDelay._busy.add(assoc)
 
     def relax_idle(self) -> None:
         """Back to ``idle_s`` for every association quiet for ``idle_after_s``."""
@@ -91,10 +100,32 @@ class LoopDelay:
                 del self._last_store[assoc]
         for assoc in quiet:
             assoc.dul._run_loop_delay = self.idle_s
+            LoopDelay._busy.discard(assoc)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(self.idle_after_s / 2):
             self.relax_idle()
+
+
+class _ReactorClock:
+    """Stands in for the ``time`` module inside ``pynetdicom.association``, whose only
+    use of it is ``time.sleep``: the reactor's fixed 1 ms sleep becomes 0.1 ms on a
+    busy acceptor association's own thread (see LoopDelay); every other sleep is
+    unchanged."""
+
+    def __init__(self, busy_s: float):
+        self.busy_s = busy_s
+
+    def sleep(self, seconds: float) -> None:
+        if seconds == LoopDelay.REACTOR_SLEEP_S and threading.current_thread() in LoopDelay._busy:
+            seconds = self.busy_s
+        time.sleep(seconds)
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+pynetdicom.association.time = _ReactorClock(busy_s=BUSY_LOOP_DELAY_S)
 
 
 def handle_store(event, listener: Listener, ingestor: Ingestor, sources: Callable[[], list],

@@ -34,3 +34,32 @@ def test_busy_while_storing_then_back_to_idle_when_quiet():
     delay.relax_idle()  # a finished association is forgotten at once
     assert closed.dul._run_loop_delay == 0.001
     assert list(delay._last_store) == [active]
+
+
+def test_the_association_reactors_sleep_is_short_only_on_busy_threads(monkeypatch):
+    import threading
+
+    import pynetdicom.association
+
+    from scp_gateway import gateway
+
+    requested = []
+    monkeypatch.setattr(gateway.time, "sleep", requested.append)
+    clock = pynetdicom.association.time  # what pynetdicom's reactor calls sleep on
+
+    class _Thread(threading.Thread):
+        dul = _Dul()
+
+        def run(self):
+            clock.sleep(0.001)  # the reactor's own sleep
+            clock.sleep(0.01)  # any other sleep in pynetdicom.association
+
+    delay = LoopDelay(idle_after_s=60)
+    busy, quiet = _Thread(), _Thread()
+    delay.stored(busy)
+    for thread in (busy, quiet):
+        thread.start()
+        thread.join()
+    assert requested == [gateway.BUSY_LOOP_DELAY_S, 0.01, 0.001, 0.01]
+    delay.relax_idle()
+    assert busy not in LoopDelay._busy  # a finished association is forgotten
