@@ -27,6 +27,6 @@ class Ingestor:
     def ingest_file(self, path: Path, meta: IngestMetadata, *, move: bool = False) -> BlobRef:
         """Durably store ``path``; when this returns, the instance cannot be lost.
 
-        The object is not hashed here: a C-STORE answer waits for this, and match,
-        which reads the whole object anyway, adds its sha256 to the plan."""
+        The object is not hashed here, as a C-STORE answer waits for this: morph hashes
+        what it delivers (the morphed object, or the received one when nothing changed)."""
         return self.blobs.put_file(self.bucket, self.object_name(meta), path, meta.to_blob_metadata(), move=move)

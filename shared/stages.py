@@ -10,7 +10,6 @@ Every stage is at-least-once safe: re-running it produces the same output, and
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -104,8 +103,6 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
         with ports.blobs.local_path(event.blob) as path:
             data = path.read_bytes()
             ds = read_instance(path, data=data)
-            if not ingest.sha256:
-                ingest = ingest.model_copy(update={"sha256": hashlib.sha256(data).hexdigest()})
     except Unprocessable as exc:
         quarantine(ports, event.blob, str(exc), stage="match")
         return None
@@ -208,7 +205,7 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
                                             processed_name(plan.ingest, str(ds.SOPInstanceUID), sha), out, move=True)
             finally:
                 out.unlink(missing_ok=True)
-        else:  # nothing to change: deliver the received bytes as they are
+        else:  # nothing to change: deliver the received bytes as they are (hashed only here)
             sha = plan.ingest.sha256 or sha256_file(path)
             blob = plan.blob
     deliveries = []
