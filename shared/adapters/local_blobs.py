@@ -40,7 +40,11 @@ class LocalBlobStore:
         dest = self._path(bucket, name)
         # The sidecar is not fsynced: the metadata also travels, durably, in the
         # finalize message; the sidecar serves later reads (quarantine, inspection).
-        write_bytes_atomic(self._meta_path(bucket, name), json.dumps(metadata or {}).encode())
+        # No metadata, no sidecar (morphed objects): a file per object costs.
+        if metadata:
+            write_bytes_atomic(self._meta_path(bucket, name), json.dumps(metadata).encode())
+        else:
+            self._meta_path(bucket, name).unlink(missing_ok=True)
         durable_place(Path(path), dest, move=move)
         ref = BlobRef(bucket=bucket, name=name, generation=str(time.time_ns()))
         if self.on_finalize and bucket in self.notify_buckets:

@@ -265,3 +265,15 @@ def test_parsed_instances_keeps_only_the_newest():
     assert parsed.take(refs[2]) == (b"x" * 10, None) and parsed.take(refs[2]) is None
     parsed.put(refs[3], b"x" * 21, None)  # bigger than the whole budget: not kept
     assert parsed.take(refs[3]) is None and parsed.take(refs[1]) == (b"x" * 10, None)
+
+
+def test_local_blob_metadata_is_kept_replaced_and_dropped_with_the_object(tmp_path):
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    src = tmp_path / "src.dcm"
+    src.write_bytes(b"data")
+    ref = blobs.put_file("ingest", "a/b.dcm", src, {"axiom-calling_ae": "CT1"})
+    assert blobs.metadata(ref) == {"axiom-calling_ae": "CT1"}
+    ref = blobs.put_file("ingest", "a/b.dcm", src)  # replaced without metadata: none left
+    assert blobs.metadata(ref) == {} and not (tmp_path / "blobs" / "ingest" / ".meta" / "a" / "b.dcm.json").exists()
+    blobs.delete(ref)
+    assert not blobs.exists(ref) and blobs.list("ingest") == []
