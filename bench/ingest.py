@@ -149,6 +149,17 @@ def bench_workdir(args, prefix: str):
             shutil.rmtree(work, ignore_errors=True)
 
 
+def require_free_space(work: Path, data_bytes: int, copies: int) -> None:
+    """Stop before starting if the work dir's filesystem cannot hold ``copies`` of the
+    generated data (runs keep their files until the end, see bench/route.py)."""
+    needed = data_bytes * copies * 1.1
+    free = shutil.disk_usage(work).free
+    if free < needed:
+        raise SystemExit(f"{work}: {free / 1e9:.1f} GB free, the runs need about {needed / 1e9:.1f} GB "
+                         f"({copies} copies of {data_bytes / 1e6:.0f} MB); use --workdir or fewer --count/--repeat")
+    print(f"disk: {needed / 1e9:.1f} GB needed for the runs' files, {free / 1e9:.1f} GB free")
+
+
 def print_load_average(busy_above: float) -> None:
     load = os.getloadavg()[0]
     print(f"load average after: {load:.2f}" + ("  (other work was running: numbers are pessimistic)"
@@ -178,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         per_mb = total_bytes / len(files) / 1e6
         print(f"generated {len(files)} instances, {per_mb * 1000:.0f} KB each, "
               f"{total_bytes / 1e6:.1f} MB in {time.perf_counter() - t:.1f}s")
+        # per repeat: storescp's files, axiom-flow's ingest objects and its destination's
+        require_free_space(work, total_bytes, 3 * args.repeat)
         print(f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
               f"{platform.system()} {platform.release()}; storescu {_dcmtk_version()}")
         print(f"code: {_git_describe()}")

@@ -27,8 +27,8 @@ after it has written the file, every file is complete at that point.
 
 A direct ``storescu -> storescp`` run (no router) is timed too, for information.
 
-Nothing is deleted between runs; the work dir goes at the end (about 2.7 GB at the
-defaults). On a filesystem without a journal, as this machine's root ext4 is, ext4
+Nothing is deleted between runs; the work dir goes at the end (about 4 GB at the
+defaults; the script checks for the space first). On a filesystem without a journal, as this machine's root ext4 is, ext4
 skips every recently deleted inode when it allocates a new one, so a run that followed
 the deletion of the previous run's thousands of files paid for them: creating a file
 took about 100 us on a quiet disk and 600-860 us after a few runs.
@@ -69,6 +69,7 @@ from bench.ingest import (  # noqa: E402
     check_storescu,
     parse_bench_arguments,
     print_load_average,
+    require_free_space,
 )
 from tests.support.dicomgen import make_ct_study  # noqa: E402
 from tests.support.orthanc import Orthanc  # noqa: E402
@@ -294,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         src = Source(make_ct_study(work / "input", args.count))
         print(f"generated {src.count} instances, {src.total_bytes / src.count / 1e3:.0f} KB each, "
               f"{src.total_bytes / 1e6:.1f} MB in {time.perf_counter() - t:.1f}s")
+        # per repeat: direct 1, axiom-flow 3 (ingest, processed, storescp), Orthanc 1 (+1 forward-only)
+        require_free_space(work, src.total_bytes, (5 + args.orthanc_forward_only) * args.repeat)
         print(f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
               f"{platform.system()} {platform.release()}; storescu {_dcmtk_version()}; {_orthanc_version()}")
         print(f"code: {_git_describe()}")
