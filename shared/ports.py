@@ -45,6 +45,9 @@ class DocumentStore(Protocol):
 
     def list(self, collection: str) -> dict[str, dict[str, Any]]: ...
 
+    def count(self, collection: str) -> int:
+        """How many documents ``collection`` holds, without reading them."""
+
 
 class Claim(str, Enum):
     CLAIMED = "claimed"  # this caller may send

@@ -85,6 +85,9 @@ class SQLiteDocumentStore:
         ).fetchall()
         return {doc_id: json.loads(data) for doc_id, data in rows}
 
+    def count(self, collection):
+        return self.db.conn().execute("SELECT count(*) FROM documents WHERE collection=?", (collection,)).fetchone()[0]
+
     def replace_collections(self, docs: dict[str, dict[str, dict[str, Any]]]) -> None:
         """Swap whole collections in one transaction (loading a config file)."""
         with self.db.transaction() as conn:

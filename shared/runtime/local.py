@@ -151,11 +151,10 @@ class EmbeddedRuntime:
         self._http_thread: threading.Thread | None = None
 
     def status(self) -> dict:
-        exceptions = self.docs.list(stages.EXCEPTIONS)
         return {
             "queue": {t: self.queue.pending(t) for t in TOPICS},
             "deliveries": self.ledger.counts(),
-            "exceptions": len(exceptions),
+            "exceptions": self.docs.count(stages.EXCEPTIONS),
             "listeners": {lsn.id: port for lsn, port in zip(self.gateway.listeners, self.gateway.ports)},
             "sources": self.sources.status(),
             "pipeline_processes": [c.pid for c in self._children if c.is_alive()],

@@ -116,9 +116,10 @@ def test_documents_get_set_list_delete(docs):
     assert docs.list("things") == {"a": {"n": 1}, "b": {"n": 2, "nested": {"list": [1, "x", {"k": None}]}}}
     docs.set("things", "a", {"n": 3})
     assert docs.get("things", "a") == {"n": 3}
+    assert docs.count("things") == 2 and docs.count("other") == 0
     docs.delete("things", "a")
     docs.delete("things", "a")
-    assert list(docs.list("things")) == ["b"]
+    assert list(docs.list("things")) == ["b"] and docs.count("things") == 1
 
 
 def test_documents_values_are_json_like_sqlite(docs):
