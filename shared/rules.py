@@ -30,6 +30,7 @@ from shared.config import (
 )
 from shared.dicom.tags import locate, parse_path
 from shared.dicom.values import NUMERIC_VRS, TEMPORAL_VRS, comparison_key
+from shared.memo import PerObject
 from shared.messages import IngestMetadata, RuleRef
 from shared.regex import compile_regex
 from shared.schedules import is_active
@@ -300,16 +301,7 @@ class RulesetIndex:
         return sorted(found)
 
 
-_INDEXES: dict[int, tuple[Ruleset, RulesetIndex]] = {}
-
-
-def ruleset_index(ruleset: Ruleset) -> RulesetIndex:
-    cached = _INDEXES.get(id(ruleset))
-    if cached is None or cached[0] is not ruleset:
-        if len(_INDEXES) > 256:
-            _INDEXES.clear()
-        cached = _INDEXES[id(ruleset)] = (ruleset, RulesetIndex.build(ruleset))
-    return cached[1]
+ruleset_index: PerObject[Ruleset, RulesetIndex] = PerObject(RulesetIndex.build, max_entries=256)
 
 
 # --- deciding --------------------------------------------------------------------------

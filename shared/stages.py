@@ -29,6 +29,7 @@ from shared.dicom.io import read_instance, sha256_file, write_instance
 from shared.dicom.original_attributes import OriginalAttributesPolicy
 from shared.dicom.splice import write_spliced
 from shared.errors import DeliveryRefused, RetryLater, Unprocessable
+from shared.memo import PerObject
 from shared.messages import BlobRef, DeadLetter, Delivery, IngestMetadata, ObjectFinalized, Plan
 from shared.morph import apply_actions
 from shared.morph_services import MorphServices
@@ -237,16 +238,8 @@ def processed_name(ingest: IngestMetadata, sop_instance_uid: str, sha256: str) -
     return f"{ingest.received_at:%Y/%m/%d}/{sop_instance_uid}-{sha256}.dcm"
 
 
-_SERVICES: dict[int, tuple[AppConfig, MorphServices]] = {}
-
-
-def morph_services(config: AppConfig) -> MorphServices:
-    """Crosswalk tables and standardizer for ``config``, built once per config version."""
-    cached = _SERVICES.get(id(config))
-    if cached is None or cached[0] is not config:
-        _SERVICES.clear()
-        cached = _SERVICES[id(config)] = (config, MorphServices.from_config(config))
-    return cached[1]
+# crosswalk tables and standardizer, built once per config version
+morph_services: PerObject[AppConfig, MorphServices] = PerObject(MorphServices.from_config, max_entries=1)
 
 
 def _find_destination(config: AppConfig, dest_id: str):
