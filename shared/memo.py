@@ -10,8 +10,8 @@ V = TypeVar("V")
 
 class PerObject(Generic[K, V]):
     """``build(obj)``, computed once per object and kept for up to ``max_entries``
-    objects. Keyed by ``id()``, with the object itself kept alongside: a new object
-    that happens to get a freed object's id is never given the old value."""
+    objects. Keyed by ``id()`` (config models are not hashable); each entry holds its
+    object, so that id cannot be reused by another object while the entry lives."""
 
     def __init__(self, build: Callable[[K], V], max_entries: int):
         self.build = build
