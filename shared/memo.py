@@ -20,7 +20,7 @@ class PerObject(Generic[K, V]):
 
     def __call__(self, obj: K) -> V:
         cached = self._entries.get(id(obj))
-        if cached is None or cached[0] is not obj:
+        if cached is None:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()  # a config reload replaces them all
             cached = self._entries[id(obj)] = (obj, self.build(obj))
