@@ -160,6 +160,25 @@ def require_free_space(work: Path, data_bytes: int, copies: int) -> None:
     print(f"disk: {needed / 1e9:.1f} GB needed for the runs' files, {free / 1e9:.1f} GB free")
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and its live child processes
+    (Linux /proc; 0 where it is not available). Children that already exited are not
+    counted: take it while the process tree is still running."""
+    total = 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(stat[11]) + int(stat[12])) / _CLOCK_TICKS
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += cpu_seconds(int(child))
+    except (OSError, IndexError, ValueError):
+        pass
+    return total
+
+
 def print_load_average(busy_above: float) -> None:
     load = os.getloadavg()[0]
     print(f"load average after: {load:.2f}" + ("  (other work was running: numbers are pessimistic)"

@@ -25,7 +25,10 @@ pending message and ``--count`` deliveries delivered; Orthanc has no instance le
 every 0.05 s once storescp holds ``--count`` files. Because a destination answers only
 after it has written the file, every file is complete at that point.
 
-A direct ``storescu -> storescp`` run (no router) is timed too, for information.
+A direct ``storescu -> storescp`` run (no router) is timed too, for information. Each
+router run also prints the CPU seconds the router used (all its processes, from
+/proc): Orthanc's rate follows its CPU use, which is bimodal (see
+bench/results/route.md).
 
 Nothing is deleted between runs; the work dir goes at the end (about 4 GB at the
 defaults; the script checks for the space first). On a filesystem without a journal, as this machine's root ext4 is, ext4
@@ -68,6 +71,7 @@ from bench.ingest import (  # noqa: E402
     bench_arguments,
     bench_workdir,
     check_storescu,
+    cpu_seconds,
     parse_bench_arguments,
     print_load_average,
     require_free_space,
@@ -212,6 +216,7 @@ def run_axiom(work: Path, src: Source, run: int, concurrency: int, timeout: floa
         if on_started:
             on_started(server)
         os.sync()
+        cpu0 = cpu_seconds(server.proc.pid)
         t0 = time.perf_counter()
         proc = storescu(port, src.files, called_ae="AXIOM", extra=["--max-pdu", str(MAX_PDU)], check=False)
         t_ingest = time.perf_counter()
@@ -226,6 +231,7 @@ def run_axiom(work: Path, src: Source, run: int, concurrency: int, timeout: floa
             return not any(status["queue"].values())
 
         t_end = _poll(done, timeout, "axiom-flow to deliver everything")
+        cpu = cpu_seconds(server.proc.pid) - cpu0
     finally:
         if server:
             server.stop()
@@ -234,7 +240,7 @@ def run_axiom(work: Path, src: Source, run: int, concurrency: int, timeout: floa
     if deliveries.get("delivered") != src.count or status.get("exceptions"):
         raise SystemExit(f"axiom-flow run {run}: status {status} (log: {server.log_path})")
     verify_destination(scp, src, f"axiom-flow run {run}", tags=NEW_TAGS)
-    return {"s": t_end - t0, "ingest_s": t_ingest - t0}
+    return {"s": t_end - t0, "ingest_s": t_ingest - t0, "cpu_s": cpu}
 
 
 def run_orthanc(work: Path, src: Source, run: int, timeout: float, *, lua: str = ROUTE_LUA,
@@ -251,6 +257,7 @@ def run_orthanc(work: Path, src: Source, run: int, timeout: float, *, lua: str =
         scp.start()
         orthanc.start()
         os.sync()
+        cpu0 = cpu_seconds(orthanc.proc.pid)
         t0 = time.perf_counter()
         proc = storescu(orthanc.dicom_port, src.files, called_ae=orthanc.ae_title,
                         extra=["--max-pdu", str(MAX_PDU)], check=False)
@@ -264,6 +271,7 @@ def run_orthanc(work: Path, src: Source, run: int, timeout: float, *, lua: str =
 
         try:
             t_end = _poll(done, timeout, f"{label} to forward everything")
+            cpu = cpu_seconds(orthanc.proc.pid) - cpu0
         except SystemExit:
             jobs = client.get("/jobs", params={"expand": ""}).json()
             failed = [j for j in jobs if j.get("State") == "Failure"]
@@ -274,7 +282,7 @@ def run_orthanc(work: Path, src: Source, run: int, timeout: float, *, lua: str =
         orthanc.stop()
         scp.stop()
     verify_destination(scp, src, f"{label} run {run}", tags=NEW_TAGS if lua is ROUTE_LUA else None)
-    return {"s": t_end - t0, "ingest_s": t_ingest - t0}
+    return {"s": t_end - t0, "ingest_s": t_ingest - t0, "cpu_s": cpu}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,11 +325,11 @@ def main(argv: list[str] | None = None) -> int:
                           pipeline_processes=args.pipeline_processes, route_processes=args.route_processes)
             runs["axiom-flow"].append(r)
             print(f"  run {run + 1}: axiom-flow {r['s']:6.2f}s {src.count / r['s']:7.1f} inst/s"
-                  f"  (storescu done after {r['ingest_s']:.2f}s)", flush=True)
+                  f"  (storescu done after {r['ingest_s']:.2f}s; CPU {r['cpu_s']:.1f}s)", flush=True)
             r = run_orthanc(work, src, run, args.timeout)
             runs["orthanc"].append(r)
             print(f"  run {run + 1}: orthanc    {r['s']:6.2f}s {src.count / r['s']:7.1f} inst/s"
-                  f"  (storescu done after {r['ingest_s']:.2f}s)", flush=True)
+                  f"  (storescu done after {r['ingest_s']:.2f}s; CPU {r['cpu_s']:.1f}s)", flush=True)
             if args.orthanc_forward_only:
                 r = run_orthanc(work, src, run, args.timeout, lua=FORWARD_LUA, label="orthanc-fwd")
                 runs["orthanc-fwd"].append(r)
