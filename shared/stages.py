@@ -138,8 +138,8 @@ class ParsedInstances:
 
     Where both stages run in one process (the embedded runtime), morph would otherwise
     read and parse the same immutable ingest object again. An entry is taken once (morph
-    changes the dataset); the newest are kept up to ``max_bytes`` of file data (a parsed
-    dataset holds about as much again). A miss (another process, a retry, a long
+    changes the dataset); the newest are kept up to ``max_bytes`` of file data (the
+    parsed dataset adds little: its large values stay in those bytes). A miss (another process, a retry, a long
     backlog) just means reading the object."""
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024):

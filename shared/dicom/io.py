@@ -22,6 +22,8 @@ from pydicom.uid import UID
 from shared.errors import Unprocessable
 
 REQUIRED = ("SOPClassUID", "SOPInstanceUID")
+# values at least this long stay in the source bytes until used (pydicom defer_size)
+DEFER_BYTES = 64 * 1024
 
 
 def sha256_file(path: Path) -> str:
@@ -257,7 +259,9 @@ def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool =
 
     A full read parses the file's bytes in memory (``data`` if the caller has them
     already): pydicom asks a file for its position before every element, and on a file
-    that is a system call each time, on bytes it is not."""
+    that is a system call each time, on bytes it is not. Values of ``DEFER_BYTES`` or
+    more (Pixel Data) stay in those bytes until first used (pydicom's ``defer_size``):
+    copying them out cost a third of the parse, and a splice never needs them."""
     try:
         if stop_before_pixels:
             source = path
@@ -267,7 +271,9 @@ def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool =
             if check:
                 check_complete(path, data)
             source = BytesIO(data)
-        ds = dcmread(source, stop_before_pixels=stop_before_pixels)
+        # from bytes, large values (Pixel Data) are read when first used, not copied now
+        ds = dcmread(source, stop_before_pixels=stop_before_pixels,
+                     defer_size=None if stop_before_pixels else DEFER_BYTES)
         if stop_before_pixels:
             for _ in ds.iterall():
                 pass

@@ -173,9 +173,10 @@ def splice_chunks(src_path: Path, ds: Dataset, changed_top_level_tags: Collectio
             continue
         if type(elem) is RawDataElement and tag not in forced:
             # what pydicom read at this place, never converted: the source bytes
+            # a value pydicom deferred (None with a length) is checked by position only
             raw_value = elem.value
-            if elem.value_tell != value or elem.length != length or not (
-                    data.startswith(raw_value, value) if raw_value is not None else length == 0):
+            if elem.value_tell != value or elem.length != length or (
+                    raw_value is not None and not data.startswith(raw_value, value)):
                 return None  # the walk and pydicom's read disagree: do not guess
             same = True
         else:

@@ -21,12 +21,15 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from shared.config import CrosswalkTable
-from shared.dicom.io import check_complete, part10_layout, read_instance, top_level_spans, write_instance
+from shared.dicom.io import DEFER_BYTES, check_complete, part10_layout, read_instance, top_level_spans, write_instance
 from shared.dicom.original_attributes import OriginalAttributesPolicy
 from shared.dicom.splice import write_spliced
 from shared.errors import Unprocessable
 from shared.morph import apply_actions
 from shared.morph_services import InMemoryCrosswalk, MorphServices
+from tests.support.dicomgen import make_ct_study
+
+PIXEL_DATA = 0x7FE00010
 
 FILES = [
     "CT_small.dcm",  # explicit VR little endian, private tags, a sequence
@@ -204,6 +207,26 @@ def test_a_change_the_caller_does_not_report_is_not_lost(tmp_path):
     assert out.PatientID == "CHANGED BEHIND THE BACK"
     assert "StudyDate" not in out
     assert out.PatientComments == "added"
+
+
+def test_large_values_stay_in_the_source_bytes_and_still_splice(tmp_path):
+    """read_instance defers values of DEFER_BYTES or more (a 512 x 512 CT's Pixel Data):
+    the splice copies them by position; pydicom loads one when something uses it."""
+    src = make_ct_study(tmp_path / "ct", 1)[0]
+    source = pydicom.dcmread(src)
+    assert len(source.PixelData) >= DEFER_BYTES
+    actions = [{"action": "set", "tag": "StationName", "value": "ROUTER"}]
+    spliced, sha, reference, reference_sha, _ = splice_and_write(src, actions, None, tmp_path)
+    assert sha is not None, "the fast path applies to a deferred value"
+    assert spliced.read_bytes() == reference.read_bytes() and sha == reference_sha
+    assert pydicom.dcmread(spliced).PixelData == source.PixelData
+
+    ds = read_instance(src, check=False)
+    assert ds._dict[PIXEL_DATA].value is None  # deferred: not copied out of the source
+    apply_actions(ds, [{"action": "set", "tag": "SpecificCharacterSet", "value": "ISO_IR 192"}])
+    assert write_spliced(src, ds, None, tmp_path / "none.dcm") is None  # so morph writes with pydicom
+    write_instance(ds, tmp_path / "rewritten.dcm")
+    assert pydicom.dcmread(tmp_path / "rewritten.dcm").PixelData == source.PixelData
 
 
 # --- fallbacks ------------------------------------------------------------------------------
