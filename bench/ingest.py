@@ -8,7 +8,7 @@ What is measured, per run (each run uses a fresh receiver and a fresh output dir
 * ingest time: wall clock of one ``storescu`` process sending every instance on one
   association, from spawn to exit. ``storescu`` exits after the last C-STORE response,
   and axiom-flow answers Success only after the instance is durably stored (fsynced
-  blob + sidecar + SQLite publish), so this is the time until all are safe.
+  blob + SQLite publish), so this is the time until all are safe.
 * drain time (axiom-flow only, informative): from the same start until the pipeline is
   idle (match -> morph -> route delivered every instance to the filesystem
   destination), observed by polling ``/status`` every 0.2 s.
@@ -106,7 +106,7 @@ def run_axiom(work: Path, files: list[Path], sop_uids: set[str], max_pdu: int, r
     finally:
         server.stop()
     check_storescu(proc, len(files), "axiom-flow")
-    ingest_objs = [p for p in (data_dir / "blobs" / "ingest").rglob("*.dcm") if ".meta" not in p.parts]
+    ingest_objs = [p for p in (data_dir / "blobs" / "ingest").rglob("*.dcm")]
     delivered = {p.stem for p in dest_dir.rglob("*.dcm")}
     problems = []
     if len(ingest_objs) != len(files):

@@ -43,7 +43,7 @@ _META_PREFIX = "axiom-"
 
 class IngestMetadata(Message):
     """How an instance arrived. Stored with the ingested object (GCS custom metadata
-    or the local sidecar), so it travels with the bytes and not in a side channel."""
+    or the local store's metadata table), so it travels with the bytes and not in a side channel."""
 
     source_type: SourceType = "bucket"
     source_id: str = ""

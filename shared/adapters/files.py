@@ -83,10 +83,3 @@ def drop_cached(path: Path) -> None:
     finally:
         os.close(fd)
 
-
-def write_bytes_atomic(dest: Path, data: bytes) -> None:
-    """Atomic but not fsynced: for data that is also kept durably elsewhere."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".tmp-{os.getpid()}-{os.urandom(6).hex()}"
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)

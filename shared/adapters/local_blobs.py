@@ -1,5 +1,5 @@
-"""BlobStore on a local directory: ``ROOT/BUCKET/NAME``, metadata in
-``ROOT/BUCKET/.meta/NAME.json``. Like a GCS bucket with notifications, it can call
+"""BlobStore on a local directory: ``ROOT/BUCKET/NAME``, object metadata in the SQLite
+file ``ROOT/.metadata.db``. Like a GCS bucket with notifications, it can call
 ``on_finalize`` for new objects in chosen buckets; the call happens before
 ``put_file`` returns, so a durable bus publish there keeps the ingest guarantee."""
 
@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from shared.adapters.files import drop_cached, durable_place, write_bytes_atomic
+from shared.adapters.files import drop_cached, durable_place
+from shared.adapters.sqlite import SQLiteDatabase
 from shared.messages import BlobRef, ObjectFinalized
 
 
@@ -23,28 +24,32 @@ class LocalBlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.on_finalize = on_finalize
         self.notify_buckets = notify_buckets
+        # A table, not a file per object: creating a file cost 0.3-0.6 ms on the C-STORE
+        # path, an insert 25 us. Not fsynced (NORMAL): the metadata also travels, durably,
+        # in the finalize message; this copy serves later reads (quarantine, inspection).
+        # A bucket name cannot start with '.', so the file is no bucket.
+        self._metadata = SQLiteDatabase(self.root / ".metadata.db", synchronous="NORMAL")
+        self._metadata.conn().execute(
+            "CREATE TABLE IF NOT EXISTS object_metadata (bucket TEXT NOT NULL, name TEXT NOT NULL,"
+            " body TEXT NOT NULL, PRIMARY KEY (bucket, name))")
 
     def _path(self, bucket: str, name: str) -> Path:
         # lexical check (no realpath: it costs a stat per path component): nothing in a
         # bucket is a symlink, so only '..' and absolute names can leave it
         base = os.path.join(self.root, bucket)
         path = os.path.normpath(os.path.join(base, name))
-        if not path.startswith(base + os.sep) or name.startswith(".meta/") or os.sep in bucket or bucket in ("", ".", ".."):
+        if not path.startswith(base + os.sep) or os.sep in bucket or bucket.startswith(".") or not bucket:
             raise ValueError(f"object name escapes its bucket: {bucket!r}/{name!r}")
         return Path(path)
 
-    def _meta_path(self, bucket: str, name: str) -> Path:
-        return self.root / bucket / ".meta" / f"{name}.json"
-
     def put_file(self, bucket, name, path, metadata=None, *, move=False) -> BlobRef:
         dest = self._path(bucket, name)
-        # The sidecar is not fsynced: the metadata also travels, durably, in the
-        # finalize message; the sidecar serves later reads (quarantine, inspection).
-        # No metadata, no sidecar (morphed objects): a file per object costs.
+        # as in GCS, an upload replaces the object's metadata (none: none left)
         if metadata:
-            write_bytes_atomic(self._meta_path(bucket, name), json.dumps(metadata).encode())
+            self._metadata.conn().execute("INSERT OR REPLACE INTO object_metadata (bucket, name, body) VALUES (?,?,?)",
+                                          (bucket, name, json.dumps(metadata)))
         else:
-            self._meta_path(bucket, name).unlink(missing_ok=True)
+            self._forget_metadata(bucket, name)
         durable_place(Path(path), dest, move=move)
         ref = BlobRef(bucket=bucket, name=name, generation=str(time.time_ns()))
         if self.on_finalize and bucket in self.notify_buckets:
@@ -63,10 +68,12 @@ class LocalBlobStore:
                 drop_cached(path)
 
     def metadata(self, ref: BlobRef) -> dict[str, str]:
-        try:
-            return json.loads(self._meta_path(ref.bucket, ref.name).read_text())
-        except FileNotFoundError:
-            return {}
+        row = self._metadata.conn().execute("SELECT body FROM object_metadata WHERE bucket=? AND name=?",
+                                            (ref.bucket, ref.name)).fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def _forget_metadata(self, bucket: str, name: str) -> None:
+        self._metadata.conn().execute("DELETE FROM object_metadata WHERE bucket=? AND name=?", (bucket, name))
 
     def copy(self, ref: BlobRef, bucket: str, name: str) -> BlobRef:
         with self.local_path(ref) as src:
@@ -74,7 +81,7 @@ class LocalBlobStore:
 
     def delete(self, ref: BlobRef) -> None:
         self._path(ref.bucket, ref.name).unlink(missing_ok=True)
-        self._meta_path(ref.bucket, ref.name).unlink(missing_ok=True)
+        self._forget_metadata(ref.bucket, ref.name)
 
     def exists(self, ref: BlobRef) -> bool:
         return self._path(ref.bucket, ref.name).exists()
@@ -85,5 +92,5 @@ class LocalBlobStore:
             return []
         return sorted(
             str(p.relative_to(base)) for p in base.rglob("*")
-            if p.is_file() and ".meta" not in p.relative_to(base).parts and not p.name.startswith(".tmp-")
+            if p.is_file() and not p.name.startswith(".tmp-")
         )

@@ -9,7 +9,8 @@ of their own, and the others no longer route. The children die with the parent
 
 Layout of the data dir:
 
-    blobs/<bucket>/...   ingest, processed and quarantine objects (+ .meta sidecars)
+    blobs/<bucket>/...   ingest, processed and quarantine objects
+    blobs/.metadata.db   their metadata (how each instance arrived)
     state.db             config documents, delivery ledger, exception records
     queue.db             the durable message queue and its dead letters
     tmp/                 datasets being received (same filesystem: renamed, not copied)

@@ -8,7 +8,6 @@ data and transfer syntax are compared with the files uploaded to Orthanc."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,6 +19,7 @@ from pydicom.uid import generate_uid
 
 from shared.config import parse_config
 from shared.ingest import Ingestor
+from shared.messages import BlobRef
 from shared.runtime.local import TOPIC_INGEST, EmbeddedRuntime
 from shared.secrets import Secrets
 from shared.sources import poll_source, source_status
@@ -122,10 +122,9 @@ def poll(rt: EmbeddedRuntime, source_id: str):
 def ingested(rt: EmbeddedRuntime) -> dict[str, list[dict]]:
     """SOP Instance UID -> the ingest metadata of every ingest of it."""
     bucket = rt.config().settings.ingest_bucket
-    meta_dir = rt.data_dir / "blobs" / bucket / ".meta"
     out: dict[str, list[dict]] = {}
-    for m in meta_dir.rglob("*.json"):
-        meta = json.loads(m.read_text())
+    for name in rt.blobs.list(bucket):
+        meta = rt.blobs.metadata(BlobRef(bucket=bucket, name=name))
         out.setdefault(meta["axiom-sop_instance_uid"], []).append(meta)
     return out
 
