@@ -271,7 +271,6 @@ def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool =
             if check:
                 check_complete(path, data)
             source = BytesIO(data)
-        # from bytes, large values (Pixel Data) are read when first used, not copied now
         ds = dcmread(source, stop_before_pixels=stop_before_pixels,
                      defer_size=None if stop_before_pixels else DEFER_BYTES)
         if stop_before_pixels:
