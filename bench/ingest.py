@@ -163,17 +163,19 @@ def require_free_space(work: Path, data_bytes: int, copies: int) -> None:
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
     """User + system CPU seconds used so far by ``pid`` and its live child processes
-    (Linux /proc; 0 where it is not available). Children that already exited are not
-    counted: take it while the process tree is still running."""
+    (Linux /proc; 0 where it is not available), and with ``reaped_children`` also those
+    of the children it has waited for. Take it while the process is still running."""
     total = 0.0
     try:
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += (int(stat[11]) + int(stat[12])) / _CLOCK_TICKS
+        if reaped_children:
+            total += (int(stat[13]) + int(stat[14])) / _CLOCK_TICKS
         for task in Path(f"/proc/{pid}/task").iterdir():
             for child in (task / "children").read_text().split():
-                total += cpu_seconds(int(child))
+                total += cpu_seconds(int(child), reaped_children=reaped_children)
     except (OSError, IndexError, ValueError):
         pass
     return total
