@@ -13,6 +13,34 @@ from typing import Any
 
 from shared.ports import Claim
 
+BUSY_WAIT_S = 30.0  # how long a statement waits for another writer before it fails
+
+
+class _Connection(sqlite3.Connection):
+    """Waits for the write lock in short steps. SQLite's own busy handler sleeps 1, 2,
+    5, 10 ... ms between tries, so a writer that met another process's write of a few
+    tens of microseconds waited a millisecond or more: on the C-STORE path, as long as a
+    fsync. (``executemany`` is not retried: use it inside a transaction, which holds the
+    lock.)"""
+
+    def execute(self, sql, parameters=(), /):
+        return _when_unlocked(super().execute, sql, parameters)
+
+    def executescript(self, script, /):
+        return _when_unlocked(super().executescript, script)
+
+
+def _when_unlocked(call, *args):
+    delay, deadline = 0.00005, time.monotonic() + BUSY_WAIT_S
+    while True:
+        try:
+            return call(*args)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.002)
+
 
 class SQLiteDatabase:
     def __init__(self, path: Path, *, synchronous: str = "NORMAL"):
@@ -24,10 +52,11 @@ class SQLiteDatabase:
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            # timeout=0: no SQLite busy handler, _Connection waits instead
+            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False,
+                                   factory=_Connection)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
         return conn
 
