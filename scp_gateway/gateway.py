@@ -12,17 +12,16 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-import time
 from datetime import datetime, timezone
 from typing import Callable
 
-import pynetdicom.association
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from shared.config import Listener
 from shared.destinations.tlsctx import server_context
+from shared.dicom import reactor
 from shared.ingest import Ingestor
 from shared.messages import IngestMetadata
 from shared.secrets import Secrets
@@ -31,6 +30,7 @@ from shared.sources.dimse import source_for_move
 log = logging.getLogger(__name__)
 
 _config.STORE_RECV_CHUNKED_DATASET = True
+reactor.install()  # associations wait for work, not for the clock
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -62,76 +62,7 @@ class TLSAssociationServer(ThreadedAssociationServer):
         super().process_request_thread(tls_socket, client_address)
 
 
-BUSY_LOOP_DELAY_S = 0.0001
-
-
-class LoopDelay:
-    """Poll faster on associations that are receiving instances.
-
-    pynetdicom runs two polling loops per association: the DUL thread sleeps
-    ``_run_loop_delay`` (1 ms) whenever it finds nothing to do, before it sends our
-    C-STORE response and before it reads the sender's next request; the association's
-    reactor sleeps a fixed 1 ms between looks for a completed request. On one
-    association sending one instance after another that was about a fifth of the time
-    per instance (bench/results/route.md). While instances arrive both delays are
-    ``busy_s``; an association idle for ``idle_after_s`` goes back to pynetdicom's
-    1 ms, so a connected but quiet modality costs what it did before."""
-
-    REACTOR_SLEEP_S = 0.001  # pynetdicom.association's hard-coded reactor sleep
-    _busy: set = set()  # acceptor association threads now receiving, for _ReactorClock
-
-    def __init__(self, busy_s: float = BUSY_LOOP_DELAY_S, idle_s: float = 0.001, idle_after_s: float = 0.5):
-        self.busy_s, self.idle_s, self.idle_after_s = busy_s, idle_s, idle_after_s
-        self._last_store: dict = {}  # association -> monotonic time of its last C-STORE
-        self._lock = threading.Lock()
-
-    def stored(self, assoc) -> None:
-        assoc.dul._run_loop_delay = self.busy_s
-        with self._lock:
-            self._last_store[assoc] = time.monotonic()
-        LoopDelay._busy.add(assoc)
-
-    def relax_idle(self) -> None:
-        """Back to ``idle_s`` for every association quiet for ``idle_after_s``."""
-        now = time.monotonic()
-        with self._lock:
-            quiet = [a for a, t in self._last_store.items() if now - t >= self.idle_after_s or not a.is_alive()]
-            for assoc in quiet:
-                del self._last_store[assoc]
-        for assoc in quiet:
-            assoc.dul._run_loop_delay = self.idle_s
-            LoopDelay._busy.discard(assoc)
-
-    def run(self, stop: threading.Event) -> None:
-        while not stop.wait(self.idle_after_s / 2):
-            self.relax_idle()
-
-
-class _ReactorClock:
-    """Stands in for the ``time`` module inside ``pynetdicom.association``, whose only
-    use of it is ``time.sleep``: the reactor's fixed 1 ms sleep becomes 0.1 ms on a
-    busy acceptor association's own thread (see LoopDelay); every other sleep is
-    unchanged."""
-
-    def __init__(self, busy_s: float):
-        self.busy_s = busy_s
-
-    def sleep(self, seconds: float) -> None:
-        if seconds == LoopDelay.REACTOR_SLEEP_S and threading.current_thread() in LoopDelay._busy:
-            seconds = self.busy_s
-        time.sleep(seconds)
-
-    def __getattr__(self, name):
-        return getattr(time, name)
-
-
-pynetdicom.association.time = _ReactorClock(busy_s=BUSY_LOOP_DELAY_S)
-
-
-def handle_store(event, listener: Listener, ingestor: Ingestor, sources: Callable[[], list],
-                 loop_delay: LoopDelay | None = None) -> int:
-    if loop_delay is not None:
-        loop_delay.stored(event.assoc)
+def handle_store(event, listener: Listener, ingestor: Ingestor, sources: Callable[[], list]) -> int:
     req = event.request
     requestor = event.assoc.requestor
     # C-STORE sub-operations of a poller's C-MOVE carry the Move Originator AE Title
@@ -179,16 +110,12 @@ class Gateway:
         self.secrets = secrets or Secrets()
         self.sources = sources
         self._servers = []
-        self.loop_delay = LoopDelay()
-        self._stop = threading.Event()
 
     def start(self) -> None:
-        self._stop.clear()
-        threading.Thread(target=self.loop_delay.run, args=(self._stop,), name="gateway-loop-delay", daemon=True).start()
         for listener in self.listeners:
             ae = build_ae(listener)
             handlers = [
-                (evt.EVT_C_STORE, handle_store, [listener, self.ingestor, self.sources, self.loop_delay]),
+                (evt.EVT_C_STORE, handle_store, [listener, self.ingestor, self.sources]),
                 (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
             ]
             tls = server_context(listener.tls, self.secrets) if listener.tls else None
@@ -208,7 +135,6 @@ class Gateway:
         return [s.server_address[1] for s in self._servers]
 
     def stop(self) -> None:
-        self._stop.set()
         for server in self._servers:
             server.shutdown()
         self._servers.clear()

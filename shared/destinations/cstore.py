@@ -21,6 +21,7 @@ from pynetdicom.status import code_to_category
 
 from shared.config import CStoreDestination
 from shared.destinations.tlsctx import client_context
+from shared.dicom import reactor
 from shared.errors import DeliveryRefused, RetryLater
 from shared.messages import Delivery
 from shared.secrets import Secrets
@@ -28,6 +29,7 @@ from shared.secrets import Secrets
 log = logging.getLogger(__name__)
 
 _config.STORE_SEND_CHUNKED_DATASET = True
+reactor.install()  # associations wait for work, not for the clock
 
 # Warning statuses (PS3.4 B.2.3) still mean the instance was stored.
 _STORED = {"Success", "Warning"}

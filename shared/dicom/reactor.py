@@ -1,0 +1,137 @@
+"""pynetdicom's polling loops, woken by events instead of by the clock.
+
+A pynetdicom 3 association runs two threads that poll. The DUL thread (the upper
+layer, PS3.8 9) sleeps ``_run_loop_delay`` (1 ms) whenever a pass found nothing to do:
+before it sends a queued PDU, such as our C-STORE response, and before it reads the
+peer's next PDU. The acceptor's reactor (the DIMSE service user) sleeps a fixed 1 ms
+between looks for a decoded request. An instance on one association waited out several
+of those sleeps, and shortening them made every association spin while it was idle.
+
+:func:`install` keeps both loops and their timeouts, but ends a sleep as soon as there
+is something to do. The DUL thread waits in ``select`` on its socket and on a wake-up
+socket that ``send_pdu`` and ``kill_dul`` write to. The acceptor's reactor waits on its
+DIMSE message queue. An idle association still wakes once per millisecond, as in
+pynetdicom, and a busy one no longer waits for the clock.
+"""
+
+from __future__ import annotations
+
+import queue
+import select
+import socket
+import ssl
+import threading
+import time
+
+import pynetdicom.association
+import pynetdicom.dul
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+
+REACTOR_SLEEP_S = 0.001  # pynetdicom.association's hard-coded reactor sleep
+
+
+def _wait_for_dul_work(dul: DULServiceProvider, timeout: float) -> None:
+    """Return after ``timeout``, or sooner once the peer sent data, a PDU was queued
+    for sending, or the thread was told to stop."""
+    pair = dul.__dict__.get("_wake_pair")
+    if pair is None:
+        time.sleep(timeout)
+        return
+    if not dul.to_provider_queue.empty() or not dul.event_queue.empty():
+        return
+    reader = pair[0]
+    waiting = [reader]
+    transport = dul.socket
+    sock = transport.socket if transport is not None and transport._is_connected else None
+    if sock is not None:
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():  # bytes TLS already decrypted
+            return
+        waiting.append(sock)
+    try:
+        ready, _, _ = select.select(waiting, [], [], timeout)
+    except (OSError, ValueError):  # the socket closed meanwhile: the loop's next pass sees it
+        return
+    if reader in ready:
+        try:
+            reader.recv(4096)
+        except OSError:
+            pass
+
+
+def _wake(dul: DULServiceProvider) -> None:
+    pair = dul.__dict__.get("_wake_pair")
+    if pair is not None:
+        try:
+            pair[1].send(b"\0")
+        except OSError:  # buffer full (a wake-up is pending anyway) or closed (thread done)
+            pass
+
+
+def _wait_for_request(assoc: Association, timeout: float) -> None:
+    """Return after ``timeout``, or sooner once a DIMSE message is decoded."""
+    messages: queue.Queue = assoc.dimse.msg_queue
+    with messages.not_empty:
+        if not messages._qsize():
+            messages.not_empty.wait(timeout)
+
+
+class _Clock:
+    """Stands in for the ``time`` module inside pynetdicom's ``dul`` and ``association``
+    modules: the two loops' sleeps wait for work; every other call is ``time``'s."""
+
+    def sleep(self, seconds: float) -> None:
+        thread = threading.current_thread()
+        if isinstance(thread, DULServiceProvider) and seconds == thread._run_loop_delay:
+            _wait_for_dul_work(thread, seconds)
+        elif isinstance(thread, Association) and thread.is_acceptor and seconds == REACTOR_SLEEP_S:
+            _wait_for_request(thread, seconds)
+        else:
+            time.sleep(seconds)
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+_installed = False
+_install_lock = threading.Lock()
+
+
+def install() -> None:
+    """Make the associations of this process event-driven. Idempotent; call it before
+    the first association starts."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        init, send_pdu, kill_dul, run = (DULServiceProvider.__init__, DULServiceProvider.send_pdu,
+                                         DULServiceProvider.kill_dul, DULServiceProvider.run)
+
+        def __init__(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            pair = socket.socketpair()
+            for end in pair:
+                end.setblocking(False)
+            self._wake_pair = pair
+
+        def send_pdu_and_wake(self, primitive) -> None:
+            send_pdu(self, primitive)
+            _wake(self)
+
+        def kill_dul_and_wake(self) -> None:
+            kill_dul(self)
+            _wake(self)
+
+        def run_then_close(self) -> None:
+            try:
+                run(self)
+            finally:
+                for end in self.__dict__.pop("_wake_pair", None) or ():
+                    end.close()
+
+        DULServiceProvider.__init__ = __init__
+        DULServiceProvider.send_pdu = send_pdu_and_wake
+        DULServiceProvider.kill_dul = kill_dul_and_wake
+        DULServiceProvider.run = run_then_close
+        pynetdicom.dul.time = pynetdicom.association.time = _Clock()
+        _installed = True
