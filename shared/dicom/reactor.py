@@ -8,7 +8,7 @@ between looks for a decoded request. An instance on one association waited out s
 of those sleeps, and shortening them made every association spin while it was idle.
 
 :func:`install` keeps both loops and their timeouts, but ends a sleep as soon as there
-is something to do. The DUL thread waits in ``select`` on its socket and on a wake-up
+is something to do. The DUL thread waits in ``poll`` on its socket and on a wake-up
 socket that ``send_pdu`` and ``kill_dul`` write to. The acceptor's reactor waits on its
 DIMSE message queue. An idle association still wakes once per millisecond, as in
 pynetdicom, and a busy one no longer waits for the clock.
@@ -49,14 +49,31 @@ def _wait_for_dul_work(dul: DULServiceProvider, timeout: float) -> None:
             return
         waiting.append(sock)
     try:
-        ready, _, _ = select.select(waiting, [], [], timeout)
-    except (OSError, ValueError):  # the socket closed meanwhile: the loop's next pass sees it
+        woken = _readable(waiting, timeout)
+    except (OSError, ValueError):  # the socket closed meanwhile: sleep as pynetdicom would
+        time.sleep(timeout)
         return
-    if reader in ready:
+    if reader in woken:
         try:
             reader.recv(4096)
         except OSError:
             pass
+
+
+def _readable(sockets: list[socket.socket], timeout: float) -> list[socket.socket]:
+    """Those of ``sockets`` with data to read within ``timeout``; ``poll`` where it
+    exists, as ``select`` refuses descriptors above 1023."""
+    if not hasattr(select, "poll"):
+        return select.select(sockets, [], [], timeout)[0]
+    poller = select.poll()
+    by_fd = {}
+    for sock in sockets:
+        fd = sock.fileno()
+        if fd < 0:
+            raise ValueError("socket closed")
+        poller.register(fd, select.POLLIN)
+        by_fd[fd] = sock
+    return [by_fd[fd] for fd, _ in poller.poll(timeout * 1000)]
 
 
 def _wake(dul: DULServiceProvider) -> None:

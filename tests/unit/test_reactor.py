@@ -1,7 +1,12 @@
 """pynetdicom associations wait for work, not for the clock (shared.dicom.reactor)."""
 
+import os
+import queue
+import resource
+import socket
 import time
 
+import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pynetdicom import AE, evt
@@ -88,3 +93,45 @@ def test_an_aborted_association_ends_its_threads_without_waiting_for_the_delay()
         assert not assoc.dul.is_alive() and time.monotonic() - started < SLOW_S
     finally:
         server.shutdown()
+
+
+class _Transport:
+    def __init__(self, sock):
+        self.socket, self._is_connected = sock, True
+
+
+class _Dul:
+    """What the wait reads of pynetdicom's DULServiceProvider."""
+
+    def __init__(self, sock):
+        self.to_provider_queue, self.event_queue = queue.Queue(), queue.Queue()
+        self.socket = _Transport(sock)
+        self._wake_pair = socket.socketpair()
+
+
+def test_a_socket_closed_under_the_wait_means_a_plain_sleep_not_a_spin(monkeypatch):
+    slept = []
+    monkeypatch.setattr(reactor.time, "sleep", slept.append)
+    sock, _ = socket.socketpair()
+    dul = _Dul(sock)
+    sock.close()
+    reactor._wait_for_dul_work(dul, 0.001)
+    assert slept == [0.001]
+
+
+def test_descriptors_above_1023_are_waited_on():
+    """``select`` refuses them; a busy gateway holds that many files and sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip("cannot open descriptors above 1023 here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    try:
+        peer, local = socket.socketpair()
+        high = socket.socket(fileno=os.dup2(local.fileno(), 1050))
+        peer.send(b"x")
+        assert reactor._readable([high], 1.0) == [high]
+        high.close()
+        local.close()
+        peer.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
