@@ -69,9 +69,7 @@ def _readable(sockets: list[socket.socket], timeout: float) -> list[socket.socke
     by_fd = {}
     for sock in sockets:
         fd = sock.fileno()
-        if fd < 0:
-            raise ValueError("socket closed")
-        poller.register(fd, select.POLLIN)
+        poller.register(fd, select.POLLIN)  # ValueError once closed (fd -1)
         by_fd[fd] = sock
     return [by_fd[fd] for fd, _ in poller.poll(timeout * 1000)]
 
