@@ -155,6 +155,14 @@ def poll(cloud_event) -> None:
 
 
 @functions_framework.cloud_event
+def release_held(cloud_event) -> None:
+    """Cloud Scheduler (any message): send the deliveries held for destinations that
+    are enabled again."""
+    released = stages.release_held(gcp.ports())
+    log.info("release_held: %d released", len(released))
+
+
+@functions_framework.cloud_event
 def ghc_ingest(cloud_event) -> None:
     """A Healthcare API DICOM store notification (data: the instance resource name)."""
     _, body, attributes = _pubsub_message(cloud_event)

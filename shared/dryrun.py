@@ -15,6 +15,7 @@ from shared.dicom.io import read_instance
 from shared.errors import Unprocessable
 from shared.messages import IngestMetadata
 from shared.rules import decide, validate_instance
+from shared.stages import why_not_deliverable
 
 
 def _show(elem) -> Any:
@@ -62,7 +63,10 @@ def dry_run(config: AppConfig, path: Path, ingest: IngestMetadata, *, at: dateti
     result["matched"] = [f"{r.ruleset_id}/{r.rule_id}" for r in decision.matched]
     result["default_route"] = decision.default_route
     result["destinations"] = decision.destination_ids
-    result["outcome"] = "route" if decision.destination_ids else "hold"
+    # a disabled or unknown destination holds its delivery (stages.hold_delivery)
+    held = {d: why for d in decision.destination_ids if (why := why_not_deliverable(config, d))}
+    result["held_destinations"] = held
+    result["outcome"] = "route" if len(held) < len(decision.destination_ids) else "hold"
     result["actions"] = decision.actions
     morphed = copy.deepcopy(ds)
     try:

@@ -106,7 +106,13 @@ class Plan(Message):
 
 
 class Delivery(Message):
-    """One morphed object for one destination."""
+    """One morphed object for one destination.
+
+    ``sha256`` is the object's content digest (:func:`shared.dicom.io.content_digest`):
+    the data set without file meta, and, when ``original_attributes_added``, without
+    the modification time of the Original Attributes item this pass added. A resend of
+    the same data set under the same rules has the same digest, so it is a duplicate
+    at every destination rather than a conflict."""
 
     v: Literal[1] = 1
     sop_instance_uid: str
@@ -115,13 +121,14 @@ class Delivery(Message):
     destination_id: str
     blob: BlobRef
     sha256: str
+    original_attributes_added: bool = False
     source: BlobRef
     ingest: IngestMetadata
 
     @property
     def idempotency_key(self) -> str:
-        """(SOP Instance UID, destination id, sha256 of the morphed object), hashed to
-        a fixed-length id usable as a Firestore document id."""
+        """(SOP Instance UID, destination id, content digest of the morphed object),
+        hashed to a fixed-length id usable as a Firestore document id."""
         raw = f"{self.sop_instance_uid}|{self.destination_id}|{self.sha256}"
         return hashlib.sha256(raw.encode()).hexdigest()
 

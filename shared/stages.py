@@ -25,8 +25,8 @@ from pydicom.dataset import Dataset
 
 from shared.config import AppConfig
 from shared.destinations import Senders
-from shared.dicom.io import read_instance, sha256_file, write_instance
-from shared.dicom.original_attributes import OriginalAttributesPolicy
+from shared.dicom.io import content_digest, read_instance, write_instance
+from shared.dicom.original_attributes import ORIGINAL_ATTRIBUTES_SEQUENCE, OriginalAttributesPolicy
 from shared.dicom.splice import write_spliced
 from shared.errors import DeliveryRefused, RetryLater, Unprocessable
 from shared.memo import PerObject
@@ -38,10 +38,14 @@ from shared.rules import decide, validate_instance
 
 log = logging.getLogger(__name__)
 
+TOPIC_INGEST = "ingest"  # ObjectFinalized: what match reads (the ingest bucket's notifications)
 TOPIC_PLANNED = "planned"
 TOPIC_DELIVER = "deliver"
 
 EXCEPTIONS = "exceptions"  # DocumentStore collection of exception records
+# held deliveries waiting for their destination, by exception record id: a small index
+# so that releasing them does not read every exception record
+HELD_DELIVERIES = "held_deliveries"
 
 DELIVERY_LEASE_S = 600.0
 
@@ -122,9 +126,10 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
         log_original_attributes=decision.log_original_attributes,
     )
     if not plan.destination_ids:
+        # released, it is planned again from the received object under the config of then
         record_exception(ports, stage="match", status="held", reason="no rule matched and the default route has no destinations",
                          blob=event.blob, sop_instance_uid=plan.sop_instance_uid,
-                         topic=TOPIC_PLANNED, body=plan.model_dump_json())
+                         topic=TOPIC_INGEST, body=ObjectFinalized(blob=event.blob).model_dump_json())
         return plan
     if plan.actions:
         PARSED.put(event.blob, data, ds)
@@ -185,11 +190,14 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
             else:  # match checked this object completely; it is immutable since.
                 data = path.read_bytes()
                 ds = read_instance(path, check=False, data=data)
+            added = False
             if plan.actions:
                 policy = (OriginalAttributesPolicy(modifying_system=config.settings.modifying_system,
                                                    modified_at=plan.ingest.received_at)
                           if plan.log_original_attributes else None)
+                items_before = _original_attributes_items(ds)
                 apply_actions(ds, plan.actions, morph_services(config), original_attributes=policy)
+                added = _original_attributes_items(ds) > items_before
         except Unprocessable as exc:
             quarantine(ports, plan.blob, str(exc), stage="morph")
             return []
@@ -199,23 +207,18 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
             out = Path(tmp)
             try:
                 # copy the unchanged elements' bytes; pydicom re-encodes when that cannot apply
-                sha = write_spliced(path, ds, None, out, data=data)
-                if sha is None:
-                    sha = write_instance(ds, out)
+                if write_spliced(path, ds, None, out, data=data, hashed=False) is None:
+                    write_instance(ds, out, hashed=False)
+                sha = content_digest(out.read_bytes(), ignore_last_modification_time=added)
                 blob = ports.blobs.put_file(config.settings.processed_bucket,
                                             processed_name(plan.ingest, str(ds.SOPInstanceUID), sha), out, move=True)
             finally:
                 out.unlink(missing_ok=True)
-        else:  # nothing to change: deliver the received bytes as they are (hashed only here)
-            sha = plan.ingest.sha256 or sha256_file(path)
+        else:  # nothing to change: deliver the received bytes as they are
+            sha = content_digest(data)
             blob = plan.blob
     deliveries = []
     for dest_id in plan.destination_ids:
-        dest = _find_destination(config, dest_id)
-        if dest is None or not dest.enabled:
-            log.info("skipping destination %s for %s: %s", dest_id, plan.sop_instance_uid,
-                     "disabled" if dest else "no longer configured")
-            continue
         delivery = Delivery(
             sop_instance_uid=str(ds.SOPInstanceUID),
             sop_class_uid=str(ds.SOPClassUID),
@@ -223,19 +226,31 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
             destination_id=dest_id,
             blob=blob,
             sha256=sha,
+            original_attributes_added=added,
             source=plan.blob,
             ingest=plan.ingest,
         )
+        why_not = why_not_deliverable(config, dest_id)
+        if why_not:
+            hold_delivery(ports, delivery, why_not, stage="morph")
+            continue
         ports.bus.publish(TOPIC_DELIVER, delivery)
         deliveries.append(delivery)
     return deliveries
 
 
+def _original_attributes_items(ds: Dataset) -> int:
+    elem = ds.get(ORIGINAL_ATTRIBUTES_SEQUENCE)
+    return len(elem.value) if elem is not None and elem.VR == "SQ" else 0
+
+
 def processed_name(ingest: IngestMetadata, sop_instance_uid: str, sha256: str) -> str:
-    """Content-addressed name of a morphed object, under its receive date like ingest
-    objects: a re-run writes the same object, and a day's objects share a directory
-    (locally, one directory per instance cost more than writing the file)."""
-    return f"{ingest.received_at:%Y/%m/%d}/{sop_instance_uid}-{sha256}.dcm"
+    """Name of a morphed object: its content digest and its receive time, under its
+    receive date like ingest objects. A re-run of a plan writes the same object; a
+    resend (another receive time) writes its own, so an object is never replaced by
+    different bytes. A day's objects share a directory (locally, one directory per
+    instance cost more than writing the file)."""
+    return f"{ingest.received_at:%Y/%m/%d}/{sop_instance_uid}-{sha256}-{ingest.received_at:%H%M%S%f}.dcm"
 
 
 # crosswalk tables and standardizer, built once per config version
@@ -249,19 +264,60 @@ def _find_destination(config: AppConfig, dest_id: str):
         return None
 
 
+def why_not_deliverable(config: AppConfig, dest_id: str) -> str | None:
+    """Why a delivery to ``dest_id`` must wait (a reason for its held record), or None."""
+    dest = _find_destination(config, dest_id)
+    if dest is None:
+        return f"destination {dest_id} is not configured"
+    if not dest.enabled:
+        return f"destination {dest_id} is disabled"
+    return None
+
+
+def hold_delivery(ports: Ports, delivery: Delivery, reason: str, *, stage: str) -> str:
+    """Hold a delivery whose destination is disabled or not configured: an exception
+    record (status ``held``) with the delivery to send, released by :func:`release_held`
+    once the destination is enabled, or by an operator."""
+    record_id = record_exception(ports, stage=stage, status="held", reason=reason,
+                                 sop_instance_uid=delivery.sop_instance_uid, destination_id=delivery.destination_id,
+                                 topic=TOPIC_DELIVER, body=delivery.model_dump_json())
+    ports.docs.set(HELD_DELIVERIES, record_id, {"destination_id": delivery.destination_id})
+    return record_id
+
+
+def release_held(ports: Ports) -> list[str]:
+    """Send the held deliveries whose destination is configured and enabled now; return
+    the ids of the records released. Runs periodically (embedded runtime) or from a
+    scheduler (GCP); an operator can also release one record (:func:`retry_exception`)."""
+    config = ports.config()
+    released = []
+    for record_id, held in ports.docs.list(HELD_DELIVERIES).items():
+        if why_not_deliverable(config, held.get("destination_id", "")):
+            continue
+        try:
+            retry_exception(ports, record_id)
+        except NotRetryable:
+            ports.docs.delete(HELD_DELIVERIES, record_id)  # released or removed meanwhile
+            continue
+        released.append(record_id)
+    if released:
+        log.info("released %d held delivery(ies) to destinations enabled again", len(released))
+    return released
+
+
 # --- route ----------------------------------------------------------------------------
 
 
 def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
-    """Send one delivery. Returns 'delivered', 'duplicate', 'skipped' or 'failed';
-    raises :class:`RetryLater` while attempts remain."""
+    """Send one delivery. Returns 'delivered', 'duplicate', 'held' (the destination is
+    disabled or gone: see :func:`hold_delivery`) or 'failed'; raises
+    :class:`RetryLater` while attempts remain."""
     config = ports.config()
-    dest = _find_destination(config, delivery.destination_id)
-    if dest is None or not dest.enabled:
-        record_exception(ports, stage="route", reason=f"destination {delivery.destination_id} is not configured or disabled",
-                         sop_instance_uid=delivery.sop_instance_uid, destination_id=delivery.destination_id,
-                         topic=TOPIC_DELIVER, body=delivery.model_dump_json())
-        return "skipped"
+    why_not = why_not_deliverable(config, delivery.destination_id)
+    if why_not:
+        hold_delivery(ports, delivery, why_not, stage="route")
+        return "held"
+    dest = config.destination(delivery.destination_id)
     key = delivery.idempotency_key
     claim = ports.ledger.claim(key, DELIVERY_LEASE_S, {"destination_id": dest.id, "sop_instance_uid": delivery.sop_instance_uid})
     if claim is Claim.DELIVERED:
@@ -319,9 +375,24 @@ def retry_exception(ports: Ports, record_id: str) -> dict:
     retry = record.get("retry") or {}
     if not retry.get("topic") or retry.get("body") is None:
         raise NotRetryable(f"exception record {record_id} ({record.get('status')}) has no message to retry")
-    ports.bus.publish(retry["topic"], retry["body"].encode())
+    topic, body = _replannable(retry["topic"], retry["body"])
+    ports.bus.publish(topic, body.encode())
     record = {**record, "status": "retried", "retried_at": datetime.now(timezone.utc).isoformat(),
               "retries": int(record.get("retries") or 0) + 1}
     ports.docs.set(EXCEPTIONS, record_id, record)
-    log.info("exception %s retried on %s", record_id, retry["topic"])
+    ports.docs.delete(HELD_DELIVERIES, record_id)
+    log.info("exception %s retried on %s", record_id, topic)
     return record
+
+
+def _replannable(topic: str, body: str) -> tuple[str, str]:
+    """A plan with no destinations (held by match before held plans were planned again)
+    goes back to match, which decides under the config of now."""
+    if topic == TOPIC_PLANNED:
+        try:
+            plan = Plan.model_validate_json(body)
+        except ValueError:
+            return topic, body
+        if not plan.destination_ids:
+            return TOPIC_INGEST, ObjectFinalized(blob=plan.blob).model_dump_json()
+    return topic, body

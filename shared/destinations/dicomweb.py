@@ -168,8 +168,9 @@ class DicomWebSender:
         raise DeliveryRefused(f"{self.dest.id} refused the instance ({text})")
 
     def _same_as_stored(self, path: Path, delivery: Delivery) -> bool:
-        """Fetch the peer's copy (WADO-RS, PS3.18 10.4, as stored) and compare datasets."""
-        from shared.dicom.io import dataset_bytes
+        """Fetch the peer's copy (WADO-RS, PS3.18 10.4, as stored) and compare its
+        content digest with the delivery's (file meta and our modification time aside)."""
+        from shared.dicom.io import content_digest
 
         study, series = _study_series_uids(path)
         # the Instance resource (PS3.18 10.4.1.1.3); there is no /studies/{s}/instances/{i}
@@ -186,7 +187,8 @@ class DicomWebSender:
         message = BytesParser(policy=HTTP).parsebytes(
             b"Content-Type: " + response.headers["content-type"].encode() + b"\r\n\r\n" + response.content)
         parts = [p.get_payload(decode=True) for p in message.iter_parts()] if message.is_multipart() else [response.content]
-        return any(dataset_bytes(part) == dataset_bytes(path.read_bytes()) for part in parts)
+        return any(content_digest(part, ignore_last_modification_time=delivery.original_attributes_added)
+                   == delivery.sha256 for part in parts)
 
     def close(self) -> None:
         self.client.close()

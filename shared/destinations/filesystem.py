@@ -9,7 +9,7 @@ from pydicom import dcmread
 
 from shared.adapters.files import durable_place
 from shared.config import FilesystemDestination
-from shared.dicom.io import sha256_file
+from shared.dicom.io import content_digest
 from shared.errors import DeliveryRefused, Unprocessable
 from shared.messages import Delivery
 from shared.templates import render
@@ -43,9 +43,12 @@ class FilesystemSender:
     def send(self, path: Path, delivery: Delivery) -> str:
         target = self.root / object_name(self.dest.name_template, path)
         if target.exists() and self.dest.on_conflict == "exception":
-            if sha256_file(target) == delivery.sha256:
+            existing = content_digest(target.read_bytes(),
+                                      ignore_last_modification_time=delivery.original_attributes_added)
+            if existing == delivery.sha256:
                 return f"{target} (already there)"
-            raise DeliveryRefused(f"{target.name} exists at {self.dest.id} with different bytes")
+            raise DeliveryRefused(f"{target.name} exists at {self.dest.id} with a different data set "
+                                  "for the same SOP Instance UID")
         durable_place(path, target, move=False)
         return str(target)
 

@@ -33,7 +33,8 @@ class GCSSender:
             blob.reload()
             if (blob.metadata or {}).get("axiom-sha256") == delivery.sha256:
                 return f"gs://{self.dest.bucket}/{name} (already there)"
-            raise DeliveryRefused(f"gs://{self.dest.bucket}/{name} exists with different bytes") from None
+            raise DeliveryRefused(f"gs://{self.dest.bucket}/{name} exists with a different data set for "
+                                  f"SOP Instance {delivery.sop_instance_uid}") from None
         except (gexc.ServiceUnavailable, gexc.InternalServerError, gexc.TooManyRequests, ConnectionError) as exc:
             raise RetryLater(f"GCS upload to {self.dest.bucket} failed: {exc}") from exc
         return f"gs://{self.dest.bucket}/{name}"

@@ -37,15 +37,6 @@ def sha256_file(path: Path) -> str:
 _UNDEFINED = 0xFFFFFFFF
 
 
-def dataset_bytes(data: bytes) -> bytes:
-    """The encoded dataset of a Part 10 file, without preamble and file meta: what two
-    copies of one instance share even when each side wrote its own file meta."""
-    if data[128:132] != b"DICM":
-        return data
-    group_length = int.from_bytes(data[140:144], "little")
-    return data[144 + group_length:]
-
-
 # Explicit VR: these VRs have 2 reserved bytes and a 32-bit length (PS3.5 section 7.1.2).
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"})
 # VRs of fixed-size binary values: a value length must be a multiple of the size.
@@ -290,10 +281,11 @@ def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool =
     return ds
 
 
-def write_instance(ds: Dataset, path: Path) -> str:
+def write_instance(ds: Dataset, path: Path, *, hashed: bool = True) -> str:
     """Write as a Part 10 file in the dataset's own transfer syntax, keeping the file
     meta consistent with the dataset; return the file's sha256 (read back from the page
-    cache: measured as fast as hashing while writing, and simpler)."""
+    cache: measured as fast as hashing while writing, and simpler), or with
+    ``hashed=False`` an empty string."""
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     # A dataset read from a Part 10 file with a preamble is written back as one as it
@@ -301,4 +293,66 @@ def write_instance(ds: Dataset, path: Path) -> str:
     # ~8% of a 530 KB write) is needed only when something is missing.
     complete = ds.preamble is not None and "FileMetaInformationVersion" in ds.file_meta
     ds.save_as(path, enforce_file_format=not complete)
-    return sha256_file(path)
+    return sha256_file(path) if hashed else ""
+
+
+_ORIGINAL_ATTRIBUTES_SEQUENCE = 0x04000561
+_ATTRIBUTE_MODIFICATION_DATETIME = 0x04000562
+
+
+def content_digest(data: bytes, *, ignore_last_modification_time: bool = False) -> str:
+    """The SHA-256 that says whether two copies of an instance are the same instance.
+
+    It hashes the encoded data set, everything after the file meta (PS3.10 section 7.1):
+    group 0002 is left out, because each hop writes its own (Source Application Entity
+    Title, Implementation Class UID, ...) for the same data set. With
+    ``ignore_last_modification_time``, the Attribute Modification DateTime (0400,0562)
+    of the last Original Attributes Sequence (0400,0561) item (PS3.3 C.12.1.1.9) is
+    left out as well: that item is the one this router's morph pass added, and its
+    time is when this copy was received, so a resend of the same data set under the
+    same rules gets the same digest. Everything else counts, byte for byte, in the
+    transfer syntax as received: the same data set re-encoded in another transfer
+    syntax is another digest. A file without standard file meta is hashed whole."""
+    offset, syntax = part10_layout(data)
+    digest = hashlib.sha256()
+    view = memoryview(data)
+    if offset is None:
+        digest.update(view)
+        return digest.hexdigest()
+    skip = None
+    if ignore_last_modification_time and not syntax.is_deflated:
+        skip = _last_modification_time_span(data, offset, syntax)
+    if skip is None:
+        digest.update(view[offset:])
+    else:
+        digest.update(view[offset:skip[0]])
+        digest.update(view[skip[1]:])
+    return digest.hexdigest()
+
+
+def _last_modification_time_span(data: bytes, offset: int, syntax: UID) -> tuple[int, int] | None:
+    """Where the (0400,0562) element of the last Original Attributes item starts and
+    ends (header included), or None. Walks only the header of the data set and that
+    one sequence (PS3.5 section 7.5)."""
+    try:
+        spans = top_level_spans(data, offset, syntax)
+    except Unprocessable:
+        return None
+    sequence = next((s for s in spans if s[0] == _ORIGINAL_ATTRIBUTES_SEQUENCE), None)
+    if sequence is None:
+        return None
+    _, _, pos, length, end = sequence
+    if length == _UNDEFINED:
+        end -= 8  # before the Sequence Delimitation Item
+    walker = _Walker(data, syntax.is_implicit_VR, syntax.is_little_endian)
+    last: list[Span] = []
+    while pos + 8 <= end:
+        item_length = walker.u32.unpack_from(data, pos + 4)[0]
+        last = []
+        if item_length == _UNDEFINED:
+            pos = walker.elements(pos + 8, end, implicit=syntax.is_implicit_VR, in_item=True, spans=last)
+        else:
+            walker.elements(pos + 8, pos + 8 + item_length, implicit=syntax.is_implicit_VR, spans=last)
+            pos += 8 + item_length
+    element = next((s for s in last if s[0] == _ATTRIBUTE_MODIFICATION_DATETIME), None)
+    return (element[1], element[4]) if element else None

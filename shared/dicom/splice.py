@@ -52,10 +52,11 @@ _UNDEFINED = 0xFFFFFFFF
 
 
 def write_spliced(src_path: Path, ds: Dataset, changed_top_level_tags: Collection[int] | None,
-                  out_path: Path, *, data: bytes | None = None) -> str | None:
+                  out_path: Path, *, data: bytes | None = None, hashed: bool = True) -> str | None:
     """Write ``ds`` (read from ``src_path`` with pydicom, then changed in place) to
     ``out_path`` by copying the source's bytes for every unchanged top-level element;
-    return the sha256 of the written file, hashed while writing.
+    return the sha256 of the written file, hashed while writing (with ``hashed=False``,
+    not hashed: an empty string).
 
     ``data``: the source file's bytes, if the caller has read them already.
 
@@ -76,12 +77,13 @@ def write_spliced(src_path: Path, ds: Dataset, changed_top_level_tags: Collectio
         return None
     if chunks is None:
         return None
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if hashed else None
     with open(out_path, "wb") as fh:
         for chunk in chunks:
             fh.write(chunk)
-            digest.update(chunk)
-    return digest.hexdigest()
+            if digest is not None:
+                digest.update(chunk)
+    return digest.hexdigest() if digest is not None else ""
 
 
 def splice_chunks(src_path: Path, ds: Dataset, changed_top_level_tags: Collection[int] | None = None,

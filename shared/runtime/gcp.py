@@ -34,7 +34,7 @@ from shared import stages
 from shared.config import AppConfig, load_yaml, to_documents
 from shared.runtime.configcache import CachedConfig
 
-TOPIC_INGEST = "ingest"
+TOPIC_INGEST = stages.TOPIC_INGEST
 TOPIC_DEAD_LETTER = "dead-letter"
 TOPICS = (TOPIC_INGEST, stages.TOPIC_PLANNED, stages.TOPIC_DELIVER, TOPIC_DEAD_LETTER)
 

@@ -46,7 +46,9 @@ from shared.sources.scheduler import SourceScheduler
 
 log = logging.getLogger(__name__)
 
-TOPIC_INGEST = "ingest"
+TOPIC_INGEST = stages.TOPIC_INGEST
+# how often held deliveries are checked against the config (a destination enabled again)
+RELEASE_HELD_EVERY_S = 10.0
 TOPICS = (TOPIC_INGEST, stages.TOPIC_PLANNED, stages.TOPIC_DELIVER, DEAD_LETTER_TOPIC)
 
 
@@ -150,6 +152,8 @@ class EmbeddedRuntime:
         app = create_app(self.ports, self.status, secrets=self.secrets)
         self._http = make_server(http_host, http_port, app, threaded=True) if http_port is not None else None
         self._http_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._release_thread: threading.Thread | None = None
 
     def status(self) -> dict:
         return {
@@ -177,6 +181,9 @@ class EmbeddedRuntime:
             child.start()
             self._children.append(child)
         self.gateway.start()
+        self._stopping.clear()
+        self._release_thread = threading.Thread(target=self._release_held, name="release-held", daemon=True)
+        self._release_thread.start()
         if self.poll_sources:
             self.sources.start()  # after the gateway: C-MOVE retrievals arrive there
         if self._http:
@@ -184,7 +191,20 @@ class EmbeddedRuntime:
             self._http_thread.start()
             log.info("HTTP on http://%s:%d", self._http.host, self._http.port)
 
+    def _release_held(self) -> None:
+        """Deliveries held for a disabled destination go out once it is enabled again."""
+        while True:
+            try:
+                stages.release_held(self.ports)
+            except Exception:  # noqa: BLE001 - try again on the next round
+                log.exception("releasing held deliveries failed")
+            if self._stopping.wait(RELEASE_HELD_EVERY_S):
+                return
+
     def stop(self) -> None:
+        self._stopping.set()
+        if self._release_thread:
+            self._release_thread.join(10)
         self.sources.stop()
         self.gateway.stop()
         if self._http:

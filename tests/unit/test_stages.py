@@ -17,7 +17,8 @@ from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteD
 from shared.config import parse_config
 from shared.errors import RetryLater
 from shared.ingest import Ingestor
-from shared.messages import Delivery, IngestMetadata
+from shared.dicom.io import content_digest
+from shared.messages import Delivery, IngestMetadata, ObjectFinalized, Plan
 from tests.support.procs import free_port
 
 CT = Path(get_testdata_file("CT_small.dcm"))
@@ -36,14 +37,16 @@ class RecordingBus:
 
 @pytest.fixture
 def make_ports(tmp_path):
+    """Ports over the local adapters; ``ports.reconfigure(dict)`` swaps the config."""
     def build(config: dict):
         db = SQLiteDatabase(tmp_path / "state.db")
-        config = parse_config(config)
+        current = [parse_config(config)]
         events = []
         blobs = LocalBlobStore(tmp_path / "blobs", on_finalize=events.append, notify_buckets=frozenset({"ingest"}))
         ports = stages.Ports(blobs=blobs, docs=SQLiteDocumentStore(db), ledger=SQLiteDeliveryLedger(db),
-                             bus=RecordingBus(), config=lambda: config, base_dir=tmp_path)
+                             bus=RecordingBus(), config=lambda: current[0], base_dir=tmp_path)
         ports.events = events
+        ports.reconfigure = lambda new: current.__setitem__(0, parse_config(new))
         return ports
     return build
 
@@ -101,7 +104,90 @@ def test_no_match_without_default_route_is_held_not_dropped(make_ports):
     assert plan.destination_ids == [] and ports.bus.on(stages.TOPIC_PLANNED) == []
     [record] = ports.docs.list(stages.EXCEPTIONS).values()
     assert record["status"] == "held" and record["sop_instance_uid"] == plan.sop_instance_uid
-    assert record["retry"]["topic"] == stages.TOPIC_PLANNED
+    assert record["retry"]["topic"] == stages.TOPIC_INGEST
+
+
+def _released_event(ports):
+    topic, body = ports.bus.sent[-1]
+    assert topic == stages.TOPIC_INGEST
+    return ObjectFinalized.from_bytes(body)
+
+
+def test_released_held_instance_is_planned_again_under_the_config_of_now(make_ports, tmp_path):
+    rule = {"id": "mr", "when": {"tag": "Modality", "value": "MR"}, "destinations": ["archive"]}
+    ports = make_ports(config(rule))
+    stages.match(ports, ingest(ports, CT))
+    [(held_id, _)] = ports.docs.list(stages.EXCEPTIONS).items()
+
+    # released while still nowhere to go: held again, with a record of its own
+    assert stages.retry_exception(ports, held_id)["status"] == "retried"
+    assert stages.match(ports, _released_event(ports)).destination_ids == []
+    records = ports.docs.list(stages.EXCEPTIONS)
+    [again_id] = [i for i, r in records.items() if r["status"] == "held"]
+    assert again_id != held_id and records[held_id]["status"] == "retried"
+
+    ports.reconfigure(config(rule, default={"destinations": ["archive"]}))
+    stages.retry_exception(ports, again_id)
+    plan, results = run_all(ports, _released_event(ports))
+    assert plan.destination_ids == ["archive"] and results == ["delivered"]
+    [out] = (tmp_path / "out").rglob("*.dcm")
+    assert dcmread(out).SOPInstanceUID == plan.sop_instance_uid
+    assert {r["status"] for r in ports.docs.list(stages.EXCEPTIONS).values()} == {"retried"}
+
+
+def test_a_plan_held_before_replanning_existed_is_planned_again(make_ports, tmp_path):
+    ports = make_ports(config({"id": "all", "destinations": ["archive"]}))
+    event = ingest(ports, CT)
+    old_plan = Plan(blob=event.blob, ingest=IngestMetadata(), sop_instance_uid="1.2.3")
+    record_id = stages.record_exception(ports, stage="match", status="held", reason="no rule matched",
+                                        topic=stages.TOPIC_PLANNED, body=old_plan.model_dump_json())
+    stages.retry_exception(ports, record_id)
+    _, results = run_all(ports, _released_event(ports))
+    assert results == ["delivered"]
+
+
+def test_disabled_destination_holds_the_delivery_until_it_is_enabled(make_ports, tmp_path):
+    from shared.dryrun import dry_run
+
+    destinations = [{"id": "archive", "type": "filesystem", "path": "out"},
+                    {"id": "off", "type": "filesystem", "path": "off", "enabled": False}]
+    rules = {"id": "all", "destinations": ["archive", "off"],
+             "actions": [{"action": "set", "tag": "StationName", "value": "X"}]}
+    ports = make_ports(config(rules, destinations=destinations))
+    report = dry_run(ports.config(), CT, IngestMetadata())
+    assert report["held_destinations"] == {"off": "destination off is disabled"} and report["outcome"] == "route"
+
+    plan = stages.match(ports, ingest(ports, CT))
+    deliveries = stages.morph(ports, plan)
+    assert [d.destination_id for d in deliveries] == ["archive"]
+    [record] = ports.docs.list(stages.EXCEPTIONS).values()
+    assert (record["status"], record["destination_id"], record["reason"]) == ("held", "off", "destination off is disabled")
+    assert stages.release_held(ports) == []  # still disabled: stays held
+    assert not (tmp_path / "off").exists()
+
+    destinations[1]["enabled"] = True
+    ports.reconfigure(config(rules, destinations=destinations))
+    assert stages.release_held(ports) == [record["id"]]
+    assert stages.release_held(ports) == []  # released once
+    topic, body = ports.bus.sent[-1]
+    assert topic == stages.TOPIC_DELIVER
+    assert stages.route(ports, Delivery.from_bytes(body)) == "delivered"
+    [out] = (tmp_path / "off").rglob("*.dcm")
+    assert dcmread(out).StationName == "X"
+
+
+def test_destination_disabled_after_morph_is_held_at_route(make_ports, tmp_path):
+    destinations = [{"id": "archive", "type": "filesystem", "path": "out"}]
+    ports = make_ports(config({"id": "all", "destinations": ["archive"]}, destinations=destinations))
+    [delivery] = stages.morph(ports, stages.match(ports, ingest(ports, CT)))
+    ports.reconfigure(config({"id": "all", "destinations": []}, destinations=[{**destinations[0], "enabled": False}]))
+    assert stages.route(ports, delivery) == "held"
+    ports.reconfigure(config({"id": "all", "destinations": []},
+                             destinations=[{"id": "other", "type": "filesystem", "path": "other"}]))
+    assert stages.route(ports, delivery) == "held"
+    reasons = sorted(r["reason"] for r in ports.docs.list(stages.EXCEPTIONS).values())
+    assert reasons == ["destination archive is disabled", "destination archive is not configured"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_no_match_goes_to_the_default_route(make_ports, tmp_path):
@@ -126,7 +212,7 @@ def test_unchanged_instance_is_delivered_from_the_ingest_object(make_ports):
     run_all(ports, ingest(ports, CT))
     delivery = ports.bus.on(stages.TOPIC_DELIVER)[0]
     assert delivery.blob.bucket == "ingest"
-    assert delivery.sha256 == stages.sha256_file(CT)
+    assert delivery.sha256 == content_digest(CT.read_bytes())
 
 
 def test_down_destination_retries_then_records_a_retryable_exception(make_ports):
@@ -194,7 +280,7 @@ def test_local_blob_names_cannot_leave_their_bucket(tmp_path, bucket, name):
                                     for p in (tmp_path / "blobs").rglob("*"))
 
 
-def test_morphed_object_is_named_by_receive_date_and_content(make_ports):
+def test_morphed_object_is_named_by_receive_time_and_content(make_ports):
     ports = make_ports(config({"id": "r", "actions": [{"action": "set", "tag": "StationName", "value": "X"}],
                                "destinations": ["archive"]}))
     event = ingest(ports, CT)
@@ -202,7 +288,7 @@ def test_morphed_object_is_named_by_receive_date_and_content(make_ports):
     [delivery] = stages.morph(ports, plan)
     day = f"{plan.ingest.received_at:%Y/%m/%d}"
     assert delivery.blob.bucket == "processed"
-    assert delivery.blob.name == f"{day}/{plan.sop_instance_uid}-{delivery.sha256}.dcm"
+    assert delivery.blob.name == f"{day}/{plan.sop_instance_uid}-{delivery.sha256}-{plan.ingest.received_at:%H%M%S%f}.dcm"
     with ports.blobs.local_path(delivery.blob) as path:
         assert dcmread(path).StationName == "X"
     assert stages.morph(ports, plan)[0].blob.name == delivery.blob.name  # a re-run writes the same object
@@ -282,3 +368,50 @@ def test_local_blob_metadata_is_kept_replaced_and_dropped_with_the_object(tmp_pa
     blobs.delete(copied)
     assert not blobs.exists(copied) and blobs.metadata(copied) == {} and blobs.list("quarantine") == []
     assert blobs.list("ingest") == ["a/b.dcm"]
+
+
+RESEND_RULES = {"id": "all", "destinations": ["archive"],
+                "actions": [{"action": "set", "tag": "StationName", "value": "X"}]}
+
+
+def _resend(path: Path, tmp_path: Path, name: str, *, source_ae: str) -> Path:
+    """The same data set written again by another hop: its own file meta."""
+    ds = dcmread(path)
+    ds.file_meta.SourceApplicationEntityTitle = source_ae
+    ds.file_meta.ImplementationClassUID = "1.2.3.4.5." + str(len(source_ae))
+    out = tmp_path / name
+    ds.save_as(out)
+    return out
+
+
+@pytest.mark.parametrize("log_original_attributes", [True, False])
+def test_resend_of_the_same_data_set_is_a_duplicate_not_a_conflict(make_ports, tmp_path, log_original_attributes):
+    ports = make_ports({**config(RESEND_RULES),
+                        "settings": {"log_original_attributes": log_original_attributes}})
+    _, first = run_all(ports, ingest(ports, _resend(CT, tmp_path, "a.dcm", source_ae="MOD1")))
+    [out] = (tmp_path / "out").rglob("*.dcm")
+    delivered = out.read_bytes()
+    _, again = run_all(ports, ingest(ports, _resend(CT, tmp_path, "b.dcm", source_ae="STOWCLIENT")))
+    assert first == ["delivered"] and again == ["duplicate"]
+    deliveries = ports.bus.on(stages.TOPIC_DELIVER)
+    assert deliveries[0].sha256 == deliveries[1].sha256 and deliveries[0].blob != deliveries[1].blob
+    assert deliveries[1].original_attributes_added is log_original_attributes
+    # with the ledger forgotten the destination itself recognizes its copy
+    ports.ledger = SQLiteDeliveryLedger(SQLiteDatabase(tmp_path / "other-ledger.db"))
+    assert stages.route(ports, deliveries[1]) == "delivered"
+    assert out.read_bytes() == delivered
+    assert ports.docs.list(stages.EXCEPTIONS) == {}
+
+
+def test_a_changed_data_set_under_the_same_uid_is_a_conflict(make_ports, tmp_path):
+    ports = make_ports({**config(RESEND_RULES), "settings": {"log_original_attributes": True}})
+    run_all(ports, ingest(ports, CT))
+    [out] = (tmp_path / "out").rglob("*.dcm")
+    delivered = out.read_bytes()
+    changed = dcmread(CT)
+    changed.SeriesDescription = "another series description"
+    changed.save_as(tmp_path / "changed.dcm")
+    _, results = run_all(ports, ingest(ports, tmp_path / "changed.dcm"))
+    assert results == ["failed"] and out.read_bytes() == delivered
+    [record] = ports.docs.list(stages.EXCEPTIONS).values()
+    assert record["status"] == "refused" and "different data set" in record["reason"]
