@@ -65,7 +65,7 @@ class Ports:
             self.senders = Senders(base_dir=self.base_dir)
 
 
-def record_exception(ports: Ports, *, stage: str, reason: str, status: str = "open",
+def record_exception(ports: Ports, *, stage: str, reason: str, status: str,
                      topic: str | None = None, body: str | None = None, **refs) -> str:
     """Write an exception record. With ``topic`` and ``body`` it can be retried later by
     republishing the message. Records hold UIDs and ids, never patient data."""
@@ -352,9 +352,28 @@ def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
 
 
 def dead_letter(ports: Ports, letter: DeadLetter) -> str:
-    """A message a stage kept failing on becomes a retryable exception record."""
-    return record_exception(ports, stage=letter.topic, reason=f"gave up after {letter.attempts} attempt(s): {letter.last_error}",
-                            topic=letter.topic, body=letter.body)
+    """A message a stage kept failing on becomes a retryable exception record (status
+    ``failed``), naming the instance and destination the message was about."""
+    return record_exception(ports, stage=letter.topic, status="failed",
+                            reason=f"gave up after {letter.attempts} attempt(s): {letter.last_error}",
+                            topic=letter.topic, body=letter.body, **_message_refs(letter.topic, letter.body))
+
+
+def _message_refs(topic: str, body: str) -> dict:
+    """The UIDs and ids a stage message is about, for its exception record."""
+    model = {TOPIC_INGEST: ObjectFinalized, TOPIC_PLANNED: Plan, TOPIC_DELIVER: Delivery}.get(topic)
+    try:
+        message = model.model_validate_json(body) if model else None
+    except ValueError:
+        return {}  # not a message of ours: the record keeps the body as it came
+    if isinstance(message, Delivery):
+        return {"sop_instance_uid": message.sop_instance_uid, "destination_id": message.destination_id,
+                "blob": message.source}
+    if isinstance(message, Plan):
+        return {"sop_instance_uid": message.sop_instance_uid, "blob": message.blob}
+    if isinstance(message, ObjectFinalized):
+        return {"blob": message.blob}
+    return {}
 
 
 

@@ -293,3 +293,40 @@ def test_a_delivery_that_keeps_failing_is_dead_lettered_into_an_exception_record
     assert (delivery.sop_instance_uid, delivery.destination_id) == (uid, "down")
     assert record["reason"].startswith(f"gave up after {MAX_DELIVERY_ATTEMPTS} attempt(s): Pub/Sub dead-letter policy")
     assert chain.functions["route"].log_text().count("not established") >= 2, "route was retried"
+
+
+def test_every_instance_answered_success_ends_somewhere_with_a_record(chain):
+    """The invariant of tests/e2e/test_invariant.py on the GCP chain, with a smaller
+    mix: the Pub/Sub dead-letter policy is what ends the down destination's retries."""
+    from tests.e2e.test_bad_input import send_raw
+    from tests.support.invariant import check, make_mix, mix_config
+
+    config = mix_config({"ae_title": chain.scp.ae_title, "host": "127.0.0.1", "port": chain.scp.port},
+                        down_port=free_port())
+    config["settings"] = {"ingest_bucket": INGEST, "processed_bucket": PROCESSED, "quarantine_bucket": QUARANTINE}
+    gcp_runtime.load_config(parse_config(config), chain.docs)
+    time.sleep(3)  # the functions' config cache (AXIOM_CONFIG_TTL_S=2)
+    mix = make_mix(chain.work / "mix", 14, seed=7)
+    chain.send([s.path for s in mix.sent if not s.raw])
+    for sent in mix.sent:
+        if sent.raw:
+            assert send_raw(chain.gateway.port, sent.path) == 0x0000
+
+    def uids(paths) -> set[str]:
+        out = set()
+        for path in paths:
+            try:
+                out.add(str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+            except Exception:  # noqa: BLE001 - still being written
+                continue
+        return out
+
+    def problems():
+        delivered = {"archive": uids((chain.work / "base" / "out").rglob("*.dcm")), "pacs": set(chain.received())}
+        return check(mix, list(chain.exceptions().values()), delivered)
+
+    try:
+        wait_for(lambda: not problems(), 120, interval=1.0, what="every instance to end somewhere")
+    except TimeoutError:
+        pass
+    assert problems() == []
