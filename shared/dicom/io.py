@@ -298,49 +298,63 @@ def write_instance(ds: Dataset, path: Path, *, hashed: bool = True) -> str:
 
 _ORIGINAL_ATTRIBUTES_SEQUENCE = 0x04000561
 _ATTRIBUTE_MODIFICATION_DATETIME = 0x04000562
+_DATA_SET_TRAILING_PADDING = 0xFFFCFFFC
 
 
 def content_digest(data: bytes, *, ignore_last_modification_time: bool = False) -> str:
     """The SHA-256 that says whether two copies of an instance are the same instance.
 
-    It hashes the encoded data set, everything after the file meta (PS3.10 section 7.1):
-    group 0002 is left out, because each hop writes its own (Source Application Entity
-    Title, Implementation Class UID, ...) for the same data set. With
-    ``ignore_last_modification_time``, the Attribute Modification DateTime (0400,0562)
-    of the last Original Attributes Sequence (0400,0561) item (PS3.3 C.12.1.1.9) is
-    left out as well: that item is the one this router's morph pass added, and its
-    time is when this copy was received, so a resend of the same data set under the
-    same rules gets the same digest. Everything else counts, byte for byte, in the
-    transfer syntax as received: the same data set re-encoded in another transfer
-    syntax is another digest. A file without standard file meta is hashed whole."""
+    It hashes the encoded data set, everything after the file meta (PS3.10 section 7.1),
+    byte for byte in the transfer syntax as received, except what each hop may write
+    its own way for the same data set:
+
+    - the file meta, group 0002 (Source Application Entity Title, Implementation Class
+      UID, ...);
+    - Data Set Trailing Padding (FFFC,FFFC), which has no meaning and which senders may
+      drop or change (PS3.10 section 7.2; dcmtk's storescu drops it);
+    - with ``ignore_last_modification_time``, the Attribute Modification DateTime
+      (0400,0562) of the last Original Attributes Sequence (0400,0561) item (PS3.3
+      C.12.1.1.9): the item this router's morph pass added, timed when this copy was
+      received, so a resend of the same data set under the same rules gets the same
+      digest.
+
+    The same data set re-encoded in another transfer syntax is another digest. A file
+    without standard file meta is hashed whole; a deflated one after its file meta."""
     offset, syntax = part10_layout(data)
     digest = hashlib.sha256()
     view = memoryview(data)
     if offset is None:
         digest.update(view)
         return digest.hexdigest()
-    skip = None
-    if ignore_last_modification_time and not syntax.is_deflated:
-        skip = _last_modification_time_span(data, offset, syntax)
-    if skip is None:
-        digest.update(view[offset:])
-    else:
-        digest.update(view[offset:skip[0]])
-        digest.update(view[skip[1]:])
+    pos = offset
+    for start, end in ([] if syntax.is_deflated else _unstable_ranges(data, offset, syntax,
+                                                                      ignore_last_modification_time)):
+        digest.update(view[pos:start])
+        pos = end
+    digest.update(view[pos:])
     return digest.hexdigest()
 
 
-def _last_modification_time_span(data: bytes, offset: int, syntax: UID) -> tuple[int, int] | None:
-    """Where the (0400,0562) element of the last Original Attributes item starts and
-    ends (header included), or None. Walks only the header of the data set and that
-    one sequence (PS3.5 section 7.5)."""
+def _unstable_ranges(data: bytes, offset: int, syntax: UID, modification_time: bool) -> list[tuple[int, int]]:
+    """Byte ranges (header included) :func:`content_digest` leaves out, in file order."""
     try:
         spans = top_level_spans(data, offset, syntax)
     except Unprocessable:
-        return None
-    sequence = next((s for s in spans if s[0] == _ORIGINAL_ATTRIBUTES_SEQUENCE), None)
-    if sequence is None:
-        return None
+        return []  # a broken data set is hashed as it is
+    ranges = []
+    if modification_time:
+        sequence = next((s for s in spans if s[0] == _ORIGINAL_ATTRIBUTES_SEQUENCE), None)
+        element = sequence and _last_item_element(data, syntax, sequence, _ATTRIBUTE_MODIFICATION_DATETIME)
+        if element:
+            ranges.append((element[1], element[4]))
+    if spans and spans[-1][0] == _DATA_SET_TRAILING_PADDING:
+        ranges.append((spans[-1][1], spans[-1][4]))
+    return ranges
+
+
+def _last_item_element(data: bytes, syntax: UID, sequence: Span, tag: int) -> Span | None:
+    """The element ``tag`` of the last item of a top-level ``sequence`` (PS3.5 section
+    7.5), or None."""
     _, _, pos, length, end = sequence
     if length == _UNDEFINED:
         end -= 8  # before the Sequence Delimitation Item
@@ -354,5 +368,4 @@ def _last_modification_time_span(data: bytes, offset: int, syntax: UID) -> tuple
         else:
             walker.elements(pos + 8, pos + 8 + item_length, implicit=syntax.is_implicit_VR, spans=last)
             pos += 8 + item_length
-    element = next((s for s in last if s[0] == _ATTRIBUTE_MODIFICATION_DATETIME), None)
-    return (element[1], element[4]) if element else None
+    return next((s for s in last if s[0] == tag), None)
