@@ -101,7 +101,12 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
         log.info("ignoring %s: not the ingest bucket", event.blob)
         return None
     if not ports.blobs.exists(event.blob):
-        log.info("ignoring %s: already gone (processed or quarantined)", event.blob)
+        quarantined = BlobRef(bucket=config.settings.quarantine_bucket, name=event.blob.name)
+        if ports.blobs.exists(quarantined):
+            log.info("ignoring %s: quarantined already (a redelivered notification)", event.blob)
+        else:  # removed by someone else before it was planned: say so, nothing is left to retry
+            record_exception(ports, stage="match", status="failed", blob=event.blob,
+                             reason="the received object was removed from the ingest bucket before it was planned")
         return None
     ingest = IngestMetadata.from_blob_metadata(event.metadata or ports.blobs.metadata(event.blob))
     try:

@@ -177,7 +177,8 @@ class LocalQueue:
                 (sub.topic, body, attempt, error, now),
             )
             if sub.topic != DEAD_LETTER_TOPIC:
-                letter = DeadLetter(topic=sub.topic, body=bytes(body).decode(), attempts=attempt, last_error=error)
+                letter = DeadLetter(topic=sub.topic, body=bytes(body).decode(errors="replace"), attempts=attempt,
+                                    last_error=error)
                 conn.execute(
                     "INSERT INTO messages (topic, body, available_at, created_at) VALUES (?,?,?,?)",
                     (DEAD_LETTER_TOPIC, letter.to_bytes(), now, now),

@@ -415,3 +415,17 @@ def test_a_changed_data_set_under_the_same_uid_is_a_conflict(make_ports, tmp_pat
     assert results == ["failed"] and out.read_bytes() == delivered
     [record] = ports.docs.list(stages.EXCEPTIONS).values()
     assert record["status"] == "refused" and "different data set" in record["reason"]
+
+
+def test_an_ingest_object_gone_before_planning_is_recorded_a_quarantined_one_is_not(make_ports, tmp_path):
+    ports = make_ports(config({"id": "all", "destinations": ["archive"]}))
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom" * 50)
+    quarantined = ingest(ports, junk)
+    stages.match(ports, quarantined)
+    assert stages.match(ports, quarantined) is None  # the notification again: nothing new
+    gone = ingest(ports, CT)
+    ports.blobs.delete(gone.blob)
+    assert stages.match(ports, gone) is None
+    records = sorted((r["status"], r["blob"]) for r in ports.docs.list(stages.EXCEPTIONS).values())
+    assert records == sorted([("quarantined", str(quarantined.blob)), ("failed", str(gone.blob))])
