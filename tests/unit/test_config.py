@@ -52,11 +52,15 @@ def test_shipped_example_is_valid(monkeypatch):
     monkeypatch.delenv("AXIOM_CT_PEER_ENABLED", raising=False)
     config = load_yaml(REPO / "examples" / "local.yaml")
     assert config.listeners[0].port == 11112 and config.listeners[0].ae_title == "AXIOM"
-    assert not config.destination("ct-peer").enabled
+    def ct_rule(cfg):
+        return next(r for rs in cfg.rulesets for r in rs.rules if r.id == "ct-to-peer")
+
+    # off by default as a rule, not as a destination: a disabled destination would hold every CT
+    assert not ct_rule(config).enabled and config.destination("ct-peer").enabled
     monkeypatch.setenv("AXIOM_CT_PEER_ENABLED", "true")
     monkeypatch.setenv("AXIOM_CT_PEER_PORT", "4242")
-    peer = load_yaml(REPO / "examples" / "local.yaml").destination("ct-peer")
-    assert peer.enabled and peer.port == 4242
+    config = load_yaml(REPO / "examples" / "local.yaml")
+    assert ct_rule(config).enabled and config.destination("ct-peer").port == 4242
 
 
 def test_config_survives_the_document_store(tmp_path):
