@@ -44,7 +44,8 @@ from typing import Callable, Iterable, Protocol
 from shared.ingest import Ingestor
 from shared.ports import DocumentStore
 from shared.secrets import Secrets
-from shared.sources.state import SourceBusy, SourceLease, SourceState, StudyRecord, cap_watermark
+from shared.sources.orthanc import OrthancChanges
+from shared.sources.state import COUNTERS, SourceBusy, SourceLease, SourceState, StudyRecord, cap_watermark, lookback
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ Failed = Callable[[InstanceRef, str], None]
 class Backend(Protocol):
     def find_studies(self, since: str | None) -> Iterable[StudyHit]: ...
 
+    def find_study(self, study_uid: str) -> StudyHit | None:
+        """The study ``study_uid`` if the peer has it and it matches the source's query."""
+
     def list_instances(self, hit: StudyHit) -> list[InstanceRef]: ...
 
     def retrieve(self, hit: StudyHit, refs: list[InstanceRef], *, whole_study: bool, done: Done,
@@ -91,6 +95,7 @@ class PollResult:
     found: int = 0  # studies with work to do
     queued: int = 0  # instances to retrieve
     retrieved: int = 0  # instances ingested
+    already_had: int = 0  # instances listed again but already ingested: not retrieved
     failed: int = 0  # instances (or unlisted studies) not retrieved
     skipped: bool = False  # another run of this source held the lease
     errors: list[str] = field(default_factory=list)
@@ -129,16 +134,19 @@ def poll_source(source, *, ingestor: Ingestor, docs: DocumentStore, secrets: Sec
         state.type = source.type
         try:
             backend = _backend(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir)
+            changes = OrthancChanges.for_source(source, secrets)
         except Exception as exc:  # bad secret reference, unreadable TLS files...
             result.errors.append(f"setup: {_describe(exc)}")
         else:
             try:
-                _run(backend, source, state, docs, lease, now, result)
+                _run(backend, changes, source, state, docs, lease, now, result)
             finally:
                 backend.close()
+                if changes is not None:
+                    changes.close()
         result.watermark = state.watermark
         result.duration_s = round(time.monotonic() - started, 3)
-        for name in ("found", "queued", "retrieved", "failed"):
+        for name in COUNTERS:
             state.counters[name] += getattr(result, name)
         state.runs += 1
         state.last_run = now.isoformat()
@@ -148,13 +156,13 @@ def poll_source(source, *, ingestor: Ingestor, docs: DocumentStore, secrets: Sec
             state.last_success = now.isoformat()
         state.last_result = {k: v for k, v in result.to_dict().items() if k != "errors"}
         state.last_result["errors"] = result.errors[:5]
-        state.prune()
+        state.prune(_since(source, state))
         state.save(docs)
     finally:
         lease.release()
-    log.info("poll %s (%s): %d studies, %d with work, %d queued, %d retrieved, %d failed%s",
+    log.info("poll %s (%s): %d studies, %d with work, %d queued, %d retrieved, %d already had, %d failed%s",
              source.id, source.type, result.studies_seen, result.found, result.queued, result.retrieved,
-             result.failed, f"; {result.errors[0]}" if result.errors else "")
+             result.already_had, result.failed, f"; {result.errors[0]}" if result.errors else "")
     return result
 
 
@@ -188,22 +196,44 @@ def _describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text}"[:500]
 
 
-def _run(backend: Backend, source, state: SourceState, docs: DocumentStore, lease: SourceLease,
-         now: datetime, result: PollResult) -> None:
-    query_sets_date = any(k.lower() in ("studydate", "00080020") for k in source.query)
-    since = None if query_sets_date else state.watermark
+def _since(source, state: SourceState) -> str | None:
+    """The run's lower StudyDate bound: the watermark minus the lookback window, or
+    none when the configured query sets StudyDate itself."""
+    if any(k.lower() in ("studydate", "00080020") for k in source.query):
+        return None
+    return lookback(state.watermark, source.lookback_days)
+
+
+def _run(backend: Backend, changes: OrthancChanges | None, source, state: SourceState, docs: DocumentStore,
+         lease: SourceLease, now: datetime, result: PollResult) -> None:
+    since = _since(source, state)
+    changed: set[str] = set()
+    next_seq = state.changes_seq
+    if changes is not None:
+        try:
+            if state.changes_seq is None:  # first read: the date query covers what came before
+                next_seq = changes.last()
+            else:
+                changed, next_seq = changes.studies_since(state.changes_seq)
+        except Exception as exc:  # the date query still runs; the same changes are read next time
+            _error(result, f"change log: {_describe(exc)}")
     try:
         hits = list(backend.find_studies(since))
     except Exception as exc:
         log.warning("poll %s: study query failed: %s", source.id, _describe(exc))
         result.errors.append(f"query: {_describe(exc)}")
         return
-    result.studies_seen = len(hits)
+    listed = {h.study_uid for h in hits}
+    # studies the date-bounded query cannot return: changed ones older than ``since``,
+    # and ones left unfinished by an earlier run
+    by_uid = _find_by_uid([u for u in dict.fromkeys([*sorted(changed), *state.open_studies()]) if u not in listed],
+                          backend, state, lease, result, changed)
+    result.studies_seen = len(hits) + len(by_uid)
     newest_done, oldest_open = "", None
     for hit in sorted(hits, key=lambda h: h.study_date):
         lease.renew()
         seen = state.studies.get(hit.study_uid)
-        if seen and seen[2] and hit.count is not None and hit.count <= seen[1]:
+        if _unchanged(hit, seen) and hit.study_uid not in changed:
             newest_done = max(newest_done, hit.study_date)
             continue
         complete = _study(backend, source, state, docs, lease, hit, seen, result)
@@ -211,11 +241,41 @@ def _run(backend: Backend, source, state: SourceState, docs: DocumentStore, leas
             newest_done = max(newest_done, hit.study_date)
         elif hit.study_date:
             oldest_open = min(oldest_open or hit.study_date, hit.study_date)
+    for hit in by_uid:  # outside the date range: they do not move the watermark
+        lease.renew()
+        seen = state.studies.get(hit.study_uid)
+        if not (_unchanged(hit, seen) and hit.study_uid not in changed):
+            _study(backend, source, state, docs, lease, hit, seen, result)
+    state.changes_seq = next_seq
     candidates = [d for d in (newest_done, oldest_open) if d]
     if candidates:
         mark = cap_watermark(min(candidates) if oldest_open else newest_done, now)
         if not state.watermark or mark > state.watermark:
             state.watermark = mark
+
+
+def _unchanged(hit: StudyHit, seen: list | None) -> bool:
+    """Seen complete before, and the peer reports no more instances than then."""
+    return bool(seen and seen[2] and hit.count is not None and hit.count <= seen[1])
+
+
+def _find_by_uid(uids: list[str], backend: Backend, state: SourceState, lease: SourceLease, result: PollResult,
+                 changed: set[str]) -> list[StudyHit]:
+    hits = []
+    for uid in uids:
+        lease.renew()
+        try:
+            hit = backend.find_study(uid)
+        except Exception as exc:
+            _error(result, f"study {uid}: query failed: {_describe(exc)}")
+            date, count, _ = state.studies.get(uid) or ["", 0, 0]
+            state.studies[uid] = [date, count, 0]  # open: asked for again next run
+            continue
+        if hit is None:  # deleted from the peer, or it no longer matches the source's query
+            state.studies.pop(uid, None)
+            continue
+        hits.append(hit)
+    return hits
 
 
 def _study(backend: Backend, source, state: SourceState, docs: DocumentStore, lease: SourceLease,
@@ -227,8 +287,10 @@ def _study(backend: Backend, source, state: SourceState, docs: DocumentStore, le
     except Exception as exc:
         result.failed += hit.count or 1
         _error(result, f"study {hit.study_uid}: instance query failed: {_describe(exc)}")
+        state.studies[hit.study_uid] = [hit.study_date, seen[1] if seen else 0, 0]
         return False
     missing = [r for r in refs if not record.has(r.sop_instance_uid)]
+    result.already_had += len(refs) - len(missing)
     if missing:
         result.found += 1
         result.queued += len(missing)

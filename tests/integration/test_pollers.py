@@ -176,9 +176,10 @@ def test_dicomweb_poll_exactly_once_then_only_new(tmp_path, orthanc, make_runtim
     assert_exactly_once(rt, first, source_type="dicomweb_poller")
     assert {m[0]["axiom-source_id"] for m in ingested(rt).values()} == {"web"}
 
-    # nothing new: the same studies come back (the watermark is inclusive) and are skipped
+    # nothing new: the same studies come back (inclusive watermark, 7-day lookback) and
+    # are skipped without even listing their instances
     r = poll(rt, "web")
-    assert (r.studies_seen, r.found, r.queued, r.retrieved, r.failed) == (1, 0, 0, 0, 0), r
+    assert (r.studies_seen, r.found, r.queued, r.retrieved, r.already_had, r.failed) == (2, 0, 0, 0, 0, 0), r
     assert_exactly_once(rt, first)
 
     # two more instances arriving in the newest study (returned again by the inclusive
@@ -188,11 +189,12 @@ def test_dicomweb_poll_exactly_once_then_only_new(tmp_path, orthanc, make_runtim
     newer = upload(orthanc, make_study(tmp_path / "d", pid, "20240201", ct=3))
     r = poll(rt, "web")
     assert r.errors == [] and (r.found, r.queued, r.retrieved, r.failed) == (2, 5, 5, 0), r
+    assert r.already_had == len(TS_SAMPLES), "the grown study's earlier instances are not retrieved again"
     assert r.watermark == "20240201"
     assert_exactly_once(rt, first | more | newer)
 
     status = source_status(rt.docs, ["web"])["web"]
-    assert status["counters"] == {"found": 4, "queued": 22, "retrieved": 22, "failed": 0}
+    assert status["counters"] == {"found": 4, "queued": 22, "retrieved": 22, "already_had": 7, "failed": 0}
     assert status["last_error"] is None and status["runs"] == 3 and status["watermark"] == "20240201"
     assert first_series.StudyInstanceUID  # the first study stays fully retrieved
 
@@ -262,9 +264,10 @@ def test_dimse_poll_exactly_once_then_only_new(tmp_path, orthanc, make_runtime, 
     more = upload(orthanc, make_study(tmp_path / "c", pid, "20230605", ct=2, study_uid=study_a, series_uid=series))
     newer = upload(orthanc, make_study(tmp_path / "d", pid, "20230701", ct=2))
     r = poll(rt, sid)
-    assert r.errors == [] and (r.found, r.queued, r.retrieved, r.failed) == (2, 4, 4, 0), r
+    assert r.errors == [] and (r.found, r.queued, r.retrieved, r.already_had, r.failed) == (2, 4, 4, 10, 0), r
     assert_exactly_once(rt, first | more | newer)
-    assert source_status(rt.docs, [sid])[sid]["counters"] == {"found": 4, "queued": 18, "retrieved": 18, "failed": 0}
+    assert source_status(rt.docs, [sid])[sid]["counters"] == {"found": 4, "queued": 18, "retrieved": 18,
+                                                              "already_had": 10, "failed": 0}
 
 
 def test_dimse_move_to_unknown_destination_fails_and_retries(tmp_path, orthanc, make_runtime):
