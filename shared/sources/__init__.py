@@ -9,27 +9,49 @@ function (Cloud Scheduler -> Pub/Sub -> function, one job per source).
 One run, whatever the peer:
 
 1. list studies (QIDO-RS ``/studies`` or C-FIND STUDY), all pages, restricted to
-   ``StudyDate >= watermark`` unless the configured query sets StudyDate itself;
-2. skip studies seen complete before whose instance count has not grown;
-3. for each other study, list its instances (QIDO-RS ``/studies/X/instances``, or
+   ``StudyDate >= watermark - lookback_days`` unless the configured query sets
+   StudyDate itself;
+2. when the source has ``orthanc_changes``, read Orthanc's change log since the
+   previous run (:mod:`shared.sources.orthanc`) and ask the peer, by Study Instance
+   UID and with the source's query keys, about each study that received instances
+   and that the date query did not return; likewise for every study an earlier run
+   left unfinished;
+3. skip studies seen complete before whose instance count has not grown (unless the
+   change log names them);
+4. for each other study, list its instances (QIDO-RS ``/studies/X/instances``, or
    C-FIND SERIES then IMAGE) and drop those already ingested from this source
-   (``source_studies``, see :mod:`shared.sources.state`);
-4. retrieve the rest (WADO-RS, C-MOVE or C-GET), each through the Ingestor, recording
+   (``source_studies``, see :mod:`shared.sources.state`; counted as ``already_had``);
+5. retrieve the rest (WADO-RS, C-MOVE or C-GET), each through the Ingestor, recording
    every instance once it is durably ingested;
-5. advance the watermark to the newest StudyDate processed, but never past a study
-   that still has work left, and save counters and the last error.
+6. advance the watermark to the newest StudyDate processed by the date query, but
+   never past a study that still has work left, and save counters, the change-log
+   position and the last error.
 
 A study that gains instances later is listed again and only the new instances are
 retrieved, so each instance arrives exactly once. A peer that does not return
 NumberOfStudyRelatedInstances gets its studies listed again on every run (correct,
-not cheap). The watermark is a date only, used inclusively (``StudyDate=YYYYMMDD-``):
-same-day studies come back each run and are skipped by the seen map; StudyTime is not
-used because PACS clocks and time zones make it unreliable as a bound. A study whose
-StudyDate is older than the watermark and that first appears (or grows) later is not
-found by the date-bounded query; a query that sets StudyDate itself disables the
-watermark. Studies without a StudyDate are found
-by the first run (no watermark yet) and by queries that set StudyDate themselves; a
-date-bounded query cannot match them.
+not cheap; more so with a long lookback). The watermark is a date only, used
+inclusively: same-day studies come back each run and are skipped by the seen map;
+StudyTime is not used because PACS clocks and time zones make it unreliable as a
+bound.
+
+What a poller can see:
+
+* every study whose StudyDate is at most ``lookback_days`` before the newest one
+  fully processed (any peer);
+* with ``orthanc_changes`` (Orthanc only; the DICOMweb standard and DIMSE have no
+  change feed): every study that received an instance since the previous run,
+  whatever its date;
+* without a change log, a study dated more than ``lookback_days`` before the
+  watermark that arrives, or gains instances, later is not found: raise
+  ``lookback_days`` to the delay expected at that peer, or let a query set StudyDate
+  itself (the watermark is then not used). The change log is read from its end when
+  first enabled: what arrived before is left to the date query;
+* studies without a StudyDate are found by the first run (no watermark yet), by the
+  change log, and by queries that set StudyDate themselves; a date-bounded query
+  cannot match them.
+* Healthcare API stores: the date query with its lookback; their own change signal is
+  the store's Pub/Sub notification, handled by :mod:`shared.sources.healthcare`.
 """
 
 from __future__ import annotations
