@@ -48,7 +48,8 @@ class OrthancChanges:
     def close(self) -> None:
         self.http.close()
 
-    def _get(self, path: str, **params) -> dict:
+    def _get(self, path: str, params: dict | None = None) -> dict:
+        # params=None, not {}: httpx drops a query already in ``path`` when given params
         r = self.http.get(f"{self.url}{path}", params=params)
         r.raise_for_status()
         return r.json()
@@ -70,7 +71,7 @@ class OrthancChanges:
         instances: list[str] = []
         read = 0
         while read < MAX_CHANGES_PER_RUN:
-            page = self._get("/changes", since=seq, limit=PAGE)
+            page = self._get("/changes", {"since": seq, "limit": PAGE})
             for change in page.get("Changes", []):
                 if change.get("ChangeType") == "NewInstance" and change.get("ID"):
                     instances.append(change["ID"])
