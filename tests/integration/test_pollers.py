@@ -372,3 +372,30 @@ def test_studies_dated_before_the_watermark_are_found(tmp_path, orthanc, make_ru
     status = source_status(rt.docs, [after["id"]])[after["id"]]
     assert status["counters"] == {"found": 6, "queued": 11, "retrieved": 11, "already_had": 5, "failed": 0}
     assert status["changes_seq"] > 0 and status["last_error"] is None
+
+
+def test_an_unfinished_study_outside_the_window_is_retried_by_uid(tmp_path, orthanc, make_runtime):
+    """A study found through the change log whose retrieval fails is not lost when the
+    change log moves on: it is asked for by UID on the next runs until done."""
+    pid = "AXF-LATE-RETRY"
+    recent = upload(orthanc, make_study(tmp_path / "a", pid, "20240301", ct=1))
+    source = dimse_source(orthanc, pid, "move") | {"id": "retry", "orthanc_changes": {"url": orthanc.url}}
+    rt = make_runtime([source])
+    r = poll(rt, "retry")
+    assert (r.queued, r.retrieved, r.failed) == (1, 1, 0), r
+
+    # a 2015 study arrives while C-MOVE is broken (an unknown destination)
+    old = upload(orthanc, make_study(tmp_path / "b", pid, "20150101", ct=2))
+    rt.docs.set("sources", "retry", source | {"move_destination": "NOBODY"})
+    rt.config.invalidate()
+    r = poll(rt, "retry")  # found by the change log, not retrieved
+    assert (r.found, r.queued, r.retrieved, r.failed) == (1, 2, 0, 2) and r.errors, r
+    assert source_status(rt.docs, ["retry"])["retry"]["watermark"] == "20240301"
+
+    rt.docs.set("sources", "retry", source)
+    rt.config.invalidate()
+    r = poll(rt, "retry")  # no change since; the unfinished 2015 study is asked for by UID
+    assert r.errors == [] and (r.found, r.queued, r.retrieved, r.failed) == (1, 2, 2, 0), r
+    r = poll(rt, "retry")
+    assert (r.found, r.queued, r.retrieved, r.failed) == (0, 0, 0, 0), r
+    assert_exactly_once(rt, recent | old, source_type="dimse_poller")
