@@ -572,6 +572,19 @@ class SourceBase(Doc):
     id: str
     enabled: bool = True
     interval_s: float = Field(default=300.0, ge=1)
+    # Each run asks for studies from (watermark - lookback_days) on, so a study that
+    # gains instances, or arrives, up to this many days behind the newest one seen is
+    # still found; instances already ingested are skipped without being retrieved.
+    lookback_days: int = Field(default=7, ge=0, le=3650)
+
+
+class OrthancChanges(Doc):
+    """Orthanc's REST change log (``GET /changes``), when the peer is an Orthanc: each
+    run also looks at the studies that received instances since the previous run,
+    whatever their StudyDate. ``url`` is Orthanc's REST root, e.g. http://pacs:8042."""
+
+    url: str = Field(pattern=r"^https?://")
+    auth: HttpAuth = Field(default_factory=HttpAuth)
 
 
 class DicomWebSource(SourceBase):
@@ -584,6 +597,7 @@ class DicomWebSource(SourceBase):
     query: dict[str, str] = Field(default_factory=dict)  # QIDO parameters, e.g. {ModalitiesInStudy: CT}
     page_size: int = Field(default=100, ge=1, le=10000)
     timeout_s: float = Field(default=60.0, gt=0)
+    orthanc_changes: OrthancChanges | None = None  # only when the server is an Orthanc
 
 
 class DimseSource(SourceBase):
@@ -600,6 +614,7 @@ class DimseSource(SourceBase):
     move_destination: str | None = Field(default=None, max_length=16)  # our AE title known to the PACS
     timeout_s: float = Field(default=60.0, gt=0)
     tls: TLS | None = None
+    orthanc_changes: OrthancChanges | None = None  # only when the PACS is an Orthanc
 
 
 class HealthcareSource(HealthcareStore, SourceBase):

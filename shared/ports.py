@@ -39,7 +39,9 @@ class DocumentStore(Protocol):
     def set(self, collection: str, doc_id: str, doc: dict[str, Any]) -> None: ...
 
     def create(self, collection: str, doc_id: str, doc: dict[str, Any]) -> bool:
-        """Write only if absent; False when the document already exists."""
+        """Create-if-absent: write ``doc`` only if no document has this id, and say
+        whether it was written. Atomic: of concurrent creates of one id (threads or
+        processes), exactly one returns True. Used to claim work (leases, notifications)."""
 
     def delete(self, collection: str, doc_id: str) -> None: ...
 

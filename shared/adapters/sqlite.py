@@ -99,8 +99,10 @@ class SQLiteDocumentStore:
         )
 
     def create(self, collection, doc_id, doc) -> bool:
+        # one statement under SQLite's write lock: of concurrent creates, in any
+        # process, exactly one inserts
         cur = self.db.conn().execute(
-            "INSERT OR IGNORE INTO documents VALUES (?,?,?,?)",
+            "INSERT INTO documents VALUES (?,?,?,?) ON CONFLICT (collection, id) DO NOTHING",
             (collection, doc_id, json.dumps(doc, default=str), time.time()),
         )
         return cur.rowcount == 1

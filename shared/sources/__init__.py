@@ -9,27 +9,49 @@ function (Cloud Scheduler -> Pub/Sub -> function, one job per source).
 One run, whatever the peer:
 
 1. list studies (QIDO-RS ``/studies`` or C-FIND STUDY), all pages, restricted to
-   ``StudyDate >= watermark`` unless the configured query sets StudyDate itself;
-2. skip studies seen complete before whose instance count has not grown;
-3. for each other study, list its instances (QIDO-RS ``/studies/X/instances``, or
+   ``StudyDate >= watermark - lookback_days`` unless the configured query sets
+   StudyDate itself;
+2. when the source has ``orthanc_changes``, read Orthanc's change log since the
+   previous run (:mod:`shared.sources.orthanc`) and ask the peer, by Study Instance
+   UID and with the source's query keys, about each study that received instances
+   and that the date query did not return; likewise for every study an earlier run
+   left unfinished;
+3. skip studies seen complete before whose instance count has not grown (unless the
+   change log names them);
+4. for each other study, list its instances (QIDO-RS ``/studies/X/instances``, or
    C-FIND SERIES then IMAGE) and drop those already ingested from this source
-   (``source_studies``, see :mod:`shared.sources.state`);
-4. retrieve the rest (WADO-RS, C-MOVE or C-GET), each through the Ingestor, recording
+   (``source_studies``, see :mod:`shared.sources.state`; counted as ``already_had``);
+5. retrieve the rest (WADO-RS, C-MOVE or C-GET), each through the Ingestor, recording
    every instance once it is durably ingested;
-5. advance the watermark to the newest StudyDate processed, but never past a study
-   that still has work left, and save counters and the last error.
+6. advance the watermark to the newest StudyDate processed by the date query, but
+   never past a study that still has work left, and save counters, the change-log
+   position and the last error.
 
 A study that gains instances later is listed again and only the new instances are
 retrieved, so each instance arrives exactly once. A peer that does not return
 NumberOfStudyRelatedInstances gets its studies listed again on every run (correct,
-not cheap). The watermark is a date only, used inclusively (``StudyDate=YYYYMMDD-``):
-same-day studies come back each run and are skipped by the seen map; StudyTime is not
-used because PACS clocks and time zones make it unreliable as a bound. A study whose
-StudyDate is older than the watermark and that first appears (or grows) later is not
-found by the date-bounded query; a query that sets StudyDate itself disables the
-watermark. Studies without a StudyDate are found
-by the first run (no watermark yet) and by queries that set StudyDate themselves; a
-date-bounded query cannot match them.
+not cheap; more so with a long lookback). The watermark is a date only, used
+inclusively: same-day studies come back each run and are skipped by the seen map;
+StudyTime is not used because PACS clocks and time zones make it unreliable as a
+bound.
+
+What a poller can see:
+
+* every study whose StudyDate is at most ``lookback_days`` before the newest one
+  fully processed (any peer);
+* with ``orthanc_changes`` (Orthanc only; the DICOMweb standard and DIMSE have no
+  change feed): every study that received an instance since the previous run,
+  whatever its date;
+* without a change log, a study dated more than ``lookback_days`` before the
+  watermark that arrives, or gains instances, later is not found: raise
+  ``lookback_days`` to the delay expected at that peer, or let a query set StudyDate
+  itself (the watermark is then not used). The change log is read from its end when
+  first enabled: what arrived before is left to the date query;
+* studies without a StudyDate are found by the first run (no watermark yet), by the
+  change log, and by queries that set StudyDate themselves; a date-bounded query
+  cannot match them.
+* Healthcare API stores: the date query with its lookback; their own change signal is
+  the store's Pub/Sub notification, handled by :mod:`shared.sources.healthcare`.
 """
 
 from __future__ import annotations
@@ -44,7 +66,8 @@ from typing import Callable, Iterable, Protocol
 from shared.ingest import Ingestor
 from shared.ports import DocumentStore
 from shared.secrets import Secrets
-from shared.sources.state import SourceBusy, SourceLease, SourceState, StudyRecord, cap_watermark
+from shared.sources.orthanc import OrthancChanges
+from shared.sources.state import COUNTERS, SourceBusy, SourceLease, SourceState, StudyRecord, cap_watermark, lookback
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +96,9 @@ Failed = Callable[[InstanceRef, str], None]
 class Backend(Protocol):
     def find_studies(self, since: str | None) -> Iterable[StudyHit]: ...
 
+    def find_study(self, study_uid: str) -> StudyHit | None:
+        """The study ``study_uid`` if the peer has it and it matches the source's query."""
+
     def list_instances(self, hit: StudyHit) -> list[InstanceRef]: ...
 
     def retrieve(self, hit: StudyHit, refs: list[InstanceRef], *, whole_study: bool, done: Done,
@@ -91,6 +117,7 @@ class PollResult:
     found: int = 0  # studies with work to do
     queued: int = 0  # instances to retrieve
     retrieved: int = 0  # instances ingested
+    already_had: int = 0  # instances listed again but already ingested: not retrieved
     failed: int = 0  # instances (or unlisted studies) not retrieved
     skipped: bool = False  # another run of this source held the lease
     errors: list[str] = field(default_factory=list)
@@ -129,16 +156,19 @@ def poll_source(source, *, ingestor: Ingestor, docs: DocumentStore, secrets: Sec
         state.type = source.type
         try:
             backend = _backend(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir)
+            changes = OrthancChanges.for_source(source, secrets)
         except Exception as exc:  # bad secret reference, unreadable TLS files...
             result.errors.append(f"setup: {_describe(exc)}")
         else:
             try:
-                _run(backend, source, state, docs, lease, now, result)
+                _run(backend, changes, source, state, docs, lease, now, result)
             finally:
                 backend.close()
+                if changes is not None:
+                    changes.close()
         result.watermark = state.watermark
         result.duration_s = round(time.monotonic() - started, 3)
-        for name in ("found", "queued", "retrieved", "failed"):
+        for name in COUNTERS:
             state.counters[name] += getattr(result, name)
         state.runs += 1
         state.last_run = now.isoformat()
@@ -148,13 +178,13 @@ def poll_source(source, *, ingestor: Ingestor, docs: DocumentStore, secrets: Sec
             state.last_success = now.isoformat()
         state.last_result = {k: v for k, v in result.to_dict().items() if k != "errors"}
         state.last_result["errors"] = result.errors[:5]
-        state.prune()
+        state.prune(_since(source, state))
         state.save(docs)
     finally:
         lease.release()
-    log.info("poll %s (%s): %d studies, %d with work, %d queued, %d retrieved, %d failed%s",
+    log.info("poll %s (%s): %d studies, %d with work, %d queued, %d retrieved, %d already had, %d failed%s",
              source.id, source.type, result.studies_seen, result.found, result.queued, result.retrieved,
-             result.failed, f"; {result.errors[0]}" if result.errors else "")
+             result.already_had, result.failed, f"; {result.errors[0]}" if result.errors else "")
     return result
 
 
@@ -188,22 +218,44 @@ def _describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text}"[:500]
 
 
-def _run(backend: Backend, source, state: SourceState, docs: DocumentStore, lease: SourceLease,
-         now: datetime, result: PollResult) -> None:
-    query_sets_date = any(k.lower() in ("studydate", "00080020") for k in source.query)
-    since = None if query_sets_date else state.watermark
+def _since(source, state: SourceState) -> str | None:
+    """The run's lower StudyDate bound: the watermark minus the lookback window, or
+    none when the configured query sets StudyDate itself."""
+    if any(k.lower() in ("studydate", "00080020") for k in source.query):
+        return None
+    return lookback(state.watermark, source.lookback_days)
+
+
+def _run(backend: Backend, changes: OrthancChanges | None, source, state: SourceState, docs: DocumentStore,
+         lease: SourceLease, now: datetime, result: PollResult) -> None:
+    since = _since(source, state)
+    changed: set[str] = set()
+    next_seq = state.changes_seq
+    if changes is not None:
+        try:
+            if state.changes_seq is None:  # first read: the date query covers what came before
+                next_seq = changes.last()
+            else:
+                changed, next_seq = changes.studies_since(state.changes_seq)
+        except Exception as exc:  # the date query still runs; the same changes are read next time
+            _error(result, f"change log: {_describe(exc)}")
     try:
         hits = list(backend.find_studies(since))
     except Exception as exc:
         log.warning("poll %s: study query failed: %s", source.id, _describe(exc))
         result.errors.append(f"query: {_describe(exc)}")
         return
-    result.studies_seen = len(hits)
+    listed = {h.study_uid for h in hits}
+    # studies the date-bounded query cannot return: changed ones older than ``since``,
+    # and ones left unfinished by an earlier run
+    by_uid = _find_by_uid([u for u in dict.fromkeys([*sorted(changed), *state.open_studies()]) if u not in listed],
+                          backend, state, lease, result, changed)
+    result.studies_seen = len(hits) + len(by_uid)
     newest_done, oldest_open = "", None
     for hit in sorted(hits, key=lambda h: h.study_date):
         lease.renew()
         seen = state.studies.get(hit.study_uid)
-        if seen and seen[2] and hit.count is not None and hit.count <= seen[1]:
+        if _unchanged(hit, seen) and hit.study_uid not in changed:
             newest_done = max(newest_done, hit.study_date)
             continue
         complete = _study(backend, source, state, docs, lease, hit, seen, result)
@@ -211,11 +263,41 @@ def _run(backend: Backend, source, state: SourceState, docs: DocumentStore, leas
             newest_done = max(newest_done, hit.study_date)
         elif hit.study_date:
             oldest_open = min(oldest_open or hit.study_date, hit.study_date)
+    for hit in by_uid:  # outside the date range: they do not move the watermark
+        lease.renew()
+        seen = state.studies.get(hit.study_uid)
+        if not (_unchanged(hit, seen) and hit.study_uid not in changed):
+            _study(backend, source, state, docs, lease, hit, seen, result)
+    state.changes_seq = next_seq
     candidates = [d for d in (newest_done, oldest_open) if d]
     if candidates:
         mark = cap_watermark(min(candidates) if oldest_open else newest_done, now)
         if not state.watermark or mark > state.watermark:
             state.watermark = mark
+
+
+def _unchanged(hit: StudyHit, seen: list | None) -> bool:
+    """Seen complete before, and the peer reports no more instances than then."""
+    return bool(seen and seen[2] and hit.count is not None and hit.count <= seen[1])
+
+
+def _find_by_uid(uids: list[str], backend: Backend, state: SourceState, lease: SourceLease, result: PollResult,
+                 changed: set[str]) -> list[StudyHit]:
+    hits = []
+    for uid in uids:
+        lease.renew()
+        try:
+            hit = backend.find_study(uid)
+        except Exception as exc:
+            _error(result, f"study {uid}: query failed: {_describe(exc)}")
+            date, count, _ = state.studies.get(uid) or ["", 0, 0]
+            state.studies[uid] = [date, count, 0]  # open: asked for again next run
+            continue
+        if hit is None:  # deleted from the peer, or it no longer matches the source's query
+            state.studies.pop(uid, None)
+            continue
+        hits.append(hit)
+    return hits
 
 
 def _study(backend: Backend, source, state: SourceState, docs: DocumentStore, lease: SourceLease,
@@ -227,8 +309,10 @@ def _study(backend: Backend, source, state: SourceState, docs: DocumentStore, le
     except Exception as exc:
         result.failed += hit.count or 1
         _error(result, f"study {hit.study_uid}: instance query failed: {_describe(exc)}")
+        state.studies[hit.study_uid] = [hit.study_date, seen[1] if seen else 0, 0]
         return False
     missing = [r for r in refs if not record.has(r.sop_instance_uid)]
+    result.already_had += len(refs) - len(missing)
     if missing:
         result.found += 1
         result.queued += len(missing)

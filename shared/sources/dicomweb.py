@@ -309,10 +309,12 @@ class DicomWebBackend:
     def close(self) -> None:
         self.client.close()
 
-    def find_studies(self, since: str | None) -> Iterator[StudyHit]:
+    def find_studies(self, since: str | None, study_uid: str | None = None) -> Iterator[StudyHit]:
         params = [(k, v) for k, v in self.query.items()]
         if since:
             params.append(("StudyDate", f"{since}-"))
+        if study_uid:
+            params.append(("StudyInstanceUID", study_uid))
         params += [("includefield", name) for name in STUDY_INCLUDE]
         for item in self.client.qido("/studies", params, page_size=self.page_size):
             uid = json_value(item, "0020000D")
@@ -320,6 +322,9 @@ class DicomWebBackend:
                 continue
             yield StudyHit(study_uid=str(uid), study_date=str(json_value(item, "00080020") or "")[:8],
                            count=_int(json_value(item, "00201208")))
+
+    def find_study(self, study_uid: str) -> StudyHit | None:
+        return next((h for h in self.find_studies(None, study_uid) if h.study_uid == study_uid), None)
 
     def list_instances(self, hit: StudyHit) -> list[InstanceRef]:
         params = [("includefield", name) for name in INSTANCE_INCLUDE]

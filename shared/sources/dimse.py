@@ -143,10 +143,10 @@ class DimseBackend:
             raise DimseError(f"C-FIND {query.QueryRetrieveLevel} failed: status "
                              f"{'none (connection lost or timed out)' if final in (None, -1) else f'0x{final:04X}'}")
 
-    def find_studies(self, since: str | None) -> Iterator[StudyHit]:
+    def find_studies(self, since: str | None, study_uid: str | None = None) -> Iterator[StudyHit]:
         q = Dataset()
         q.QueryRetrieveLevel = "STUDY"
-        q.StudyInstanceUID = ""
+        q.StudyInstanceUID = study_uid or ""
         q.StudyDate = f"{since}-" if since else ""
         q.StudyTime = ""
         q.NumberOfStudyRelatedInstances = ""
@@ -162,6 +162,9 @@ class DimseBackend:
             except (TypeError, ValueError):
                 count = None
             yield StudyHit(uid, str(ident.get("StudyDate", "") or "")[:8], count)
+
+    def find_study(self, study_uid: str) -> StudyHit | None:
+        return next((h for h in self.find_studies(None, study_uid) if h.study_uid == study_uid), None)
 
     def list_instances(self, hit: StudyHit) -> list[InstanceRef]:
         q = Dataset()

@@ -7,7 +7,8 @@ Collections
     {"source_id", "type",
      "watermark": "YYYYMMDD" | null,     # StudyDate of the newest study fully processed
      "studies": {StudyInstanceUID: [StudyDate, instances known, complete 0|1]},
-     "counters": {"found", "queued", "retrieved", "failed"},   # cumulative
+     "changes_seq": int | null,          # Orthanc change log: last sequence number read
+     "counters": {"found", "queued", "retrieved", "already_had", "failed"},   # cumulative
      "runs", "last_run", "last_success", "last_error", "last_result"}
 
 ``source_studies/<sha256(source id|study uid)[:40]>``   one document per study a
@@ -21,7 +22,9 @@ Cloud Scheduler triggers, two processes) never work at the same time.
 
 Counter units: ``found`` = studies with work to do (new, or more instances than last
 time); ``queued`` = instances scheduled for retrieval; ``retrieved`` = instances
-durably ingested; ``failed`` = instances (or whole studies, when their listing failed)
+durably ingested; ``already_had`` = instances listed again (a study re-found by the
+lookback window or the change log, or grown) that were already ingested and so were
+not retrieved; ``failed`` = instances (or whole studies, when their listing failed)
 that could not be retrieved and will be tried again on the next run.
 """
 
@@ -42,7 +45,7 @@ LOCKS = "source_locks"
 
 MAX_STUDIES = 5000  # entries of the seen-studies map kept in the state document
 FLUSH_INTERVAL_S = 1.0  # Firestore sustains ~1 write/s per document
-COUNTERS = ("found", "queued", "retrieved", "failed")
+COUNTERS = ("found", "queued", "retrieved", "already_had", "failed")
 
 
 def instance_digest(sop_instance_uid: str) -> str:
@@ -59,6 +62,7 @@ class SourceState:
     type: str = ""
     watermark: str | None = None
     studies: dict[str, list] = field(default_factory=dict)  # uid -> [date, count, complete]
+    changes_seq: int | None = None
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     runs: int = 0
     last_run: str | None = None
@@ -70,7 +74,8 @@ class SourceState:
     def load(cls, docs: DocumentStore, source_id: str) -> "SourceState":
         doc = docs.get(STATE, source_id) or {}
         state = cls(source_id=source_id)
-        for name in ("type", "watermark", "studies", "runs", "last_run", "last_success", "last_error", "last_result"):
+        for name in ("type", "watermark", "studies", "changes_seq", "runs", "last_run", "last_success", "last_error",
+                     "last_result"):
             if doc.get(name) is not None:
                 setattr(state, name, doc[name])
         state.counters.update({k: int(v) for k, v in (doc.get("counters") or {}).items() if k in COUNTERS})
@@ -82,7 +87,7 @@ class SourceState:
     def to_doc(self) -> dict[str, Any]:
         return {
             "source_id": self.source_id, "type": self.type, "watermark": self.watermark,
-            "studies": self.studies, "counters": self.counters, "runs": self.runs,
+            "studies": self.studies, "changes_seq": self.changes_seq, "counters": self.counters, "runs": self.runs,
             "last_run": self.last_run, "last_success": self.last_success,
             "last_error": self.last_error, "last_result": self.last_result,
         }
@@ -93,16 +98,21 @@ class SourceState:
         doc["studies_tracked"] = len(doc.pop("studies"))
         return doc
 
-    def prune(self) -> None:
-        """Forget studies the date-bounded query can no longer return (StudyDate older
-        than the watermark), then the oldest beyond MAX_STUDIES. Forgetting costs at most
+    def open_studies(self) -> list[str]:
+        """Studies with instances still to retrieve (each run asks for them by UID)."""
+        return [uid for uid, v in self.studies.items() if not v[2]]
+
+    def prune(self, keep_from: str | None) -> None:
+        """Forget complete studies the date-bounded query no longer returns (StudyDate
+        before ``keep_from``, the next run's lower bound), then the oldest beyond
+        MAX_STUDIES; studies with work left are kept first. Forgetting costs at most
         one instance listing if such a study shows up again: its ingested instances
         stay recorded in ``source_studies``."""
-        if self.watermark:
-            self.studies = {u: v for u, v in self.studies.items() if not v[0] or v[0] >= self.watermark}
+        if keep_from:
+            self.studies = {u: v for u, v in self.studies.items() if not v[2] or not v[0] or v[0] >= keep_from}
         if len(self.studies) > MAX_STUDIES:
-            keep = sorted(self.studies.items(), key=lambda kv: kv[1][0] or "", reverse=True)[:MAX_STUDIES]
-            self.studies = dict(keep)
+            keep = sorted(self.studies.items(), key=lambda kv: (not kv[1][2], kv[1][0] or ""), reverse=True)
+            self.studies = dict(keep[:MAX_STUDIES])
 
 
 class StudyRecord:
@@ -181,6 +191,16 @@ class SourceLease:
         held = self.docs.get(LOCKS, self.source_id)
         if held and held.get("owner") == self.owner:
             self.docs.delete(LOCKS, self.source_id)
+
+
+def lookback(watermark: str | None, days: int) -> str | None:
+    """The lower StudyDate bound of a run: ``days`` before the watermark."""
+    if not watermark:
+        return None
+    try:
+        return (datetime.strptime(watermark, "%Y%m%d") - timedelta(days=days)).strftime("%Y%m%d")
+    except ValueError:  # not a date (a state written by hand): the watermark as is
+        return watermark
 
 
 def cap_watermark(date: str, now: datetime) -> str:

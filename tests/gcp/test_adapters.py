@@ -246,3 +246,35 @@ def test_pubsub_bus_missing_topic_raises(pubsub_emulator):
     bus = PubSubBus(PROJECT, prefix=unique("none") + "-", timeout_s=20)
     with pytest.raises(NotFound):
         bus.publish("planned", ObjectFinalized(blob=BlobRef(bucket="in", name="x")))
+
+
+# --- Healthcare notifications claimed in Firestore (issue 10.14) -----------------------
+
+
+@pytest.fixture(scope="module")
+def orthanc_store(tmp_path_factory):
+    """Orthanc's DICOMweb standing in for a Healthcare API DICOM store."""
+    from tests.support.orthanc import Orthanc
+
+    with Orthanc(tmp_path_factory.mktemp("orthanc")) as orthanc:
+        yield orthanc
+
+
+@pytest.mark.dcmtk
+def test_concurrent_notification_deliveries_ingest_once_on_firestore(docs, blobs, orthanc_store, tmp_path):
+    """The GCP runtime's pair (Firestore claims, GCS ingest bucket): two deliveries of
+    each notification at the same moment put one object in the ingest bucket."""
+    from shared.ingest import Ingestor
+    from shared.sources.healthcare import NOTIFIED
+    from tests.integration.test_healthcare_notify import assert_each_ingested_once, resource_name
+    from tests.integration.test_pollers import make_study, upload
+
+    files = upload(orthanc_store, make_study(tmp_path / "n", "AXF-GHC-FS", "20240405", ct=4))
+    assert_each_ingested_once([resource_name(p) for p in files.values()],
+                              {"action": "StoreInstances", "versionId": "3"},
+                              ingestor=Ingestor(blobs, blobs.bucket_a), dicomweb_base=orthanc_store.dicomweb,
+                              headers={}, docs=docs, source_id="ghc", tmp_dir=tmp_path)
+    stored = [blobs.metadata(BlobRef(bucket=blobs.bucket_a, name=n))["axiom-sop_instance_uid"]
+              for n in blobs.list(blobs.bucket_a)]
+    assert sorted(stored) == sorted(files), "one object per instance"
+    assert {d["state"] for d in docs.list(NOTIFIED).values()} == {"ingested"}

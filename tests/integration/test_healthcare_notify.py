@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -22,7 +24,7 @@ from pydicom import dcmread
 
 import shared.httpauth
 from shared.sources import handle_healthcare_notification
-from shared.sources.healthcare import parse_instance_resource
+from shared.sources.healthcare import NOTIFIED, NotificationBusy, notification_marker, parse_instance_resource
 from tests.integration import test_pollers as pollers
 from tests.integration.test_pollers import TS_SAMPLES, assert_exactly_once, ingested, ingestor, make_study, poll, upload
 
@@ -216,3 +218,69 @@ def test_healthcare_poller_with_google_credentials(tmp_path, orthanc, make_runti
     assert_google_token_flow(token_server, adc)
     r = poll(rt, "ghc-store")
     assert (r.queued, r.retrieved) == (0, 0)
+
+
+# --- the same notification delivered twice at once (issue 10.14) -----------------------
+
+
+def deliver_concurrently(resource: str, attributes: dict, deliveries: int = 2, **kwargs) -> list[str]:
+    """``deliveries`` deliveries of one notification, each in its own thread, released
+    together by a barrier: the status of each ("busy" for NotificationBusy)."""
+    barrier = threading.Barrier(deliveries)
+
+    def deliver(_) -> str:
+        barrier.wait()
+        try:
+            return handle_healthcare_notification(resource.encode(), attributes, **kwargs).status
+        except NotificationBusy:
+            return "busy"
+
+    with ThreadPoolExecutor(deliveries) as pool:
+        return list(pool.map(deliver, range(deliveries)))
+
+
+def assert_each_ingested_once(resources: list[str], attributes: dict, **kwargs) -> None:
+    """Two simultaneous deliveries of each notification: one ingests; the other is a
+    duplicate, or busy (Pub/Sub delivers it again later, when it is a duplicate)."""
+    for resource in resources:
+        outcomes = deliver_concurrently(resource, attributes, **kwargs)
+        assert sorted(outcomes)[-1] == "ingested" and set(sorted(outcomes)[:-1]) <= {"duplicate", "busy"}, outcomes
+    for resource in resources:  # the redeliveries
+        assert handle_healthcare_notification(resource.encode(), attributes, **kwargs).status == "duplicate"
+
+
+def test_concurrent_deliveries_ingest_once(tmp_path, orthanc, make_runtime):
+    files = upload(orthanc, make_study(tmp_path / "c", "AXF-GHC-TWICE", "20240403", ct=3, samples=TS_SAMPLES[:2]))
+    rt = make_runtime([])
+    attrs = {"action": "StoreInstances", "storeName": STORE, "versionId": "7"}
+    assert_each_ingested_once([resource_name(p) for p in files.values()], attrs, ingestor=ingestor(rt),
+                              dicomweb_base=orthanc.dicomweb, headers={}, docs=rt.docs, source_id="ghc",
+                              tmp_dir=rt.data_dir / "tmp")
+    assert_exactly_once(rt, files, source_type="healthcare")
+    assert {d["state"] for d in rt.docs.list(NOTIFIED).values()} == {"ingested"}
+
+
+def test_a_failed_delivery_releases_its_claim(tmp_path, orthanc, make_runtime):
+    """An ingest that fails after the claim does not leave the notification claimed:
+    Pub/Sub's redelivery ingests it. A claim whose holder died is taken over once it
+    expires."""
+    [path] = make_study(tmp_path / "f", "AXF-GHC-RETRY", "20240404", ct=1)
+    rt = make_runtime([])
+    kwargs = dict(ingestor=ingestor(rt), dicomweb_base=orthanc.dicomweb, headers={}, docs=rt.docs, source_id="ghc")
+    attrs = {"action": "StoreInstances", "versionId": "1"}
+    with pytest.raises(Exception, match="HTTP 404"):  # notified before the store has it
+        handle_healthcare_notification(resource_name(path).encode(), attrs, **kwargs)
+    assert rt.docs.list(NOTIFIED) == {}, "the claim is released"
+    files = upload(orthanc, [path])
+    assert handle_healthcare_notification(resource_name(path).encode(), attrs, **kwargs).status == "ingested"
+
+    # a claim left by a delivery that died: busy until it expires, then taken over
+    attrs = {"action": "StoreInstances", "versionId": "2"}
+    marker = notification_marker(resource_name(path), "2")
+    rt.docs.set(NOTIFIED, marker, {"state": "ingesting", "owner": "dead", "until": time.time() + 60})
+    with pytest.raises(NotificationBusy):
+        handle_healthcare_notification(resource_name(path).encode(), attrs, **kwargs)
+    rt.docs.set(NOTIFIED, marker, {"state": "ingesting", "owner": "dead", "until": time.time() - 1})
+    assert handle_healthcare_notification(resource_name(path).encode(), attrs, **kwargs).status == "ingested"
+    assert rt.docs.get(NOTIFIED, marker)["state"] == "ingested"
+    assert [len(v) for v in ingested(rt).values()] == [2]  # versions 1 and 2

@@ -141,8 +141,14 @@ def wait_delivered(rt: EmbeddedRuntime, count: int) -> dict[str, Path]:
     return delivered(rt)
 
 
-def assert_exactly_once(rt: EmbeddedRuntime, sources: dict[str, Path], *, source_type: str | None = None) -> None:
+def assert_exactly_once(rt: EmbeddedRuntime, sources: dict[str, Path], *, source_type: str | None = None,
+                        source_id: str | None = None) -> None:
+    """Every instance of ``sources`` ingested once (by ``source_id`` when given, other
+    sources' ingests aside), nothing else, and delivered byte for byte."""
     got = ingested(rt)
+    if source_id:
+        got = {uid: [m for m in v if m["axiom-source_id"] == source_id] for uid, v in got.items()}
+        got = {uid: v for uid, v in got.items() if v}
     assert set(got) == set(sources), "every instance ingested, nothing else"
     twice = {uid: len(v) for uid, v in got.items() if len(v) != 1}
     assert not twice, f"ingested more than once: {twice}"
@@ -176,9 +182,10 @@ def test_dicomweb_poll_exactly_once_then_only_new(tmp_path, orthanc, make_runtim
     assert_exactly_once(rt, first, source_type="dicomweb_poller")
     assert {m[0]["axiom-source_id"] for m in ingested(rt).values()} == {"web"}
 
-    # nothing new: the same studies come back (the watermark is inclusive) and are skipped
+    # nothing new: the same studies come back (inclusive watermark, 7-day lookback) and
+    # are skipped without even listing their instances
     r = poll(rt, "web")
-    assert (r.studies_seen, r.found, r.queued, r.retrieved, r.failed) == (1, 0, 0, 0, 0), r
+    assert (r.studies_seen, r.found, r.queued, r.retrieved, r.already_had, r.failed) == (2, 0, 0, 0, 0, 0), r
     assert_exactly_once(rt, first)
 
     # two more instances arriving in the newest study (returned again by the inclusive
@@ -188,11 +195,12 @@ def test_dicomweb_poll_exactly_once_then_only_new(tmp_path, orthanc, make_runtim
     newer = upload(orthanc, make_study(tmp_path / "d", pid, "20240201", ct=3))
     r = poll(rt, "web")
     assert r.errors == [] and (r.found, r.queued, r.retrieved, r.failed) == (2, 5, 5, 0), r
+    assert r.already_had == len(TS_SAMPLES), "the grown study's earlier instances are not retrieved again"
     assert r.watermark == "20240201"
     assert_exactly_once(rt, first | more | newer)
 
     status = source_status(rt.docs, ["web"])["web"]
-    assert status["counters"] == {"found": 4, "queued": 22, "retrieved": 22, "failed": 0}
+    assert status["counters"] == {"found": 4, "queued": 22, "retrieved": 22, "already_had": 7, "failed": 0}
     assert status["last_error"] is None and status["runs"] == 3 and status["watermark"] == "20240201"
     assert first_series.StudyInstanceUID  # the first study stays fully retrieved
 
@@ -262,9 +270,10 @@ def test_dimse_poll_exactly_once_then_only_new(tmp_path, orthanc, make_runtime, 
     more = upload(orthanc, make_study(tmp_path / "c", pid, "20230605", ct=2, study_uid=study_a, series_uid=series))
     newer = upload(orthanc, make_study(tmp_path / "d", pid, "20230701", ct=2))
     r = poll(rt, sid)
-    assert r.errors == [] and (r.found, r.queued, r.retrieved, r.failed) == (2, 4, 4, 0), r
+    assert r.errors == [] and (r.found, r.queued, r.retrieved, r.already_had, r.failed) == (2, 4, 4, 10, 0), r
     assert_exactly_once(rt, first | more | newer)
-    assert source_status(rt.docs, [sid])[sid]["counters"] == {"found": 4, "queued": 18, "retrieved": 18, "failed": 0}
+    assert source_status(rt.docs, [sid])[sid]["counters"] == {"found": 4, "queued": 18, "retrieved": 18,
+                                                              "already_had": 10, "failed": 0}
 
 
 def test_dimse_move_to_unknown_destination_fails_and_retries(tmp_path, orthanc, make_runtime):
@@ -285,3 +294,108 @@ def test_dimse_move_to_unknown_destination_fails_and_retries(tmp_path, orthanc, 
     r = poll(rt, "pacs-move")
     assert (r.queued, r.retrieved, r.failed) == (2, 2, 0) and not r.errors, r
     assert_exactly_once(rt, files)
+
+
+# --- studies dated before the watermark ------------------------------------------------
+
+
+def late_arrival_sources(orthanc: Orthanc, pid: str, kind: str) -> tuple[dict, dict]:
+    """(before, after): the same peer and query, ``before`` as pollers were before the
+    lookback window and the change log (lookback 0, date-bounded query only)."""
+    if kind == "dicomweb":
+        base = {"type": "dicomweb_poller", "url": orthanc.dicomweb, "query": {"PatientID": pid}, "interval_s": 3600}
+        before, after = base | {"id": "web-before"}, base | {"id": "web-after"}
+    else:
+        before = dimse_source(orthanc, pid, kind) | {"id": f"{kind}-before", "calling_ae": "AXIOMOLD"}
+        after = dimse_source(orthanc, pid, kind) | {"id": f"{kind}-after"}
+    return before | {"lookback_days": 0}, after | {"orthanc_changes": {"url": orthanc.url}}
+
+
+def ingests_by(rt: EmbeddedRuntime, source_id: str) -> dict[str, int]:
+    """SOP Instance UID -> how many times ``source_id`` ingested it."""
+    return {uid: n for uid, metas in ingested(rt).items()
+            if (n := sum(m["axiom-source_id"] == source_id for m in metas))}
+
+
+def counts(r) -> tuple:
+    return r.found, r.queued, r.retrieved, r.already_had, r.failed
+
+
+@pytest.mark.parametrize("kind", ["dicomweb", "move", "get"])
+def test_studies_dated_before_the_watermark_are_found(tmp_path, orthanc, make_runtime, kind):
+    """Issue 10.13: instances that reach the peer after a run, in studies dated before
+    the watermark, were never ingested. Reproduced with the old behaviour (``before``),
+    then every instance ingested exactly once by the lookback window (a study a few days
+    old) and Orthanc's change log (a months-old study growing, a years-old study
+    arriving)."""
+    pid = f"AXF-LATE-{kind.upper()}"
+    old_series, near_series = generate_uid(), generate_uid()
+    old = upload(orthanc, make_study(tmp_path / "old", pid, "20240101", ct=3, series_uid=old_series))
+    near = upload(orthanc, make_study(tmp_path / "near", pid, "20240227", ct=2, series_uid=near_series))
+    newest = upload(orthanc, make_study(tmp_path / "new", pid, "20240301", ct=2))
+    before, after = late_arrival_sources(orthanc, pid, kind)
+    rt = make_runtime([before, after])
+    for source in (before, after):
+        r = poll(rt, source["id"])
+        assert r.errors == [] and counts(r) == (3, 7, 7, 0, 0) and r.watermark == "20240301", r
+    study_of = lambda files: str(dcmread(next(iter(files.values())), stop_before_pixels=True).StudyInstanceUID)
+
+    # after the runs: an instance for the study of 4 days before the watermark, one for
+    # the study of two months before, a study from 2019, and one of another patient
+    late = upload(orthanc, make_study(tmp_path / "late-near", pid, "20240227", ct=1, study_uid=study_of(near),
+                                      series_uid=near_series))
+    late |= upload(orthanc, make_study(tmp_path / "late-old", pid, "20240101", ct=1, study_uid=study_of(old),
+                                       series_uid=old_series))
+    late |= upload(orthanc, make_study(tmp_path / "2019", pid, "20190615", ct=2))
+    upload(orthanc, make_study(tmp_path / "not-me", "AXF-LATE-NOT-ME", "20190615", ct=1))
+    everything = old | near | newest | late
+
+    # the miss: a date-bounded query from the watermark sees none of them, run after run
+    for _ in range(2):
+        r = poll(rt, before["id"])
+        assert r.errors == [] and counts(r) == (0, 0, 0, 0, 0), r
+    assert ingests_by(rt, before["id"]) == dict.fromkeys(old | near | newest, 1)
+
+    # fixed: the study in the lookback window (grown: listed, 2 already had, 1 new), the
+    # two studies from the change log (3 already had, 1 new; 2 new), nothing else
+    r = poll(rt, after["id"])
+    assert r.errors == [] and counts(r) == (3, 4, 4, 5, 0), r
+    assert r.watermark == "20240301", "studies found by UID do not move the watermark"
+    assert ingests_by(rt, after["id"]) == dict.fromkeys(everything, 1)
+
+    # and once only: the next run finds nothing to do
+    r = poll(rt, after["id"])
+    assert r.errors == [] and counts(r) == (0, 0, 0, 0, 0), r
+    assert ingests_by(rt, after["id"]) == dict.fromkeys(everything, 1)
+    assert_exactly_once(rt, everything, source_type="dimse_poller" if kind != "dicomweb" else "dicomweb_poller",
+                        source_id=after["id"])
+    status = source_status(rt.docs, [after["id"]])[after["id"]]
+    assert status["counters"] == {"found": 6, "queued": 11, "retrieved": 11, "already_had": 5, "failed": 0}
+    assert status["changes_seq"] > 0 and status["last_error"] is None
+
+
+def test_an_unfinished_study_outside_the_window_is_retried_by_uid(tmp_path, orthanc, make_runtime):
+    """A study found through the change log whose retrieval fails is not lost when the
+    change log moves on: it is asked for by UID on the next runs until done."""
+    pid = "AXF-LATE-RETRY"
+    recent = upload(orthanc, make_study(tmp_path / "a", pid, "20240301", ct=1))
+    source = dimse_source(orthanc, pid, "move") | {"id": "retry", "orthanc_changes": {"url": orthanc.url}}
+    rt = make_runtime([source])
+    r = poll(rt, "retry")
+    assert (r.queued, r.retrieved, r.failed) == (1, 1, 0), r
+
+    # a 2015 study arrives while C-MOVE is broken (an unknown destination)
+    old = upload(orthanc, make_study(tmp_path / "b", pid, "20150101", ct=2))
+    rt.docs.set("sources", "retry", source | {"move_destination": "NOBODY"})
+    rt.config.invalidate()
+    r = poll(rt, "retry")  # found by the change log, not retrieved
+    assert (r.found, r.queued, r.retrieved, r.failed) == (1, 2, 0, 2) and r.errors, r
+    assert source_status(rt.docs, ["retry"])["retry"]["watermark"] == "20240301"
+
+    rt.docs.set("sources", "retry", source)
+    rt.config.invalidate()
+    r = poll(rt, "retry")  # no change since; the unfinished 2015 study is asked for by UID
+    assert r.errors == [] and (r.found, r.queued, r.retrieved, r.failed) == (1, 2, 2, 0), r
+    r = poll(rt, "retry")
+    assert (r.found, r.queued, r.retrieved, r.failed) == (0, 0, 0, 0), r
+    assert_exactly_once(rt, recent | old, source_type="dimse_poller")

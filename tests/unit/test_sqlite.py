@@ -53,3 +53,35 @@ def test_a_writer_gives_up_after_the_wait_limit(tmp_path, monkeypatch):
     finally:
         holder.join()
     assert [v for (v,) in db.conn().execute("SELECT v FROM t")] == ["other"]
+
+
+def _create_after(barrier, path: str, n: int, results) -> None:
+    from shared.adapters.sqlite import SQLiteDocumentStore
+
+    docs = SQLiteDocumentStore(SQLiteDatabase(path))
+    barrier.wait()
+    results.put((n, docs.create("claims", "one", {"n": n})))
+
+
+def test_create_if_absent_has_one_winner_across_processes(tmp_path):
+    """The embedded runtime's processes each have their own connections: creates of one
+    document released at the same moment (a barrier) still have exactly one winner,
+    and the document is the winner's."""
+    import multiprocessing
+
+    from shared.adapters.sqlite import SQLiteDocumentStore
+
+    path = tmp_path / "docs.db"
+    docs = SQLiteDocumentStore(SQLiteDatabase(path))  # creates the table
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_create_after, args=(barrier, str(path), n, results)) for n in range(4)]
+    for p in procs:
+        p.start()
+    outcomes = dict(results.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(30)
+    winners = [n for n, created in outcomes.items() if created]
+    assert len(winners) == 1, outcomes
+    assert docs.get("claims", "one") == {"n": winners[0]}
+    assert docs.create("claims", "one", {"n": 99}) is False
