@@ -47,21 +47,32 @@ def _dciodvfy() -> str:
     return path
 
 
+def report(path: Path) -> str:
+    """dciodvfy's output for ``path`` (values it quotes in a character set other than
+    UTF-8 are replaced, not fatal)."""
+    proc = subprocess.run([_dciodvfy(), str(path)], capture_output=True, text=True, errors="replace", timeout=60)
+    out = proc.stdout + proc.stderr
+    if "Abort" in out and not re.search(r"^(Error|Warning)|- (Error|Warning) -", out, re.M):
+        pytest.fail(f"dciodvfy could not read {path.name}: {out.strip()[:500]}")
+    return out
+
+
+def _normalized(line: str) -> str:
+    return " ".join(re.sub(r"\s=\s*<[^>]*>", " = <>", line).split())
+
+
 def errors(path: Path) -> set[str]:
     """dciodvfy's Error lines, normalized so the same error on the same attribute
     compares equal: element values (`` = <...>``) are dropped, whitespace collapsed;
     attribute and module names (``Element=<...>``) are kept."""
-    proc = subprocess.run([_dciodvfy(), str(path)], capture_output=True, text=True, timeout=60)
-    out = proc.stdout + proc.stderr
-    if "Abort" in out and not re.search(r"^(Error|Warning)", out, re.M):
-        pytest.fail(f"dciodvfy could not read {path.name}: {out.strip()[:500]}")
-    found = set()
-    for line in out.splitlines():
-        if not line.startswith("Error"):
-            continue
-        line = re.sub(r"\s=\s*<[^>]*>", " = <>", line)
-        found.add(" ".join(line.split()))
-    return found
+    return {_normalized(line) for line in report(path).splitlines() if line.startswith("Error")}
+
+
+def owner_warnings(path: Path) -> set[str]:
+    """dciodvfy's warnings about private elements and their Private Creator (PS3.5
+    7.8.1): "Private tag without owner", "Bad private owner value"."""
+    return {_normalized(line) for line in report(path).splitlines()
+            if "without owner" in line or "private owner" in line}
 
 
 _INPUT_ERRORS: dict[str, set[str]] = {}
@@ -91,3 +102,31 @@ def test_the_check_sees_a_new_error(tmp_path):
                         "value": "1.2.3"}])
     write_instance(ds, tmp_path / "bad.dcm")
     assert any("ReferencedSOPClassUID" in line for line in errors(tmp_path / "bad.dcm") - errors(source))
+
+
+# actions on private elements, and the (group, creator) their record must carry
+PRIVATE_ACTIONS = {
+    "delete private group": ([{"action": "delete", "group": "private"}], (0x0009, "GEMS_IDEN_01")),
+    "delete one private element": ([{"action": "delete", "tag": '(0009,"GEMS_IDEN_01",01)'}],
+                                   (0x0009, "GEMS_IDEN_01")),
+    "set an existing private element": ([{"action": "set", "tag": '(0009,"GEMS_IDEN_01",01)', "value": "X"}],
+                                        (0x0009, "GEMS_IDEN_01")),
+    "set in a new private block": ([{"action": "set", "tag": '(0033,"AXIOM FLOW",01)', "value": "X", "vr": "LO"}],
+                                   (0x0033, "AXIOM FLOW")),
+}
+
+
+@pytest.mark.parametrize("name", list(PRIVATE_ACTIONS))
+def test_recorded_private_elements_keep_their_owner(name, tmp_path):
+    """Item 7: a private element recorded in the Modified Attributes Sequence comes with
+    its Private Creator (PS3.5 7.8.1), so dciodvfy finds no private tag without owner."""
+    actions, (group, creator) = PRIVATE_ACTIONS[name]
+    source = Path(get_testdata_file("CT_small.dcm"))
+    ds = read_instance(source)
+    apply_actions(ds, actions, original_attributes=POLICY)
+    out = tmp_path / "out.dcm"
+    write_instance(ds, out)
+    assert not owner_warnings(out) - owner_warnings(source), sorted(owner_warnings(out))
+    [modified] = read_instance(out).OriginalAttributesSequence[0].ModifiedAttributesSequence
+    assert 0x01 in modified.private_block(group, creator)  # the original, found by its owner
+    assert not errors(out) - errors(source)
