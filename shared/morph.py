@@ -373,20 +373,22 @@ class _Pass:
         if misfit is None:
             return
         label, index, name, terms = misfit
-        before = self.ds.get(SPECIFIC_CHARACTER_SET)
-        before = copy.deepcopy(before) if before is not None else None
         if self.recording:
             self.recorder.save(SPECIFIC_CHARACTER_SET)
         charset = "\\".join(terms) if terms else "the default repertoire (ISO-IR 6, no Specific Character Set)"
         try:
-            convert_to_utf8(self.ds)
+            redeclared = convert_to_utf8(self.ds)
         except Unprocessable as exc:
             raise Unprocessable(
                 f"action {index} ({name} {label}): the new value has characters {charset} cannot hold, and the "
                 f"instance cannot be converted to {UTF8} (UTF-8) without changing existing text: {exc}") from None
-        if self.recording:
-            self.recorder.touch(SPECIFIC_CHARACTER_SET)
-        self.changes.append(Change(index, name, "SpecificCharacterSet", _show(before), UTF8))
+        for path, before in redeclared:
+            # the top-level one is recorded: in the Modified Attributes item it declares
+            # how the original values there are encoded (PS3.5 7.5.3); an item's own
+            # changes only how its unchanged characters are encoded
+            if self.recording and path == "SpecificCharacterSet":
+                self.recorder.touch(SPECIFIC_CHARACTER_SET)
+            self.changes.append(Change(index, name, path, before, UTF8))
 
     # --- actions --------------------------------------------------------------------------
 

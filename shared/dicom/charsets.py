@@ -120,12 +120,12 @@ def _label(prefix: str, tag: BaseTag) -> str:
     return prefix + (name or f"({tag.group:04X},{tag.element:04X})")
 
 
-def _decode_all(ds: Dataset, prefix: str, undecodable: list[str]) -> list[Dataset]:
+def _decode_all(ds: Dataset, prefix: str, undecodable: list[str]) -> list[tuple[str, Dataset]]:
     """Convert every text and sequence element of ``ds`` (items included) from the
     bytes pydicom read, in the character set it read them in; return the items that
-    declare their own (0008,0005). Labels of values that did not decode go to
-    ``undecodable``."""
-    declaring: list[Dataset] = []
+    declare their own (0008,0005), with their labels. Labels of values that did not
+    decode go to ``undecodable``."""
+    declaring: list[tuple[str, Dataset]] = []
     for tag in list(ds.keys()):
         if tag.group == _PIXEL_DATA_GROUP or tag == SPECIFIC_CHARACTER_SET:
             continue
@@ -139,21 +139,22 @@ def _decode_all(ds: Dataset, prefix: str, undecodable: list[str]) -> list[Datase
         if elem.VR == "SQ":
             for index, item in enumerate(elem.value or ()):
                 if declared(item):
-                    declaring.append(item)
+                    declaring.append((f"{label}[{index}].", item))
                 declaring.extend(_decode_all(item, f"{label}[{index}].", undecodable))
         elif elem.VR in TEXT_VRS and any(_REPLACEMENT in text for text in text_values(elem)):
             undecodable.append(label)
     return declaring
 
 
-def convert_to_utf8(ds: Dataset) -> None:
+def convert_to_utf8(ds: Dataset) -> list[tuple[str, str | None]]:
     """Declare ``ds`` ISO_IR 192 (UTF-8) with every text value kept (PS3.5 6.1.2.3).
 
     Every text element, in every sequence item, is decoded in the character set it was
     read in (pydicom remembers it); then (0008,0005) becomes ISO_IR 192 at the top
     level and in every item that declared its own, so pydicom's writer encodes every
     text element as UTF-8 (and writes the whole dataset, not a splice). Elements of
-    other VRs, private ones with VR UN included, keep their bytes.
+    other VRs, private ones with VR UN included, keep their bytes. Returns each
+    (0008,0005) changed: ``(label, value before)`` (None: absent).
 
     Raises :class:`Unprocessable` naming the element, not the value, when a text value
     is not valid in the character set it was declared in (its characters are unknown,
@@ -164,13 +165,16 @@ def convert_to_utf8(ds: Dataset) -> None:
         raise Unprocessable(f"its Specific Character Set {chr(92).join(terms)!r} is not one pydicom can decode")
     undecodable: list[str] = []
     declaring = _decode_all(ds, "", undecodable)
-    for item in declaring:
+    for label, item in declaring:
         if not known(declared(item)):
-            undecodable.append("a sequence item whose Specific Character Set is unknown")
+            undecodable.append(f"{label}SpecificCharacterSet (not a character set pydicom can decode)")
     if undecodable:
         raise Unprocessable(f"{', '.join(undecodable[:5])} "
                             f"{'holds' if len(undecodable) == 1 else 'hold'} bytes not valid in the declared "
                             f"Specific Character Set")
-    ds.SpecificCharacterSet = UTF8
-    for item in declaring:
-        item.SpecificCharacterSet = UTF8
+    changed: list[tuple[str, str | None]] = []
+    for label, dataset in [("", ds), *declaring]:
+        if declared(dataset) != (UTF8,):
+            changed.append((f"{label}SpecificCharacterSet", "\\".join(declared(dataset)) or None))
+            dataset.SpecificCharacterSet = UTF8
+    return changed
