@@ -27,6 +27,9 @@ sequences, items and private creator blocks on the way.
   or a character set pydicom does not know), the pass raises
   :class:`shared.errors.Unprocessable` naming the element: a value is never written as
   ``?``.
+- **Modules brought in** (PS3.3): an inserted attribute of a module the instance did not
+  have (Institution Name without General Equipment) brings the module's Type 2
+  attributes, added empty and listed as changes (:mod:`shared.dicom.modules`).
 - **Original Attributes** (PS3.3 C.12.1.1.9): with a policy, one item is appended to the
   Original Attributes Sequence per pass that changed anything (see
   :mod:`shared.dicom.original_attributes`).
@@ -43,7 +46,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
 from pydantic import TypeAdapter, ValidationError
-from pydicom.datadict import keyword_for_tag, private_dictionary_VR
+from pydicom.datadict import dictionary_VR, keyword_for_tag, private_dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -73,6 +76,7 @@ from shared.dicom.charsets import (
     fits,
     text_values,
 )
+from shared.dicom.modules import missing_type2
 from shared.dicom.original_attributes import (
     ORIGINAL_ATTRIBUTES_SEQUENCE,
     OriginalAttributesPolicy,
@@ -153,6 +157,7 @@ def apply_actions(ds: Dataset, actions: list[dict[str, Any]], services: MorphSer
     run.snapshot_templates(models)
     for index, action in enumerate(models):
         run.apply(index, action)
+    run.complete_modules()
     run.settle_character_set()
     if original_attributes is not None and run.changes:
         run.recorder.append_item(original_attributes)
@@ -221,6 +226,8 @@ class _Pass:
         self.changes: list[Change] = []
         # (parent, tag, label, action index, action name) of every element written
         self.written: list[tuple[Dataset, BaseTag, str, int, str]] = []
+        # top-level tags the pass inserted (absent before) -> (action index, action name)
+        self.inserted: dict[BaseTag, tuple[int, str]] = {}
         self.snapshot: dict[str, str] = {}
         # the action being applied, for messages
         self.index = 0
@@ -287,6 +294,8 @@ class _Pass:
             creator_before = _creator_tag(ds, first)
         places = locate(ds, path, create=True)
         top = top_before if top_before is not None else _step_tag(ds, first)
+        if not existed and top is not None and top in ds:
+            self.inserted.setdefault(top, (self.index, self.name))
         if first.private is not None and creator_before is None and top is not None:
             creator = _creator_tag(ds, first)
             if not places:  # nothing to write: undo the block we just made
@@ -335,6 +344,8 @@ class _Pass:
             self.recorder.save(place.top)
             self.recorder.touch(place.top)
         parent[tag] = new
+        if old is None and parent is self.ds:
+            self.inserted.setdefault(tag, (self.index, self.name))
         label = self.label(path, place)
         self.written.append((parent, tag, label, self.index, self.name))
         self.changes.append(Change(self.index, self.name, label, _show(old), _show(new)))
@@ -347,6 +358,21 @@ class _Pass:
             self.recorder.touch(place.top)
         del parent[tag]
         self.changes.append(Change(self.index, self.name, label, _show(old), None))
+
+    # --- modules ----------------------------------------------------------------------------
+
+    def complete_modules(self) -> None:
+        """Add empty the Type 2 attributes of every module the pass brought in (PS3.3
+        module tables, PS3.5 7.4.2), each listed as a change of the action that did."""
+        if not self.inserted:
+            return
+        for module, tag in missing_type2(self.ds, self.inserted):
+            index, name = min(self.inserted[t] for t in self.inserted if t in module.attributes)
+            if self.recording:
+                self.recorder.save(tag)
+                self.recorder.touch(tag)
+            self.ds[tag] = DataElement(tag, dictionary_VR(tag), None)
+            self.changes.append(Change(index, name, _tag_label(tag), None, ""))
 
     # --- character set --------------------------------------------------------------------
 

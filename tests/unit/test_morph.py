@@ -504,3 +504,29 @@ def test_implicit_vr_private_bytes_survive_the_conversion():
     again = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_written(back)))
     assert again.SpecificCharacterSet == "ISO_IR 192" and again.PatientName == "Müller"
     assert again[0x00291010].value == opaque
+
+
+# --- modules brought in (PS3.3) -------------------------------------------------------------
+
+
+def test_a_module_brought_in_through_a_sequence_path_gets_its_type2_recorded_as_absent():
+    """A new Institutional Department Type Code Sequence brings General Equipment into a
+    Secondary Capture image: Manufacturer is added empty, listed as a change of that
+    action, and recorded in Original Attributes as absent before (zero length)."""
+    ds = load("SC_rgb_small_odd.dcm")
+    assert "Manufacturer" not in ds
+    policy = OriginalAttributesPolicy("AXIOM FLOW", datetime(2024, 1, 1, tzinfo=timezone.utc))
+    changes = apply_actions(ds, [{"action": "set", "tag": "PatientID", "value": "X"},
+                                 {"action": "set", "tag": "InstitutionalDepartmentTypeCodeSequence[0].CodeValue",
+                                  "value": "RAD"}], original_attributes=policy)
+    assert Change(1, "set", "Manufacturer", None, "") in changes
+    assert ds["Manufacturer"].is_empty and ds["Manufacturer"].VR == "LO"
+    [modified] = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence
+    assert modified["Manufacturer"].is_empty
+
+
+def test_a_module_inserted_and_removed_in_the_same_pass_adds_nothing():
+    ds = load("SC_rgb_small_odd.dcm")
+    changes = apply_actions(ds, [{"action": "set", "tag": "StationName", "value": "X"},
+                                 {"action": "delete", "tag": "StationName"}])
+    assert "Manufacturer" not in ds and [c.path for c in changes] == ["StationName", "StationName"]
