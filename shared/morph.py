@@ -74,6 +74,7 @@ from shared.dicom.charsets import (
     declared,
     encodings_for,
     fits,
+    joined,
     text_values,
 )
 from shared.dicom.modules import missing_type2
@@ -401,7 +402,7 @@ class _Pass:
         label, index, name, terms = misfit
         if self.recording:
             self.recorder.save(SPECIFIC_CHARACTER_SET)
-        charset = "\\".join(terms) if terms else "the default repertoire (ISO-IR 6, no Specific Character Set)"
+        charset = joined(terms) if terms else "the default repertoire (ISO-IR 6, no Specific Character Set)"
         try:
             redeclared = convert_to_utf8(self.ds)
         except Unprocessable as exc:

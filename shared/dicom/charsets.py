@@ -30,7 +30,7 @@ from pydicom.valuerep import CUSTOMIZABLE_CHARSET_VR
 
 from shared.errors import Unprocessable
 
-__all__ = ["UTF8", "SPECIFIC_CHARACTER_SET", "declared", "fits", "encodings_for", "charsets_in_effect",
+__all__ = ["UTF8", "SPECIFIC_CHARACTER_SET", "declared", "joined", "known", "fits", "encodings_for", "charsets_in_effect",
            "text_values", "convert_to_utf8", "TEXT_VRS"]
 
 UTF8 = "ISO_IR 192"
@@ -50,6 +50,11 @@ def declared(ds: Dataset) -> tuple[str, ...]:
     value = elem.value
     terms = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
     return tuple("" if term is None else str(term).strip() for term in terms)
+
+
+def joined(terms: tuple[str, ...]) -> str:
+    """The terms as the element's value reads (``ISO 2022 IR 13\\ISO 2022 IR 87``)."""
+    return "\\".join(terms)
 
 
 def known(terms: tuple[str, ...]) -> bool:
@@ -162,7 +167,7 @@ def convert_to_utf8(ds: Dataset) -> list[tuple[str, str | None]]:
     (0008,0005) is then left as it was."""
     terms = declared(ds)
     if not known(terms):
-        raise Unprocessable(f"its Specific Character Set {chr(92).join(terms)!r} is not one pydicom can decode")
+        raise Unprocessable(f"its Specific Character Set {joined(terms)!r} is not one pydicom can decode")
     undecodable: list[str] = []
     declaring = _decode_all(ds, "", undecodable)
     for label, item in declaring:
@@ -175,6 +180,6 @@ def convert_to_utf8(ds: Dataset) -> list[tuple[str, str | None]]:
     changed: list[tuple[str, str | None]] = []
     for label, dataset in [("", ds), *declaring]:
         if declared(dataset) != (UTF8,):
-            changed.append((f"{label}SpecificCharacterSet", "\\".join(declared(dataset)) or None))
+            changed.append((f"{label}SpecificCharacterSet", joined(declared(dataset)) or None))
             dataset.SpecificCharacterSet = UTF8
     return changed
