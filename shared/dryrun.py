@@ -11,6 +11,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from shared.config import AppConfig
+from shared.dicom.charsets import declared, joined
 from shared.dicom.io import read_instance
 from shared.errors import Unprocessable
 from shared.messages import IngestMetadata
@@ -75,5 +76,12 @@ def dry_run(config: AppConfig, path: Path, ingest: IngestMetadata, *, at: dateti
     except Unprocessable as exc:
         return {**result, "outcome": "exception", "reason": str(exc)}
     result["diff"] = diff_datasets(ds, morphed)
+    before, after = declared(ds), declared(morphed)
+    if before != after:
+        # PS3.5 6.1: the morph converts to ISO_IR 192 when a new value needs it
+        result["character_set"] = {
+            "before": joined(before) or None, "after": joined(after),
+            "why": "a new value has characters the instance's Specific Character Set cannot hold; "
+                   "every text element is re-encoded as UTF-8"}
     result["log_original_attributes"] = decision.log_original_attributes
     return result

@@ -18,6 +18,18 @@ sequences, items and private creator blocks on the way.
   value; ``crosswalk`` and ``ai_standardize`` see the whole value (backslash-joined).
 - **Pixel Data** is never read, decoded or written: no action may name group 7FE0 or the
   file meta group 0002 (config refuses it; this module checks again).
+- **Character set** (PS3.5 6.1): every text value the pass wrote must be representable
+  in the Specific Character Set in effect where it was written (no (0008,0005): ASCII).
+  When one is not, the whole dataset is converted to ISO_IR 192 (UTF-8) at the end of
+  the pass (:func:`shared.dicom.charsets.convert_to_utf8`; every text element keeps its
+  characters) and the change of (0008,0005) is listed and recorded like any other. When
+  the conversion cannot apply (existing text not valid in its declared character set,
+  or a character set pydicom does not know), the pass raises
+  :class:`shared.errors.Unprocessable` naming the element: a value is never written as
+  ``?``.
+- **Modules brought in** (PS3.3): an inserted attribute of a module the instance did not
+  have (Institution Name without General Equipment) brings the module's Type 2
+  attributes, added empty and listed as changes (:mod:`shared.dicom.modules`).
 - **Original Attributes** (PS3.3 C.12.1.1.9): with a policy, one item is appended to the
   Original Attributes Sequence per pass that changed anything (see
   :mod:`shared.dicom.original_attributes`).
@@ -34,7 +46,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
 from pydantic import TypeAdapter, ValidationError
-from pydicom.datadict import keyword_for_tag, private_dictionary_VR
+from pydicom.datadict import dictionary_VR, keyword_for_tag, private_dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -53,6 +65,19 @@ from shared.config import (
     SetAction,
     SuffixAction,
 )
+from shared.dicom.charsets import (
+    SPECIFIC_CHARACTER_SET,
+    TEXT_VRS,
+    UTF8,
+    charsets_in_effect,
+    convert_to_utf8,
+    declared,
+    encodings_for,
+    fits,
+    joined,
+    text_values,
+)
+from shared.dicom.modules import missing_type2
 from shared.dicom.original_attributes import (
     ORIGINAL_ATTRIBUTES_SEQUENCE,
     OriginalAttributesPolicy,
@@ -133,6 +158,8 @@ def apply_actions(ds: Dataset, actions: list[dict[str, Any]], services: MorphSer
     run.snapshot_templates(models)
     for index, action in enumerate(models):
         run.apply(index, action)
+    run.complete_modules()
+    run.settle_character_set()
     if original_attributes is not None and run.changes:
         run.recorder.append_item(original_attributes)
     return run.changes
@@ -198,6 +225,10 @@ class _Pass:
         self.recorder = OriginalsRecorder(ds)
         self.recording = policy is not None
         self.changes: list[Change] = []
+        # (parent, tag, label, action index, action name) of every element written
+        self.written: list[tuple[Dataset, BaseTag, str, int, str]] = []
+        # top-level tags the pass inserted (absent before) -> (action index, action name)
+        self.inserted: dict[BaseTag, tuple[int, str]] = {}
         self.snapshot: dict[str, str] = {}
         # the action being applied, for messages
         self.index = 0
@@ -264,6 +295,8 @@ class _Pass:
             creator_before = _creator_tag(ds, first)
         places = locate(ds, path, create=True)
         top = top_before if top_before is not None else _step_tag(ds, first)
+        if not existed and top is not None and top in ds:
+            self.inserted.setdefault(top, (self.index, self.name))
         if first.private is not None and creator_before is None and top is not None:
             creator = _creator_tag(ds, first)
             if not places:  # nothing to write: undo the block we just made
@@ -312,7 +345,11 @@ class _Pass:
             self.recorder.save(place.top)
             self.recorder.touch(place.top)
         parent[tag] = new
-        self.changes.append(Change(self.index, self.name, self.label(path, place), _show(old), _show(new)))
+        if old is None and parent is self.ds:
+            self.inserted.setdefault(tag, (self.index, self.name))
+        label = self.label(path, place)
+        self.written.append((parent, tag, label, self.index, self.name))
+        self.changes.append(Change(self.index, self.name, label, _show(old), _show(new)))
 
     def remove(self, place: _Place, label: str) -> None:
         parent, tag = place.parent, place.tag
@@ -322,6 +359,63 @@ class _Pass:
             self.recorder.touch(place.top)
         del parent[tag]
         self.changes.append(Change(self.index, self.name, label, _show(old), None))
+
+    # --- modules ----------------------------------------------------------------------------
+
+    def complete_modules(self) -> None:
+        """Add empty the Type 2 attributes of every module the pass brought in (PS3.3
+        module tables, PS3.5 7.4.2), each listed as a change of the action that did."""
+        if not self.inserted:
+            return
+        for module, tag in missing_type2(self.ds, self.inserted):
+            index, name = min(self.inserted[t] for t in self.inserted if t in module.attributes)
+            if self.recording:
+                self.recorder.save(tag)
+                self.recorder.touch(tag)
+            self.ds[tag] = DataElement(tag, dictionary_VR(tag), None)
+            self.changes.append(Change(index, name, _tag_label(tag), None, ""))
+
+    # --- character set --------------------------------------------------------------------
+
+    def settle_character_set(self) -> None:
+        """Make sure every value written fits the Specific Character Set in effect at
+        its place (PS3.5 6.1, 7.5.3), converting the dataset to ISO_IR 192 when one does
+        not; refuse (naming the element) when the conversion cannot apply."""
+        in_effect: dict[int, tuple[str, ...]] | None = None
+        top_terms = declared(self.ds) if self.written else ()
+        misfit = None
+        for parent, tag, label, index, name in self.written:
+            elem = parent.get_item(tag) if tag in parent else None
+            if not isinstance(elem, DataElement):
+                continue  # removed again later in the pass
+            if parent is self.ds:
+                terms = top_terms
+            else:
+                if in_effect is None:
+                    in_effect = charsets_in_effect(self.ds)
+                terms = in_effect.get(id(parent), top_terms)
+            if not _element_fits(elem, terms):
+                misfit = (label, index, name, terms)
+                break
+        if misfit is None:
+            return
+        label, index, name, terms = misfit
+        if self.recording:
+            self.recorder.save(SPECIFIC_CHARACTER_SET)
+        charset = joined(terms) if terms else "the default repertoire (ISO-IR 6, no Specific Character Set)"
+        try:
+            redeclared = convert_to_utf8(self.ds)
+        except Unprocessable as exc:
+            raise Unprocessable(
+                f"action {index} ({name} {label}): the new value has characters {charset} cannot hold, and the "
+                f"instance cannot be converted to {UTF8} (UTF-8) without changing existing text: {exc}") from None
+        for path, before in redeclared:
+            # the top-level one is recorded: in the Modified Attributes item it declares
+            # how the original values there are encoded (PS3.5 7.5.3); an item's own
+            # changes only how its unchanged characters are encoded
+            if self.recording and path == "SpecificCharacterSet":
+                self.recorder.touch(SPECIFIC_CHARACTER_SET)
+            self.changes.append(Change(index, name, path, before, UTF8))
 
     # --- actions --------------------------------------------------------------------------
 
@@ -490,6 +584,23 @@ class _Pass:
                                                           instructions=a.instructions)
 
         self._lookup_and_write(a, answer)
+
+
+def _element_fits(elem: DataElement, terms: tuple[str, ...]) -> bool:
+    """Whether the text of ``elem`` (every item of a sequence, an item's own (0008,0005)
+    overriding ``terms``) can be encoded without replacing a character."""
+    if elem.VR == "SQ":
+        for item in elem.value or ():
+            inner = declared(item) or terms
+            for tag in item.keys():
+                inner_elem = item.get_item(tag)
+                if isinstance(inner_elem, DataElement) and not _element_fits(inner_elem, inner):
+                    return False
+        return True
+    if elem.VR not in TEXT_VRS:
+        return True
+    encodings = encodings_for(terms)
+    return all(fits(text, encodings) for text in text_values(elem))
 
 
 # --- helpers over tags.locate ---------------------------------------------------------------

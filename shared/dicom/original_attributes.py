@@ -28,6 +28,9 @@ What goes into the Modified Attributes Sequence item:
   the item says the attribute was not there (an empty value is what a reader restoring
   the originals would write back; the table entry only lists "modified or removed",
   and a zero-length element is the one encoding of "absent" it can hold);
+- a private data element always with its Private Creator element (PS3.5 section 7.8.1:
+  a private element is only identified by the creator that reserved its block), as it
+  was before the pass, or as it is now when the block is new;
 - never the Original Attributes Sequence itself, and never file meta (group 0002).
 """
 
@@ -152,7 +155,22 @@ class OriginalsRecorder:
                 item.add(DataElement(tag, self._ds[tag].VR, None))  # zero length: was absent
             else:
                 item.add(original)
+        for tag in [t for t in item.keys() if t.is_private and t.element >= 0x1000]:
+            creator = self._creator_of(tag)
+            if creator is not None:
+                item[creator.tag] = creator
         return item
+
+    def _creator_of(self, tag: BaseTag) -> DataElement | None:
+        """The Private Creator element (gggg,00xx) reserving ``tag``'s block (PS3.5
+        7.8.1): as saved before the pass if it had a value, else as it is now."""
+        creator_tag = Tag(tag.group, tag.element >> 8)
+        saved = self._saved.get(creator_tag, _ABSENT)
+        if saved is not _ABSENT and not saved.is_empty:
+            return saved
+        if creator_tag in self._ds and not self._ds[creator_tag].is_empty:
+            return copy.deepcopy(self._ds[creator_tag])
+        return None
 
     def append_item(self, policy: OriginalAttributesPolicy) -> Dataset | None:
         """Append one Original Attributes item to the dataset (PS3.3 C.12.1.1.9);

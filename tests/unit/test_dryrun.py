@@ -49,3 +49,19 @@ def test_dry_run_other_calling_ae_falls_to_the_catch_all(tmp_path, capsys):
     assert out["matched"] == ["site/never-reached"] and out["diff"] == []
     why = {r["rule"]: r for r in out["rules"]}["ct-from-scanner"]["condition"]["children"][1]["why"]
     assert why == "calling_ae is 'OTHER'"
+
+
+def test_dry_run_reports_a_conversion_to_utf8(tmp_path, capsys):
+    """A name with umlauts on a file without Specific Character Set: the dry run shows
+    the (0008,0005) the morph adds and why."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "destinations": [{"id": "archive", "type": "filesystem", "path": "out"}],
+        "rulesets": [{"id": "site", "rules": [{"id": "all", "destinations": ["archive"], "actions": [
+            {"action": "set", "tag": "PatientName", "value": "Müller^Jürgen"}]}]}]}))
+    assert main(["rules", "test", get_testdata_file("MR_small.dcm"), "--config", str(cfg)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    diff = {d["name"]: d for d in out["diff"]}
+    assert diff["SpecificCharacterSet"]["change"] == "added" and diff["SpecificCharacterSet"]["after"] == "ISO_IR 192"
+    assert diff["PatientName"]["after"] == "Müller^Jürgen"
+    assert out["character_set"]["before"] is None and out["character_set"]["after"] == "ISO_IR 192"

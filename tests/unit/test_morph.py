@@ -426,3 +426,107 @@ def test_move_is_copy_then_delete(source, target, filename):
     assert outcome[0] == outcome[1]
     if outcome[0] == "ok" and source != target and texts(load(filename), source):
         assert moved == copied
+
+
+# --- character sets (PS3.5 6.1) -------------------------------------------------------------
+
+
+def load_charset(name: str) -> Dataset:
+    from pydicom.data import get_charset_files
+    return pydicom.dcmread(get_charset_files(name)[0])
+
+
+@pytest.mark.parametrize("terms, text, expected", [
+    ((), "Muller", True),
+    ((), "Müller", False),  # the default repertoire is ASCII (pydicom would write Latin-1)
+    (("ISO_IR 100",), "Müller", True),
+    (("ISO_IR 100",), "Жук", False),
+    (("ISO_IR 144",), "Жук", True),
+    (("", "ISO 2022 IR 87"), "Yamada^山田", True),  # code extensions: ASCII and JIS X 0208 runs
+    (("", "ISO 2022 IR 87"), "é", False),  # not Latin-1 behind an ISO 2022 IR 6 G0 either
+    (("ISO 2022 IR 13", "ISO 2022 IR 87"), "ﾔﾏﾀﾞ^山田", True),
+    (("ISO_IR 192",), "Ωmega–Жук^日本–é", True),
+    (("GB18030",), "Ωmega–Жук^日本–é", True),
+])
+def test_fits_uses_pydicoms_codecs_with_an_ascii_default_repertoire(terms, text, expected):
+    from shared.dicom.charsets import encodings_for, fits
+    assert fits(text, encodings_for(terms)) is expected
+
+
+def test_a_value_that_fits_keeps_the_character_set():
+    ds = load_charset("chrRuss.dcm")
+    changes = apply_actions(ds, [{"action": "set", "tag": "PatientName", "value": "Жук^Иван"}])
+    assert ds.SpecificCharacterSet == "ISO_IR 144" and [c.path for c in changes] == ["PatientName"]
+
+
+def test_a_value_written_into_an_item_with_its_own_character_set_converts_the_item_too():
+    """chrSQEncoding: UTF-8 at the top, but the item of (0032,1064) declares ISO 2022
+    IR 13/87 (PS3.5 7.5.3); a Latin value there, which JIS X 0201/0208 lack, converts
+    that item to ISO_IR 192 and keeps its Japanese name."""
+    ds = load_charset("chrSQEncoding.dcm")
+    item_name = str(ds.RequestedProcedureCodeSequence[0].PatientName)
+    changes = apply_actions(ds, [{"action": "set", "tag": "RequestedProcedureCodeSequence[0].CodeMeaning",
+                                  "value": "Crème"}])
+    assert [(c.path, c.old, c.new) for c in changes][1:] == [
+        ("RequestedProcedureCodeSequence[0].SpecificCharacterSet", "ISO 2022 IR 13\\ISO 2022 IR 87", "ISO_IR 192")]
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    [item] = ds.RequestedProcedureCodeSequence
+    assert item.SpecificCharacterSet == "ISO_IR 192" and item.CodeMeaning == "Crème"
+    back = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_written(ds)))
+    assert str(back.RequestedProcedureCodeSequence[0].PatientName) == item_name
+    assert back.RequestedProcedureCodeSequence[0].CodeMeaning == "Crème"
+
+
+def _written(ds: Dataset) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def test_an_unknown_character_set_is_refused_not_guessed():
+    ds = load_charset("chrFren.dcm")
+    ds.SpecificCharacterSet = "ISO_IR 999"
+    with pytest.warns(UserWarning):
+        with pytest.raises(Unprocessable, match=r"action 0 \(set PatientName\).*ISO_IR 999"):
+            apply_actions(ds, [{"action": "set", "tag": "PatientName", "value": "Жук"}])
+
+
+def test_implicit_vr_private_bytes_survive_the_conversion():
+    """An implicit VR file's unknown private element is UN to pydicom: the conversion
+    leaves its bytes alone."""
+    ds = load("MR_small_implicit.dcm")
+    opaque = b"caf\xe9\x00\x01"
+    ds.add_new(0x00291010, "UN", opaque)
+    ds.add_new(0x00290010, "LO", "ACME")
+    back = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_written(ds)))
+    apply_actions(back, [{"action": "set", "tag": "PatientName", "value": "Müller"}])
+    again = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_written(back)))
+    assert again.SpecificCharacterSet == "ISO_IR 192" and again.PatientName == "Müller"
+    assert again[0x00291010].value == opaque
+
+
+# --- modules brought in (PS3.3) -------------------------------------------------------------
+
+
+def test_a_module_brought_in_through_a_sequence_path_gets_its_type2_recorded_as_absent():
+    """A new Institutional Department Type Code Sequence brings General Equipment into a
+    Secondary Capture image: Manufacturer is added empty, listed as a change of that
+    action, and recorded in Original Attributes as absent before (zero length)."""
+    ds = load("SC_rgb_small_odd.dcm")
+    assert "Manufacturer" not in ds
+    policy = OriginalAttributesPolicy("AXIOM FLOW", datetime(2024, 1, 1, tzinfo=timezone.utc))
+    changes = apply_actions(ds, [{"action": "set", "tag": "PatientID", "value": "X"},
+                                 {"action": "set", "tag": "InstitutionalDepartmentTypeCodeSequence[0].CodeValue",
+                                  "value": "RAD"}], original_attributes=policy)
+    assert Change(1, "set", "Manufacturer", None, "") in changes
+    assert ds["Manufacturer"].is_empty and ds["Manufacturer"].VR == "LO"
+    [modified] = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence
+    assert modified["Manufacturer"].is_empty
+
+
+def test_a_module_inserted_and_removed_in_the_same_pass_adds_nothing():
+    ds = load("SC_rgb_small_odd.dcm")
+    changes = apply_actions(ds, [{"action": "set", "tag": "StationName", "value": "X"},
+                                 {"action": "delete", "tag": "StationName"}])
+    assert "Manufacturer" not in ds and [c.path for c in changes] == ["StationName", "StationName"]

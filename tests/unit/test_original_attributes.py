@@ -83,13 +83,32 @@ def test_change_inside_a_sequence_records_the_whole_original_sequence():
     assert [i.DoseReferenceDescription for i in ds.DoseReferenceSequence] == ["X", "X"]
 
 
-def test_new_private_block_recorded_as_absent():
+def test_new_private_block_recorded_as_absent_with_its_creator():
+    """The new element is recorded as absent (zero length); its block's creator carries
+    its value, as a private element is identified only by its owner (PS3.5 7.8.1)."""
     ds = load("MR_small.dcm")
     apply_actions(ds, [{"action": "set", "tag": '(0033,"AXIOM",01)', "value": "x", "vr": "LO"}],
                   original_attributes=POLICY)
     [modified] = only_item(ds).ModifiedAttributesSequence
     assert [e.tag for e in modified] == [0x00330010, 0x00331001]
-    assert all(e.is_empty for e in modified)
+    assert modified[0x00330010].value == "AXIOM" and modified[0x00331001].is_empty
+
+
+@pytest.mark.parametrize("action", [
+    {"action": "delete", "tag": '(0009,"GEMS_IDEN_01",01)'},
+    {"action": "set", "tag": '(0009,"GEMS_IDEN_01",01)', "value": "X"},
+    {"action": "regex_replace", "tag": '(0009,"GEMS_IDEN_01",01)', "pattern": "GE", "replacement": "G"},
+])
+def test_a_changed_private_element_is_recorded_with_its_private_creator(action):
+    """PS3.5 7.8.1: the Modified Attributes item holds (0009,0010) 'GEMS_IDEN_01' beside
+    the original (0009,1001), so a reader can tell whose element it is."""
+    ds = load("CT_small.dcm")
+    apply_actions(ds, [action], original_attributes=POLICY)
+    [modified] = only_item(ds).ModifiedAttributesSequence
+    assert [e.tag for e in modified] == [0x00090010, 0x00091001]
+    assert modified[0x00090010].value == "GEMS_IDEN_01" and modified[0x00090010].VR == "LO"
+    assert modified[0x00091001].value == "GE_GENESIS_FF"
+    assert modified.private_block(0x0009, "GEMS_IDEN_01")[0x01].value == "GE_GENESIS_FF"
 
 
 def test_no_change_no_item_and_off_by_default():
