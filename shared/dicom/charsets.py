@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pydicom.charset import convert_encodings, custom_encoders, default_encoding, python_encoding
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.datadict import keyword_for_tag
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import CUSTOMIZABLE_CHARSET_VR

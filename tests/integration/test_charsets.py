@@ -23,7 +23,7 @@ from shared.dicom.splice import write_spliced
 from shared.errors import Unprocessable
 from shared.morph import apply_actions
 from tests.integration.test_dciodvfy import errors
-from tests.unit.test_stages import config, ingest, make_ports, run_all  # noqa: F401 - fixture
+from tests.support.stageports import config, ingest, run_all
 
 # Greek, Cyrillic, Japanese, Latin and an en dash: no single legacy character set holds all
 VALUE = "Ωmega–Жук^日本–é"
@@ -178,7 +178,7 @@ def test_conversion_that_would_change_existing_text_is_refused_naming_the_elemen
     assert ds.SpecificCharacterSet == "ISO_IR 126"
 
 
-def test_the_morph_stage_delivers_the_converted_instance_and_quarantines_a_refusal(make_ports, tmp_path):  # noqa: F811
+def test_the_morph_stage_delivers_the_converted_instance_and_quarantines_a_refusal(make_ports, tmp_path):
     ports = make_ports(config({"id": "all", "actions": SET_NAME, "destinations": ["archive"]}))
     _, results = run_all(ports, ingest(ports, storable("chrRuss.dcm", tmp_path)))
     assert results == ["delivered"]

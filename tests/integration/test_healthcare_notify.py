@@ -271,7 +271,7 @@ def test_a_failed_delivery_releases_its_claim(tmp_path, orthanc, make_runtime):
     with pytest.raises(Exception, match="HTTP 404"):  # notified before the store has it
         handle_healthcare_notification(resource_name(path).encode(), attrs, **kwargs)
     assert rt.docs.list(NOTIFIED) == {}, "the claim is released"
-    files = upload(orthanc, [path])
+    upload(orthanc, [path])
     assert handle_healthcare_notification(resource_name(path).encode(), attrs, **kwargs).status == "ingested"
 
     # a claim left by a delivery that died: busy until it expires, then taken over

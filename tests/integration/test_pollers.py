@@ -338,7 +338,8 @@ def test_studies_dated_before_the_watermark_are_found(tmp_path, orthanc, make_ru
     for source in (before, after):
         r = poll(rt, source["id"])
         assert r.errors == [] and counts(r) == (3, 7, 7, 0, 0) and r.watermark == "20240301", r
-    study_of = lambda files: str(dcmread(next(iter(files.values())), stop_before_pixels=True).StudyInstanceUID)
+    def study_of(files):
+        return str(dcmread(next(iter(files.values())), stop_before_pixels=True).StudyInstanceUID)
 
     # after the runs: an instance for the study of 4 days before the watermark, one for
     # the study of two months before, a study from 2019, and one of another patient

@@ -13,63 +13,14 @@ from pydicom.data import get_testdata_file
 from shared import stages
 from shared.adapters.files import drop_cached
 from shared.adapters.local_blobs import LocalBlobStore
-from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteDocumentStore
-from shared.config import parse_config
-from shared.errors import RetryLater
-from shared.ingest import Ingestor
+from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger
 from shared.dicom.io import content_digest
+from shared.errors import RetryLater
 from shared.messages import Delivery, IngestMetadata, ObjectFinalized, Plan
 from tests.support.procs import free_port
+from tests.support.stageports import config, ingest, run_all
 
 CT = Path(get_testdata_file("CT_small.dcm"))
-
-
-class RecordingBus:
-    def __init__(self):
-        self.sent = []
-
-    def publish(self, topic, message):
-        self.sent.append((topic, message))
-
-    def on(self, topic):
-        return [m for t, m in self.sent if t == topic]
-
-
-@pytest.fixture
-def make_ports(tmp_path):
-    """Ports over the local adapters; ``ports.reconfigure(dict)`` swaps the config."""
-    def build(config: dict):
-        db = SQLiteDatabase(tmp_path / "state.db")
-        current = [parse_config(config)]
-        events = []
-        blobs = LocalBlobStore(tmp_path / "blobs", on_finalize=events.append, notify_buckets=frozenset({"ingest"}))
-        ports = stages.Ports(blobs=blobs, docs=SQLiteDocumentStore(db), ledger=SQLiteDeliveryLedger(db),
-                             bus=RecordingBus(), config=lambda: current[0], base_dir=tmp_path)
-        ports.events = events
-        ports.reconfigure = lambda new: current.__setitem__(0, parse_config(new))
-        return ports
-    return build
-
-
-def ingest(ports, path: Path, calling_ae="MOD1"):
-    Ingestor(ports.blobs, "ingest").ingest_file(path, IngestMetadata(source_type="cstore", calling_ae=calling_ae))
-    return ports.events[-1]
-
-
-def config(*rules, destinations=None, default=None):
-    return {
-        "destinations": destinations or [{"id": "archive", "type": "filesystem", "path": "out"}],
-        "rulesets": [{"id": "main", "mode": "FIRST_MATCH", "rules": list(rules)}],
-        "default_route": default or {},
-    }
-
-
-def run_all(ports, event):
-    plan = stages.match(ports, event)
-    if plan is None:
-        return None, []
-    deliveries = stages.morph(ports, plan) if ports.bus.on(stages.TOPIC_PLANNED) else []
-    return plan, [stages.route(ports, d) for d in deliveries]
 
 
 def test_match_morph_route_with_association_condition(make_ports, tmp_path):
