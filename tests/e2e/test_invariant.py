@@ -4,21 +4,10 @@ down destinations, bad files and resends, through ``axiom-flow serve`` with dcmt
 both sides (the GCP chain runs a smaller mix in tests/gcp/test_chain.py)."""
 
 import pytest
-from pydicom import dcmread
 
 from tests.e2e.test_bad_input import send_raw
-from tests.support.invariant import check, make_mix, mix_config
+from tests.support.invariant import check, make_mix, mix_config, sop_uids
 from tests.support.procs import AxiomServer, free_port, storescu, wait_for
-
-
-def _uids(paths) -> set[str]:
-    uids = set()
-    for path in paths:
-        try:
-            uids.add(str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
-        except Exception:  # noqa: BLE001 - still being written
-            continue
-    return uids
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -35,7 +24,7 @@ def test_every_instance_answered_success_ends_somewhere_with_a_record(tmp_path, 
                 assert send_raw(server.dicom_port, sent.path) == 0x0000  # stored: match quarantines it
 
         def delivered():
-            return {"archive": _uids((server.data_dir / "out").rglob("*.dcm")), "pacs": _uids(storescp.files())}
+            return {"archive": sop_uids((server.data_dir / "out").rglob("*.dcm")), "pacs": sop_uids(storescp.files())}
 
         def settled():
             server.wait_idle()

@@ -299,7 +299,7 @@ def test_every_instance_answered_success_ends_somewhere_with_a_record(chain):
     """The invariant of tests/e2e/test_invariant.py on the GCP chain, with a smaller
     mix: the Pub/Sub dead-letter policy is what ends the down destination's retries."""
     from tests.e2e.test_bad_input import send_raw
-    from tests.support.invariant import check, make_mix, mix_config
+    from tests.support.invariant import check, make_mix, mix_config, sop_uids
 
     config = mix_config({"ae_title": chain.scp.ae_title, "host": "127.0.0.1", "port": chain.scp.port},
                         down_port=free_port())
@@ -312,17 +312,8 @@ def test_every_instance_answered_success_ends_somewhere_with_a_record(chain):
         if sent.raw:
             assert send_raw(chain.gateway.port, sent.path) == 0x0000
 
-    def uids(paths) -> set[str]:
-        out = set()
-        for path in paths:
-            try:
-                out.add(str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
-            except Exception:  # noqa: BLE001 - still being written
-                continue
-        return out
-
     def problems():
-        delivered = {"archive": uids((chain.work / "base" / "out").rglob("*.dcm")), "pacs": set(chain.received())}
+        delivered = {"archive": sop_uids((chain.work / "base" / "out").rglob("*.dcm")), "pacs": set(chain.received())}
         return check(mix, list(chain.exceptions().values()), delivered)
 
     try:

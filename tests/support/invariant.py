@@ -96,6 +96,17 @@ def make_mix(folder: Path, count: int, seed: int) -> Mix:
     return mix
 
 
+def sop_uids(paths) -> set[str]:
+    """SOP Instance UIDs of the readable files among ``paths`` (skips files still being written)."""
+    uids = set()
+    for path in paths:
+        try:
+            uids.add(str(dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+        except Exception:  # noqa: BLE001 - partial or not DICOM
+            continue
+    return uids
+
+
 def check(mix: Mix, records: list[dict], delivered: dict[str, set[str]]) -> list[str]:
     """What went wrong, one line per instance and destination; empty when each instance
     came to what it must: ``delivered`` maps destination id -> SOP Instance UIDs there."""
