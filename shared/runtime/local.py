@@ -207,7 +207,7 @@ class EmbeddedRuntime:
             self._release_thread.join(10)
         self.sources.stop()
         self.gateway.stop()
-        if self._http:
+        if self._http_thread:  # shutdown() waits for serve_forever: only if it ever ran
             self._http.shutdown()
         for child in self._children:
             child.terminate()
