@@ -220,13 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line with every default resolved; a mistake exits (argparse)."""
+    args = build_parser().parse_args(argv)
     if getattr(args, "parser", None) and args.config is None:
         args.parser.error("a config file is needed: --config FILE, or set AXIOM_CONFIG")
     if getattr(args, "route_processes", 0) is None:
         args.route_processes = default_route_processes(args.pipeline_processes)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per HTTP request

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from pydicom.data import get_testdata_file
 
-from shared.cli import build_parser
+from shared.cli import build_parser, parse_args
 from tests.support.procs import REPO
 
 CT = get_testdata_file("CT_small.dcm")
@@ -154,17 +154,17 @@ def test_every_option_has_help_with_its_default_and_choices():
     assert checked >= 15
 
 
-def test_serve_defaults_come_from_the_environment():
-    args = build_parser().parse_args(["serve", "--config", "examples/local.yaml"])
+def test_serve_defaults_come_from_the_environment(monkeypatch):
+    for name in ("AXIOM_HTTP_PORT", "AXIOM_DATA_DIR", "AXIOM_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    args = parse_args(["serve", "--config", "examples/local.yaml"])
     assert (args.data_dir, args.http_port) == ("data", 8080)
-    old = {k: os.environ.get(k) for k in ("AXIOM_HTTP_PORT", "AXIOM_DATA_DIR")}
-    os.environ.update(AXIOM_HTTP_PORT="18080", AXIOM_DATA_DIR="/srv/axiom")
-    try:
-        args = build_parser().parse_args(["serve", "--config", "examples/local.yaml"])
-        assert (args.data_dir, args.http_port) == ("/srv/axiom", 18080)
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    monkeypatch.setenv("AXIOM_HTTP_PORT", "18080")
+    monkeypatch.setenv("AXIOM_DATA_DIR", "/srv/axiom")
+    monkeypatch.setenv("AXIOM_CONFIG", "examples/local.yaml")
+    args = parse_args(["serve"])
+    assert (args.config, args.data_dir, args.http_port) == ("examples/local.yaml", "/srv/axiom", 18080)
+    assert parse_args(["serve", "--http-port", "9000"]).http_port == 9000
 
 
 def test_serve_with_a_data_dir_it_cannot_create(tmp_path):
@@ -184,3 +184,22 @@ def test_serve_with_its_dicom_port_taken(tmp_path):
     line = assert_user_error(result, 1, "Address already in use", f"127.0.0.1:{port}")
     assert re.match(r"^axiom-flow: ", line)
 
+
+
+@pytest.mark.parametrize("argv,cores,shape", [
+    ([], 2, (1, 1)), ([], 8, (1, 1)), ([], 1, (0, 0)),
+    (["--pipeline-processes", "0"], 2, (0, 0)),  # one process: no route process either
+    (["--pipeline-processes", "2"], 2, (2, 1)),
+    (["--pipeline-processes", "1", "--route-processes", "0"], 2, (1, 0)),
+    (["--pipeline-processes", "0", "--route-processes", "1"], 2, (0, 1)),
+    (["--route-processes", "2"], 1, (0, 2)),
+])
+def test_serve_process_shape(monkeypatch, argv, cores, shape):
+    monkeypatch.delenv("AXIOM_PIPELINE_PROCESSES", raising=False)
+    monkeypatch.delenv("AXIOM_ROUTE_PROCESSES", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    args = parse_args(["serve", "--config", "examples/local.yaml", *argv])
+    assert (args.pipeline_processes, args.route_processes) == shape
+    monkeypatch.setenv("AXIOM_PIPELINE_PROCESSES", "0")
+    args = parse_args(["serve", "--config", "examples/local.yaml"])
+    assert (args.pipeline_processes, args.route_processes) == (0, 0)
