@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install and run the embedded default: gateway (AE AXIOM, port 11112), pipeline and
-# HTTP (port 8080) in one process, data under ./data. Extra arguments go to `serve`.
+# Run the embedded default: gateway (AE AXIOM, port 11112), pipeline and HTTP (port 8080)
+# from one command, data under ./data. Installs into .venv on the first run (and when
+# pyproject.toml changes); later starts need no network. Extra arguments go to `serve`
+# (e.g. --http-port 8081); AXIOM_CONFIG and AXIOM_DATA_DIR choose config and data dir.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"

@@ -1,4 +1,9 @@
-"""``axiom-flow`` command line."""
+"""``axiom-flow`` command line.
+
+A user's mistake (a missing file, a bad choice, a bad time, an invalid config, a port
+already taken) ends in one line on stderr and a non-zero exit: 2 for what is wrong on
+the command line or in the config, 1 for what the system refused (files, ports). Any
+other exception is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -8,31 +13,118 @@ import os
 import signal
 import sys
 import threading
+import typing
+from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 
-from shared.config import ConfigError, dump_yaml, load_yaml
+from shared.config import AppConfig, ConfigError, dump_yaml, load_yaml
+from shared.messages import SourceType
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, except where there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("axiom-flow")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _readable_file(value: str) -> str:
+    """An argparse type: the path of a file that exists and can be read."""
+    path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value}: is a directory, not a file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{value}: {exc.strerror.lower() if exc.strerror else exc}") from None
+    return value
+
+
+def _count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 0")
+    return n
+
+
+def _port(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0-65535)")
+    return n
+
+
+def _iso_time(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an ISO 8601 time, e.g. 2024-05-01T14:30 (UTC) or 2024-05-01T14:30+02:00") from None
+
+
+def _load_config(path: str) -> AppConfig:
+    try:
+        return load_yaml(path)
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not a YAML text file (not UTF-8)"]) from None
 
 
 def _serve(args) -> int:
     from shared.runtime.local import EmbeddedRuntime
 
-    config = load_yaml(args.config)
+    config = _load_config(args.config)
     runtime = EmbeddedRuntime(config, Path(args.data_dir), http_host=args.http_host,
                               http_port=None if args.http_port == 0 else args.http_port,
                               pipeline_processes=args.pipeline_processes, route_processes=args.route_processes)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    runtime.start()
-    status = runtime.status()
-    print(f"axiom-flow serving: DICOM listeners {status['listeners']}, data in {runtime.data_dir}", flush=True)
-    stop.wait()
-    runtime.stop()
+    try:
+        try:
+            runtime.start()
+        except OSError as exc:
+            if exc.filename is None:  # a socket: the DICOM listeners are what start() binds
+                where = ", ".join(f"{lsn.host}:{lsn.port}" for lsn in config.listeners)
+                raise OSError(exc.errno, f"{exc.strerror} (DICOM listeners on {where})") from None
+            raise
+        status = runtime.status()
+        http = f"http://{args.http_host}:{args.http_port}" if args.http_port else "off"
+        print(f"axiom-flow serving: DICOM listeners {status['listeners']}, HTTP {http}, "
+              f"{len(status['pipeline_processes'])} pipeline child process(es), data in {runtime.data_dir}", flush=True)
+        stop.wait()
+    finally:
+        runtime.stop()
     return 0
 
 
 def _validate(args) -> int:
-    config = load_yaml(args.config)
+    config = _load_config(args.config)
     if args.print:
         sys.stdout.write(dump_yaml(config))
     else:
@@ -42,56 +134,105 @@ def _validate(args) -> int:
 
 def _rules_test(args) -> int:
     import json
-    from datetime import datetime
 
     from shared.dryrun import dry_run
     from shared.messages import IngestMetadata
 
-    config = load_yaml(args.config)
+    config = _load_config(args.config)
     ingest = IngestMetadata(source_type=args.source_type, source_id=args.source_id or "",
                             calling_ae=args.calling_ae or "", called_ae=args.called_ae or "",
                             peer_ip=args.source_ip or "",
-                            **({"received_at": datetime.fromisoformat(args.at)} if args.at else {}))
+                            **({"received_at": args.at} if args.at else {}))
     for path in args.files:
         print(json.dumps(dry_run(config, Path(path), ingest), indent=2, default=str))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="axiom-flow", description="DICOM router")
-    parser.add_argument("--log-level", default="INFO")
-    sub = parser.add_subparsers(dest="command", required=True)
+def default_pipeline_processes() -> int:
+    """``serve --pipeline-processes`` by default: 1 with more than one core (and then
+    ``--route-processes`` 1 too), so the gateway, the stages and route each have a
+    process of their own and use separate cores rather than take turns at one
+    interpreter lock (bench/route.py: about 2.5-4 times the throughput on 2 cores);
+    0 (everything in one process) on one core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if cores > 1 else 0
 
-    serve = sub.add_parser("serve", help="run gateway, pipeline and HTTP endpoints in one process")
-    serve.add_argument("--config", required=True, help="YAML config file")
-    serve.add_argument("--data-dir", required=True, help="where blobs, queue and state live")
-    serve.add_argument("--http-host", default="127.0.0.1")
-    serve.add_argument("--http-port", type=int, default=8080, help="0 disables HTTP")
-    serve.add_argument("--pipeline-processes", type=int, default=int(os.environ.get("AXIOM_PIPELINE_PROCESSES", "0")),
-                       help="run the stage workers in N child processes (0: in this process)")
-    serve.add_argument("--route-processes", type=int, default=int(os.environ.get("AXIOM_ROUTE_PROCESSES", "0")),
-                       help="run route's workers in M child processes of their own (0: with the other stages)")
-    serve.set_defaults(func=_serve)
 
-    validate = sub.add_parser("validate", help="check a config file")
-    validate.add_argument("config")
+def default_route_processes(pipeline_processes: int) -> int:
+    """``serve --route-processes`` by default: route in a process of its own whenever
+    the other stages are in child processes, never when everything is in one."""
+    return min(pipeline_processes, 1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="axiom-flow", description="DICOM router: receive, apply rules, morph tags, deliver.",
+                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="log messages of this level and above (case does not matter)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(parent, name: str, help: str) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+
+    env_config = os.environ.get("AXIOM_CONFIG") or None
+    config_help = "YAML config file (default: $AXIOM_CONFIG" + (f", now {env_config})" if env_config else ", not set)")
+
+    serve = command(sub, "serve", "run gateway, pipeline and HTTP endpoints (one command; the pipeline may use "
+                                  "child processes)")
+    serve.add_argument("--config", type=_readable_file, default=env_config, metavar="FILE", help=config_help)
+    serve.add_argument("--data-dir", metavar="DIR", default=os.environ.get("AXIOM_DATA_DIR") or "data",
+                       help="where blobs, queue and state live ($AXIOM_DATA_DIR)")
+    serve.add_argument("--http-host", metavar="HOST", default=os.environ.get("AXIOM_HTTP_HOST") or "127.0.0.1",
+                       help="address of the HTTP endpoints: status, exceptions, STOW-RS ($AXIOM_HTTP_HOST)")
+    serve.add_argument("--http-port", type=_port, metavar="PORT", default=os.environ.get("AXIOM_HTTP_PORT") or "8080",
+                       help="port of the HTTP endpoints, 0 turns HTTP off ($AXIOM_HTTP_PORT)")
+    serve.add_argument("--pipeline-processes", type=_count, metavar="N",
+                       default=os.environ.get("AXIOM_PIPELINE_PROCESSES") or str(default_pipeline_processes()),
+                       help="run the stage workers in N child processes; 0 runs everything in this one process "
+                            "($AXIOM_PIPELINE_PROCESSES; otherwise 1 on a machine with more than one core, 0 on one "
+                            "core)")
+    serve.add_argument("--route-processes", type=_count, metavar="M", default=os.environ.get("AXIOM_ROUTE_PROCESSES"),
+                       help="run route's workers in M child processes of their own; 0 routes with the other stages "
+                            "($AXIOM_ROUTE_PROCESSES; otherwise 1 when the stage workers run in child processes, "
+                            "else 0)")
+    serve.set_defaults(func=_serve, parser=serve)
+
+    validate = command(sub, "validate", "check a config file")
+    validate.add_argument("config", type=_readable_file, metavar="FILE", help="YAML config file")
     validate.add_argument("--print", action="store_true", help="print the normalized config")
     validate.set_defaults(func=_validate)
 
-    rules = sub.add_parser("rules", help="work with rules").add_subparsers(dest="rules_command", required=True)
-    test = rules.add_parser("test", help="dry-run the rules on files: matches, reasons, tag diff, destinations (JSON)")
-    test.add_argument("files", nargs="+", metavar="FILE")
-    test.add_argument("--config", required=True)
-    test.add_argument("--calling-ae")
-    test.add_argument("--called-ae")
-    test.add_argument("--source-ip")
-    test.add_argument("--source-type", default="cstore")
-    test.add_argument("--source-id")
-    test.add_argument("--at", help="evaluate schedules at this ISO time (default: now)")
-    test.set_defaults(func=_rules_test)
+    rules = command(sub, "rules", "work with rules").add_subparsers(dest="rules_command", required=True,
+                                                                     metavar="COMMAND")
+    test = command(rules, "test", "dry-run the rules on files: matches, reasons, tag diff, destinations (JSON)")
+    test.add_argument("files", nargs="+", metavar="FILE", type=_readable_file, help="DICOM Part 10 files")
+    test.add_argument("--config", type=_readable_file, default=env_config, metavar="FILE", help=config_help)
+    test.add_argument("--calling-ae", metavar="AE", help="as if sent by this calling AE title")
+    test.add_argument("--called-ae", metavar="AE", help="as if sent to this called AE title")
+    test.add_argument("--source-ip", metavar="IP", help="as if sent from this IP address")
+    test.add_argument("--source-type", default="cstore", choices=typing.get_args(SourceType),
+                      help="how the instance arrived")
+    test.add_argument("--source-id", metavar="ID", help="the id of the source (a poller's, or stow.id)")
+    test.add_argument("--at", type=_iso_time, metavar="TIME", help="evaluate schedules at this ISO 8601 time (naive: UTC; "
+                                                   "default: now)")
+    test.set_defaults(func=_rules_test, parser=test)
+    return parser
 
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line with every default resolved; a mistake exits (argparse)."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "parser", None) and args.config is None:
+        args.parser.error("a config file is needed: --config FILE, or set AXIOM_CONFIG")
+    if getattr(args, "route_processes", 0) is None:
+        args.route_processes = default_route_processes(args.pipeline_processes)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per HTTP request
     try:
@@ -99,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"axiom-flow: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file, directory or port the system refused
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"axiom-flow: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

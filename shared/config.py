@@ -742,8 +742,10 @@ def load_yaml(path: str | Path) -> AppConfig:
     text = expand_env(Path(path).read_text())
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    except yaml.YAMLError as exc:  # one line: where, and what is wrong there
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"]) from None
     return parse_config(data)
 
 

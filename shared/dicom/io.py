@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID
+from pydicom.valuerep import STANDARD_VR
 
 from shared.errors import Unprocessable
 
@@ -43,10 +44,21 @@ _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b
 _FIXED_SIZE = {b"US": 2, b"SS": 2, b"UL": 4, b"SL": 4, b"FL": 4, b"FD": 8, b"AT": 4, b"SV": 8, b"UV": 8,
                b"OW": 2, b"OF": 4, b"OD": 8, b"OL": 4, b"OV": 8}
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
+# The value representations of PS3.5 section 6.2, as encoded in an explicit VR header.
+_VALID_VRS = frozenset(vr.value.encode("ascii") for vr in STANDARD_VR)
 
 # One encoded element: (tag, header start, value start, length field, end). The length
 # field is 0xFFFFFFFF for an undefined length; ``end`` is then after the delimiter.
 Span = tuple[int, int, int, int, int]
+
+
+def _invalid_vr(group: int, element: int, vr: bytes) -> Unprocessable:
+    reason = f"element ({group:04X},{element:04X}) has an invalid value representation {vr.decode('latin-1')!r} (PS3.5 6.2)"
+    if 0 in vr:
+        # what an implicit VR dataset under an explicit VR transfer syntax looks like: the
+        # "VR" is half of a 32-bit length, mostly zero bytes
+        reason += "; the dataset may be encoded in implicit VR although its transfer syntax is explicit VR"
+    return Unprocessable(reason)
 
 
 class _Walker:
@@ -54,7 +66,9 @@ class _Walker:
     (PS3.5 section 7: data elements; 7.5: nesting of data sets; A.4: encapsulated
     pixel data). Every value must fit in what remains, every undefined length must
     end in its delimiter, sequence items of defined length must hold whole elements,
-    and fixed-size binary values (US, UL, FD, ...) must be a whole number of values."""
+    fixed-size binary values (US, UL, FD, ...) must be a whole number of values, and an
+    explicit VR must be one PS3.5 section 6.2 defines (nobody downstream can read a
+    value whose VR is unknown; its length field may not even be where we assume)."""
 
     def __init__(self, data: bytes, implicit: bool, little: bool):
         self.data = data
@@ -77,7 +91,7 @@ class _Walker:
         its length field as encoded, and where it ends (after its delimiter, for an
         undefined length). Nested elements are checked but not listed."""
         data, tag_s, explicit_s, u32 = self.data, self.tag, self.explicit_header, self.u32
-        long_vrs, fixed, dictionary = _LONG_VRS, _FIXED_SIZE, DicomDictionary
+        long_vrs, fixed, dictionary, valid_vrs = _LONG_VRS, _FIXED_SIZE, DicomDictionary, _VALID_VRS
         while pos < end:
             start = pos
             if end - pos < 8:
@@ -100,8 +114,10 @@ class _Walker:
                     raise self._corrupt("the file ends inside a data element header")
                 length = u32.unpack_from(data, pos + 8)[0]
                 pos += 12
-            else:
+            elif vr in valid_vrs:
                 pos += 8
+            else:
+                raise _invalid_vr(group, element, vr)
             if length == _UNDEFINED:
                 value = pos
                 # a sequence, or encapsulated pixel data: fragments (PS3.5 A.4)
@@ -202,6 +218,16 @@ def top_level_spans(data: bytes, offset: int, syntax: UID) -> list[Span]:
     return spans
 
 
+def _check_part10_prefix(head: bytes) -> None:
+    """Raise :class:`Unprocessable` unless ``head`` starts like a Part 10 file: a
+    128-byte preamble and the "DICM" prefix (PS3.10 section 7.1)."""
+    if len(head) < 132:
+        raise Unprocessable(f"not a DICOM Part 10 file: only {len(head)} bytes, too short for the 128-byte "
+                            "preamble and 'DICM' prefix (PS3.10 7.1)")
+    if head[128:132] != b"DICM":
+        raise Unprocessable("not a DICOM Part 10 file: no 'DICM' prefix at byte 128 (PS3.10 7.1)")
+
+
 def check_complete(path: Path, data: bytes | None = None) -> None:
     """Raise :class:`Unprocessable` if the file ends inside a data element or its
     structure is broken.
@@ -215,6 +241,7 @@ def check_complete(path: Path, data: bytes | None = None) -> None:
     syntactically a shorter valid dataset and is left to IOD validation."""
     if data is None:
         data = Path(path).read_bytes()
+    _check_part10_prefix(data)
     offset, syntax = part10_layout(data)
     if offset is None:  # unusual file meta: let pydicom read it
         meta = read_file_meta_info(path)
@@ -255,12 +282,16 @@ def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool =
     copying them out cost a third of the parse, and a splice never needs them."""
     try:
         if stop_before_pixels:
+            with open(path, "rb") as fh:
+                _check_part10_prefix(fh.read(132))
             source = path
         else:
             if data is None:
                 data = Path(path).read_bytes()
             if check:
                 check_complete(path, data)
+            else:
+                _check_part10_prefix(data)
             source = BytesIO(data)
         ds = dcmread(source, stop_before_pixels=stop_before_pixels,
                      defer_size=None if stop_before_pixels else DEFER_BYTES)
@@ -269,10 +300,10 @@ def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool =
                 pass
     except Unprocessable:
         raise
-    except InvalidDicomError as exc:
+    except InvalidDicomError as exc:  # the prefix is checked above; this is pydicom's own judgement
         raise Unprocessable(f"not a DICOM Part 10 file: {exc}") from None
     except Exception as exc:  # pydicom raises many types for corrupt input
-        raise Unprocessable(f"could not parse DICOM: {type(exc).__name__}: {exc}") from None
+        raise Unprocessable(f"could not parse DICOM: {exc or type(exc).__name__}") from None
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
         raise Unprocessable("file meta has no Transfer Syntax UID")
     missing = [kw for kw in REQUIRED if not ds.get(kw)]

@@ -1,7 +1,8 @@
 """The embedded runtime: gateway, stages and HTTP endpoints with no cloud at all.
 
-By default everything runs in one process. With ``pipeline_processes`` > 0 the stage
-workers run in that many child processes instead (same data dir, same code), so the
+By default everything runs in one process (``axiom-flow serve`` asks for child
+processes when there is more than one core: shared/cli.py). With ``pipeline_processes``
+> 0 the stage workers run in that many child processes instead (same data dir, same code), so the
 gateway's receive loop and the pipeline use separate cores rather than sharing one
 interpreter lock; with ``route_processes`` > 0 route's workers run in child processes
 of their own, and the others no longer route. The children die with the parent
@@ -207,7 +208,7 @@ class EmbeddedRuntime:
             self._release_thread.join(10)
         self.sources.stop()
         self.gateway.stop()
-        if self._http:
+        if self._http_thread:  # shutdown() waits for serve_forever: only if it ever ran
             self._http.shutdown()
         for child in self._children:
             child.terminate()

@@ -70,6 +70,50 @@ def test_non_dicom_and_truncated_over_store_are_quarantined(tmp_path):
             dataset_bytes(tmp_path / name) for name in ("garbage.dcm", "truncated.dcm"))
         records = server.exceptions()
         assert {r["status"] for r in records} == {"quarantined"}
-        assert all("truncated or corrupt" in r["reason"] for r in records)
+        # the garbage bytes read as an element with the VR "hi" (from "this")
+        assert sorted(r["reason"].split(":")[0] for r in records) == [
+            "element (FEFF,7420) has an invalid value representation 'hi' (PS3.5 6.2)", "truncated or corrupt"]
         # the good instance still went through
         assert len(list((server.data_dir / "out").rglob("*.dcm"))) == 1
+
+
+def invalid_vr_instance(path: Path) -> Path:
+    """CT_small with Station Name (0008,1010) encoded with the VR 'GA', which PS3.5 6.2
+    does not define (a 16-bit length, as pydicom and the old check assumed). dcmtk's
+    storescu cannot send this: it re-encodes an unknown VR as UN, so it is sent raw."""
+    data = bytearray(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    at = data.index(b"\x08\x00\x10\x10SH")
+    data[at + 4:at + 6] = b"GA"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_invalid_vr_and_non_dicom_are_quarantined_with_plain_reasons(tmp_path):
+    import httpx
+
+    config = {"destinations": [{"id": "archive", "type": "filesystem", "path": "out"}],
+              "rulesets": [{"id": "main", "rules": [{"id": "all", "destinations": ["archive"]}]}],
+              "stow": {"api_keys": "env:AXIOM_TEST_STOW_KEYS"}}
+    bad = invalid_vr_instance(tmp_path / "invalid-vr.dcm")
+    with AxiomServer(tmp_path / "data", config, env={"AXIOM_TEST_STOW_KEYS": "key-0123456789"}) as server:
+        assert send_raw(server.dicom_port, bad) == 0x0000  # stored first, judged after
+        answer = httpx.post(f"http://127.0.0.1:{server.http_port}/dicomweb/studies", content=b"%PDF-1.4 a report\n" * 20,
+                            headers={"X-API-Key": "key-0123456789", "Content-Type": "application/dicom"}, timeout=30)
+        assert answer.status_code == 409
+        good = tmp_path / "good.dcm"
+        ds = dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SOPInstanceUID = generate_uid()  # not the invalid one's
+        ds.save_as(good)
+        storescu(server.dicom_port, [good])
+        status = server.wait_idle()
+
+        assert status["exceptions"] == 2
+        reasons = sorted(r["reason"] for r in server.exceptions())
+        assert reasons == ["STOW-RS part 1 refused (0xC000): not a DICOM Part 10 file: no 'DICM' prefix at byte 128 "
+                           "(PS3.10 7.1)", "element (0008,1010) has an invalid value representation 'GA' (PS3.5 6.2)"]
+        assert {r["status"] for r in server.exceptions()} == {"quarantined"}
+        quarantined = sorted((server.data_dir / "blobs" / "quarantine").rglob("*.dcm"))
+        assert dataset_bytes(bad) in [dataset_bytes(p) for p in quarantined if p.read_bytes()[128:132] == b"DICM"]
+        # only the good instance was delivered, and not the one with the invalid VR
+        delivered = list((server.data_dir / "out").rglob("*.dcm"))
+        assert [dcmread(p).SOPInstanceUID for p in delivered] == [dcmread(good).SOPInstanceUID]
