@@ -15,7 +15,7 @@ associations) and a fresh router, and ``sync`` runs before each timed send.
   ``"MaximumPduLength": 131072`` and the storescp in ``DicomModalities``. The Lua
   ``OnStoredInstance`` pushes a ``modify`` job step that sets the same three tags and
   keeps the SOP Instance UID, then ``Delete(SendToModality('', 'dest'))`` (recipe from
-  /work/shared/TESTBED.md); instances stored by the Lua job itself are skipped.
+  ../shared/TESTBED.md); instances stored by the Lua job itself are skipped.
 
 Both routers get every instance from one ``storescu`` process on one association. The
 time of a run is from spawning ``storescu`` until every instance is on disk at the
