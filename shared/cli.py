@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from shared.config import AppConfig, ConfigError, dump_yaml, load_yaml
+from shared.logs import install as install_log_safety
 from shared.messages import SourceType
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -233,6 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_safety()  # no tag values in log lines (shared/logs.py)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per HTTP request
     try:

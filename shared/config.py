@@ -33,7 +33,7 @@ from shared.dicom.tags import TagAddressError, parse_path
 from shared.dicom.values import check_comparable, check_value_for_vr
 from shared.messages import SourceType
 from shared.regex import compile_regex
-from shared.templates import check_template, has_fields
+from shared.templates import check_name_template, check_template, has_fields
 
 _VR_NAMES = frozenset(str(vr) for vr in _VR)
 
@@ -484,7 +484,7 @@ class FilesystemDestination(DestinationBase):
     path: str  # relative paths are taken relative to the data dir
     name_template: str = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
 
-    _template = field_validator("name_template")(lambda cls, v: check_template(v))
+    _template = field_validator("name_template")(lambda cls, v: check_name_template(v))
 
 
 class CStoreDestination(DestinationBase):
@@ -536,7 +536,7 @@ class GCSDestination(DestinationBase):
     bucket: str
     name_template: str = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
 
-    _template = field_validator("name_template")(lambda cls, v: check_template(v))
+    _template = field_validator("name_template")(lambda cls, v: check_name_template(v))
 
 
 Destination = Annotated[

@@ -378,15 +378,31 @@ _UID_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIns
 
 def validate_instance(ds: Dataset, settings: Settings) -> list[str]:
     """Problems that stop an instance from being routed: missing required attributes
-    (settings.required_attributes) and malformed UIDs (PS3.5 section 9.1)."""
+    (settings.required_attributes), malformed UIDs (PS3.5 section 9.1) or UIDs not
+    encoded as UI, and file meta elements (group 0002) in the data set, where PS3.10
+    section 7.1 does not allow them. None of them names a value.
+
+    Reading a value may raise :class:`shared.dicom.io.UndecodableValue` (an
+    :class:`~shared.errors.Unprocessable`) for one that cannot be decoded."""
     problems = []
+    meta_in_dataset = [tag for tag in ds.keys() if tag.group == 0x0002]
+    if meta_in_dataset:
+        problems.append(f"the data set holds file meta elements ({', '.join(str(t) for t in meta_in_dataset[:3])}"
+                        f"{', ...' if len(meta_in_dataset) > 3 else ''}), which belong in the file meta "
+                        "information only (PS3.10 7.1)")
     for address in settings.required_attributes:
         exists, _, values = element_values(ds, address)
         if not exists or not values:
             problems.append(f"required attribute {address} is {'empty' if exists else 'missing'}")
     for keyword in _UID_KEYWORDS:
-        value = ds.get(keyword)
-        if value and not UID(str(value)).is_valid:
+        if keyword not in ds:
+            continue
+        elem = ds[keyword]
+        if elem.VR != "UI":
+            problems.append(f"{keyword} is encoded with the VR {elem.VR}, not UI (PS3.6)")
+        elif isinstance(elem.value, (list, MultiValue)):
+            problems.append(f"{keyword} has {len(elem.value)} values, not one (PS3.6)")
+        elif elem.value and not UID(str(elem.value)).is_valid:
             problems.append(f"{keyword} is not a valid UID")
     ts = getattr(ds, "file_meta", None) and ds.file_meta.get("TransferSyntaxUID")
     if ts and not UID(str(ts)).is_valid:

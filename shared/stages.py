@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import tempfile
 import threading
 import uuid
@@ -29,6 +30,7 @@ from shared.dicom.io import content_digest, read_instance, write_instance
 from shared.dicom.original_attributes import ORIGINAL_ATTRIBUTES_SEQUENCE, OriginalAttributesPolicy
 from shared.dicom.splice import write_spliced
 from shared.errors import DeliveryRefused, RetryLater, Unprocessable
+from shared.logs import describe_error
 from shared.memo import PerObject
 from shared.messages import BlobRef, DeadLetter, Delivery, IngestMetadata, ObjectFinalized, Plan
 from shared.morph import apply_actions
@@ -113,14 +115,15 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
         with ports.blobs.local_path(event.blob) as path:
             data = path.read_bytes()
             ds = read_instance(path, data=data)
-    except Unprocessable as exc:
+        problems = validate_instance(ds, config.settings)
+        if problems:
+            raise Unprocessable("; ".join(problems))
+        # values are decoded here, as the rules read them: one that cannot be raises
+        # Unprocessable (shared/dicom/io.UndecodableValue), and so does it in morph
+        decision = decide(config, ds, ingest)
+    except Unprocessable as exc:  # bad input: retrying cannot help, quarantined at first sight
         quarantine(ports, event.blob, str(exc), stage="match")
         return None
-    problems = validate_instance(ds, config.settings)
-    if problems:
-        quarantine(ports, event.blob, "; ".join(problems), stage="match")
-        return None
-    decision = decide(config, ds, ingest)
     plan = Plan(
         blob=event.blob,
         ingest=ingest,
@@ -203,31 +206,32 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
                 items_before = _original_attributes_items(ds)
                 apply_actions(ds, plan.actions, morph_services(config), original_attributes=policy)
                 added = _original_attributes_items(ds) > items_before
-        except Unprocessable as exc:
+                fd, tmp = tempfile.mkstemp(prefix="axiom-morph-", suffix=".dcm")
+                os.close(fd)
+                out = Path(tmp)
+                try:
+                    # copy the unchanged elements' bytes; pydicom re-encodes when that cannot apply
+                    if write_spliced(path, ds, None, out, data=data, hashed=False) is None:
+                        _write_changed(ds, out)
+                    sha = content_digest(out.read_bytes(), ignore_last_modification_time=added)
+                    blob = ports.blobs.put_file(config.settings.processed_bucket,
+                                                processed_name(plan.ingest, str(ds.SOPInstanceUID), sha), out,
+                                                move=True)
+                finally:
+                    out.unlink(missing_ok=True)
+            else:  # nothing to change: deliver the received bytes as they are
+                sha = content_digest(data)
+                blob = plan.blob
+            uids = (str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+        except Unprocessable as exc:  # bad input: retrying cannot help, quarantined at first sight
             quarantine(ports, plan.blob, str(exc), stage="morph")
             return []
-        if plan.actions:
-            fd, tmp = tempfile.mkstemp(prefix="axiom-morph-", suffix=".dcm")
-            os.close(fd)
-            out = Path(tmp)
-            try:
-                # copy the unchanged elements' bytes; pydicom re-encodes when that cannot apply
-                if write_spliced(path, ds, None, out, data=data, hashed=False) is None:
-                    write_instance(ds, out, hashed=False)
-                sha = content_digest(out.read_bytes(), ignore_last_modification_time=added)
-                blob = ports.blobs.put_file(config.settings.processed_bucket,
-                                            processed_name(plan.ingest, str(ds.SOPInstanceUID), sha), out, move=True)
-            finally:
-                out.unlink(missing_ok=True)
-        else:  # nothing to change: deliver the received bytes as they are
-            sha = content_digest(data)
-            blob = plan.blob
     deliveries = []
     for dest_id in plan.destination_ids:
         delivery = Delivery(
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            sop_instance_uid=uids[0],
+            sop_class_uid=uids[1],
+            transfer_syntax_uid=uids[2],
             destination_id=dest_id,
             blob=blob,
             sha256=sha,
@@ -242,6 +246,18 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
         ports.bus.publish(TOPIC_DELIVER, delivery)
         deliveries.append(delivery)
     return deliveries
+
+
+def _write_changed(ds: Dataset, out: Path) -> None:
+    """Write a changed instance with pydicom. pydicom refuses to encode some data sets
+    it read (a value that does not fit its VR, ...): that is the input, and retrying
+    cannot change it."""
+    try:
+        write_instance(ds, out, hashed=False)
+    except Unprocessable:
+        raise
+    except (ValueError, TypeError, OverflowError, struct.error) as exc:
+        raise Unprocessable(f"the changed instance cannot be encoded: {describe_error(exc)}") from None
 
 
 def _original_attributes_items(ds: Dataset) -> int:
@@ -336,7 +352,7 @@ def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
             where = ports.senders.send(dest, path, delivery)
     except Exception as exc:
         ports.ledger.release(key)
-        reason = str(exc) if isinstance(exc, (RetryLater, Unprocessable, DeliveryRefused)) else f"{type(exc).__name__}: {exc}"
+        reason = describe_error(exc)  # no file name, no library message: they may hold tag values
         refused = isinstance(exc, (Unprocessable, DeliveryRefused))
         if refused or attempt >= dest.retry.max_attempts:
             record_exception(ports, stage="route", status="refused" if refused else "failed",
@@ -345,7 +361,7 @@ def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
                              topic=TOPIC_DELIVER, body=delivery.model_dump_json())
             return "failed"
         delay = min(dest.retry.max_backoff_s, dest.retry.initial_backoff_s * 2 ** (attempt - 1))
-        raise RetryLater(reason, delay_s=delay) from exc
+        raise RetryLater(reason, delay_s=delay) from None
     ports.ledger.mark_delivered(key, {"destination_id": dest.id, "sop_instance_uid": delivery.sop_instance_uid,
                                       "sha256": delivery.sha256, "where": where,
                                       "delivered_at": datetime.now(timezone.utc).isoformat()})

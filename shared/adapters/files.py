@@ -34,7 +34,8 @@ def durable_place(src: Path, dest: Path, *, move: bool) -> None:
     """Put ``src`` at ``dest`` atomically and durably. With ``move`` the source file is
     renamed; without, it is hard-linked (both names then share bytes that nothing
     changes in place: every write here replaces a file). Either falls back to a copy
-    across filesystems."""
+    across filesystems. A failure leaves no temporary file behind (``dest`` a folder,
+    a full disk, ...)."""
     ensure_dir(dest.parent)
     with open(src, "rb") as fh:
         os.fsync(fh.fileno())
@@ -44,7 +45,11 @@ def durable_place(src: Path, dest: Path, *, move: bool) -> None:
         else:
             tmp = dest.parent / f".tmp-{os.getpid()}-{os.urandom(6).hex()}"
             os.link(src, tmp)
-            os.replace(tmp, dest)
+            try:
+                os.replace(tmp, dest)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         fsync_dir(dest.parent)
         return
     except OSError as exc:

@@ -44,13 +44,15 @@ class LocalBlobStore:
 
     def put_file(self, bucket, name, path, metadata=None, *, move=False) -> BlobRef:
         dest = self._path(bucket, name)
-        # as in GCS, an upload replaces the object's metadata (none: none left)
+        durable_place(Path(path), dest, move=move)  # a failure leaves neither a file nor a row
+        # as in GCS, an upload replaces the object's metadata (none: none left). After
+        # the file: a crash in between leaves an object nobody was told about (the
+        # finalize message below was not sent), whose upload is then repeated.
         if metadata:
             self._metadata.conn().execute("INSERT OR REPLACE INTO object_metadata (bucket, name, body) VALUES (?,?,?)",
                                           (bucket, name, json.dumps(metadata)))
         else:
             self._forget_metadata(bucket, name)
-        durable_place(Path(path), dest, move=move)
         ref = BlobRef(bucket=bucket, name=name, generation=str(time.time_ns()))
         if self.on_finalize and bucket in self.notify_buckets:
             self.on_finalize(ObjectFinalized(blob=ref, metadata=metadata or {}))

@@ -23,6 +23,7 @@ from typing import Callable
 
 from shared.adapters.sqlite import SQLiteDatabase
 from shared.errors import RetryLater
+from shared.logs import describe_error
 from shared.messages import DeadLetter, Message
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,8 @@ class LocalQueue:
                 sub.handler(body, attempt)
             except Exception as exc:  # any failure: retry, then dead-letter
                 delay = exc.delay_s if isinstance(exc, RetryLater) and exc.delay_s is not None else sub.backoff(attempt)
-                self._nack(sub, msg_id, body, attempt, f"{type(exc).__name__}: {exc}", delay)
+                # described without file names or library messages: they may hold tag values
+                self._nack(sub, msg_id, body, attempt, describe_error(exc, typed=True), delay)
             else:
                 self._work_db.conn().execute("DELETE FROM messages WHERE id=?", (msg_id,))
 

@@ -23,6 +23,7 @@ from shared.config import CStoreDestination
 from shared.destinations.tlsctx import client_context
 from shared.dicom import reactor
 from shared.errors import DeliveryRefused, RetryLater
+from shared.logs import describe_error
 from shared.messages import Delivery
 from shared.secrets import Secrets
 
@@ -154,7 +155,7 @@ class CStoreSender:
         except Exception as exc:
             assoc.abort()
             self._checkin(key, None)
-            raise RetryLater(f"C-STORE to {self.peer} failed: {type(exc).__name__}: {exc}") from exc
+            raise RetryLater(f"C-STORE to {self.peer} failed: {describe_error(exc)}") from None
         if "Status" not in status:
             assoc.abort()
             self._checkin(key, None)

@@ -1,4 +1,5 @@
-"""GCS destination: one object per instance, named from tags (see filesystem.object_name)."""
+"""GCS destination: one object per instance, named from tags (see filesystem.object_name).
+No message here carries the object name: it is made of tag values."""
 
 from __future__ import annotations
 
@@ -33,10 +34,16 @@ class GCSSender:
             blob.reload()
             if (blob.metadata or {}).get("axiom-sha256") == delivery.sha256:
                 return f"gs://{self.dest.bucket}/{name} (already there)"
-            raise DeliveryRefused(f"gs://{self.dest.bucket}/{name} exists with a different data set for "
-                                  f"SOP Instance {delivery.sop_instance_uid}") from None
-        except (gexc.ServiceUnavailable, gexc.InternalServerError, gexc.TooManyRequests, ConnectionError) as exc:
-            raise RetryLater(f"GCS upload to {self.dest.bucket} failed: {exc}") from exc
+            raise DeliveryRefused(f"{self.dest.id} already has a different data set under this instance's object "
+                                  f"name in bucket {self.dest.bucket} (SOP Instance {delivery.sop_instance_uid})") from None
+        except gexc.BadRequest as exc:  # GCS's messages quote the request URL, which holds the name
+            raise DeliveryRefused(f"GCS refused the upload to bucket {self.dest.bucket}: HTTP {exc.code} "
+                                  f"{type(exc).__name__}") from None
+        except gexc.GoogleAPICallError as exc:  # permissions, a missing bucket, outages: worth retrying
+            raise RetryLater(f"GCS upload to bucket {self.dest.bucket} failed: HTTP {exc.code} "
+                             f"{type(exc).__name__}") from None
+        except OSError as exc:  # requests' connection errors and timeouts are OSErrors
+            raise RetryLater(f"GCS upload to bucket {self.dest.bucket} failed: {type(exc).__name__}") from None
         return f"gs://{self.dest.bucket}/{name}"
 
     def close(self) -> None:

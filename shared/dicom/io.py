@@ -13,7 +13,8 @@ from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.datadict import DicomDictionary
+from pydicom import hooks as pydicom_hooks
+from pydicom.datadict import DicomDictionary, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
@@ -21,6 +22,7 @@ from pydicom.uid import UID
 from pydicom.valuerep import STANDARD_VR
 
 from shared.errors import Unprocessable
+from shared.logs import describe_error
 
 REQUIRED = ("SOPClassUID", "SOPInstanceUID")
 # values at least this long stay in the source bytes until used (pydicom defer_size)
@@ -262,6 +264,30 @@ def check_complete(path: Path, data: bytes | None = None) -> None:
         offset, len(data), implicit=syntax.is_implicit_VR)
 
 
+class UndecodableValue(Unprocessable, ValueError):
+    """An element's value cannot be decoded for its VR (an unknown VR, a length that is
+    no whole number of values, ...). pydicom decodes values when they are first used,
+    so this is raised there: by the rules in match, by morph, by a name template. It
+    is the input's fault: retrying cannot help, so the instance is quarantined. (A
+    ValueError too, for code that catches pydicom's.)"""
+
+
+def _decode_value(raw, data: dict, **kwargs) -> None:
+    """pydicom's ``raw_element_value`` hook, raising :class:`UndecodableValue` (naming
+    the element, never its value) instead of whatever the conversion raised."""
+    try:
+        _pydicom_decode_value(raw, data, **kwargs)
+    except Exception as exc:
+        keyword = keyword_for_tag(raw.tag)
+        raise UndecodableValue(
+            f"element {raw.tag}{f' {keyword}' if keyword else ''} cannot be decoded as VR {data.get('VR')!s:.8} "
+            f"(PS3.5 6.2; {type(exc).__name__})") from None
+
+
+_pydicom_decode_value = pydicom_hooks.raw_element_value
+pydicom_hooks.hooks.register_callback("raw_element_value", _decode_value)
+
+
 def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool = True,
                   data: bytes | None = None) -> Dataset:
     """Parse a Part 10 file; anything that is not a complete DICOM file raises
@@ -302,8 +328,8 @@ def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool =
         raise
     except InvalidDicomError as exc:  # the prefix is checked above; this is pydicom's own judgement
         raise Unprocessable(f"not a DICOM Part 10 file: {exc}") from None
-    except Exception as exc:  # pydicom raises many types for corrupt input
-        raise Unprocessable(f"could not parse DICOM: {exc or type(exc).__name__}") from None
+    except Exception as exc:  # pydicom raises many types for corrupt input; their messages may quote values
+        raise Unprocessable(f"could not parse DICOM: {describe_error(exc)}") from None
     if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
         raise Unprocessable("file meta has no Transfer Syntax UID")
     missing = [kw for kw in REQUIRED if not ds.get(kw)]

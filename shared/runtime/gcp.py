@@ -32,7 +32,10 @@ from typing import Mapping
 
 from shared import stages
 from shared.config import AppConfig, load_yaml, to_documents
+from shared.logs import install as install_log_safety
 from shared.runtime.configcache import CachedConfig
+
+install_log_safety()  # every process of this runtime imports this module first: no tag values in logs
 
 TOPIC_INGEST = stages.TOPIC_INGEST
 TOPIC_DEAD_LETTER = "dead-letter"

@@ -40,6 +40,7 @@ from shared.config import AppConfig, to_documents
 from shared.destinations import Senders
 from shared.http import create_app
 from shared.ingest import Ingestor
+from shared.logs import install as install_log_safety
 from shared.messages import DeadLetter, Delivery, ObjectFinalized, Plan
 from shared.runtime.configcache import CachedConfig
 from shared.secrets import Secrets
@@ -106,6 +107,7 @@ def _pipeline_process(data_dir: str, route_workers: int, log_level: int, parent_
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[pipeline]: %(message)s")
+    install_log_safety()  # as in the parent (shared/cli.py): no tag values in log lines
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     tempfile.tempdir = str(Path(data_dir) / "tmp")
     stores = _Stores(Path(data_dir), notify=False, poll_s=0.05)

@@ -539,9 +539,11 @@ def test_conflicts_on_gcs_filesystem_and_dicomweb(tmp_path):
                 for record in records.values():
                     assert record["status"] == "refused" and record["sop_instance_uid"] == sop_uid
                     assert record["retry"]["topic"] == "deliver"
-                assert records["gcs-1"]["reason"] == (f"gs://{bucket}/{name} exists with a different data set "
-                                                      f"for SOP Instance {sop_uid}")
-                assert "exists at fs-1 with a different data set" in records["fs-1"]["reason"]
+                # the reasons name the destination and the SOP Instance, not the name (made of tag values)
+                assert records["gcs-1"]["reason"] == (f"gcs-1 already has a different data set under this instance's "
+                                                      f"object name in bucket {bucket} (SOP Instance {sop_uid})")
+                assert records["fs-1"]["reason"] == (f"fs-1 already has a different data set under this instance's "
+                                                     f"name (SOP Instance {sop_uid})")
                 assert records["stow-1"]["reason"] == f"stow-1 already has SOP Instance {sop_uid} with different content"
                 # no copy was touched
                 assert gcs.client().bucket(bucket).blob(name).download_as_bytes() == first

@@ -64,8 +64,10 @@ def test_exhausted_message_goes_to_dead_letters_with_its_last_error(tmp_path):
         q.publish("t", b"payload")
         wait_for(lambda: letters, 10)
         assert letters[0].topic == "t" and letters[0].body == "payload" and letters[0].attempts == 3
-        assert "broken on attempt 3" in letters[0].last_error
-        assert q.dead_letters()[0]["last_error"] == "ValueError: broken on attempt 3"
+        # a library's message may quote a tag value: the error is its type and where it was raised
+        assert letters[0].last_error.startswith("ValueError raised at tests/unit/test_local_queue.py:")
+        assert "broken" not in letters[0].last_error
+        assert q.dead_letters()[0]["last_error"] == letters[0].last_error
         wait_for(lambda: q.pending() == 0, 5)
     finally:
         q.stop()
