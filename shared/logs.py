@@ -74,7 +74,7 @@ def describe_error(exc: BaseException, *, typed: bool = False) -> str:
     (its message may quote a value)."""
     if isinstance(exc, OWN_ERRORS):
         return f"{type(exc).__name__}: {exc}" if typed else str(exc)
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and exc.errno is not None:
         return f"{type(exc).__name__} ({describe_os_error(exc)})"
     where = _raised_at(exc)
     return f"{type(exc).__name__} raised at {where}" if where else type(exc).__name__

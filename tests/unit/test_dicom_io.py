@@ -115,3 +115,20 @@ def test_check_complete_refuses_a_file_without_prefix_in_its_own_terms(tmp_path)
     bare.write_bytes(b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100" + b"\0" * 200)
     with pytest.raises(Unprocessable, match=r"^not a DICOM Part 10 file: no 'DICM' prefix"):
         check_complete(bare)
+
+
+# --- values pydicom cannot decode ----------------------------------------------------------
+
+
+def test_a_value_pydicom_cannot_decode_is_unprocessable_naming_the_element(tmp_path):
+    from pydicom.tag import Tag
+
+    from shared.dicom.io import UndecodableValue
+    from tests.support.badvalues import unknown_vr_instance
+
+    ds = read_instance(unknown_vr_instance(tmp_path / "unknown-vr.dcm"))  # values are decoded when used
+    with pytest.raises(UndecodableValue) as raised:
+        ds[Tag(0x7019, 0x1080)]
+    assert str(raised.value) == ("element (7019,1080) cannot be decoded as VR OB_OW (PS3.5 6.2; "
+                                 "NotImplementedError)")
+    assert isinstance(raised.value, Unprocessable) and isinstance(raised.value, ValueError)

@@ -292,6 +292,19 @@ def test_validation_reports_missing_attributes_and_bad_uids():
     assert validate_instance(ds, relaxed) == ["SeriesInstanceUID is not a valid UID"]
 
 
+def test_validation_refuses_file_meta_in_the_data_set_and_uids_not_encoded_as_ui(tmp_path):
+    from shared.dicom.io import read_instance
+    from tests.support.badvalues import file_meta_in_dataset_instance, non_string_sop_class_instance
+
+    settings = parse_config({}).settings
+    meta_inside = read_instance(file_meta_in_dataset_instance(tmp_path / "meta.dcm"))
+    assert validate_instance(meta_inside, settings) == [
+        "the data set holds file meta elements ((0002,0016)), which belong in the file meta information only "
+        "(PS3.10 7.1)"]
+    number = read_instance(non_string_sop_class_instance(tmp_path / "number.dcm"))
+    assert validate_instance(number, settings) == ["SOPClassUID is encoded with the VR US, not UI (PS3.6)"]
+
+
 # --- bad config ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("when, field, words", [

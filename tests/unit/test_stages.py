@@ -380,3 +380,68 @@ def test_an_ingest_object_gone_before_planning_is_recorded_a_quarantined_one_is_
     assert stages.match(ports, gone) is None
     records = sorted((r["status"], r["blob"]) for r in ports.docs.list(stages.EXCEPTIONS).values())
     assert records == sorted([("quarantined", str(quarantined.blob)), ("failed", str(gone.blob))])
+
+
+# --- bad input and hostile values: quarantined or refused at first sight -------------------------
+
+
+def _only_record(ports) -> dict:
+    [record] = ports.docs.list(stages.EXCEPTIONS).values()
+    return record
+
+
+@pytest.mark.parametrize("build, reason", [
+    ("unknown_vr_instance", "element (7019,1080) cannot be decoded as VR OB_OW (PS3.5 6.2; NotImplementedError)"),
+    ("file_meta_in_dataset_instance", "the data set holds file meta elements ((0002,0016)), which belong in the "
+                                      "file meta information only (PS3.10 7.1)"),
+    ("non_string_sop_class_instance", "SOPClassUID is encoded with the VR US, not UI (PS3.6)"),
+])
+def test_input_pydicom_cannot_handle_is_quarantined_by_match(make_ports, tmp_path, build, reason):
+    from tests.support import badvalues
+
+    # the rule reads the private element, as a rule on any element would
+    rule = {"id": "all", "when": {"not": {"tag": badvalues.UNKNOWN_VR_TAG, "value": "x"}},
+            "actions": [{"action": "set", "tag": "StationName", "value": "ROUTED"}], "destinations": ["archive"]}
+    ports = make_ports(config(rule))
+    event = ingest(ports, getattr(badvalues, build)(tmp_path / "bad.dcm"))
+    assert stages.match(ports, event) is None
+    record = _only_record(ports)
+    assert (record["stage"], record["status"], record["reason"]) == ("match", "quarantined", reason)
+    assert ports.blobs.list("quarantine") == [event.blob.name] and ports.blobs.list("ingest") == []
+
+
+def test_a_value_only_morph_reads_is_quarantined_by_morph(make_ports, tmp_path):
+    from tests.support.badvalues import UNKNOWN_VR_TAG, unknown_vr_instance
+
+    rule = {"id": "all", "actions": [{"action": "suffix", "tag": UNKNOWN_VR_TAG, "value": "x"}],
+            "destinations": ["archive"]}
+    ports = make_ports(config(rule))
+    event = ingest(ports, unknown_vr_instance(tmp_path / "bad.dcm"))
+    plan = stages.match(ports, event)
+    assert stages.morph(ports, plan) == []
+    record = _only_record(ports)
+    assert (record["stage"], record["status"]) == ("morph", "quarantined")
+    assert record["reason"] == "element (7019,1080) cannot be decoded as VR OB_OW (PS3.5 6.2; NotImplementedError)"
+    assert ports.blobs.list("ingest") == [] and ports.blobs.list("processed") == []
+
+
+@pytest.mark.parametrize("patient_id, reason", [
+    ("..", "the name template cannot name this instance safely: PatientID is '.' or '..' (the destination folder "
+           "or the one above it)"),
+    ("CANARY7Q3" * 600, "the name template cannot name this instance safely: PatientID is 5400 bytes long, over "
+                        "the file name limit of 255"),
+])
+def test_an_unsafe_name_is_refused_on_the_first_attempt(make_ports, tmp_path, patient_id, reason):
+    from tests.support.badvalues import ct, encoded
+
+    dest = {"id": "archive", "type": "filesystem", "path": "out", "name_template": "{PatientID}/{SOPInstanceUID}.dcm"}
+    ports = make_ports(config({"id": "all", "destinations": ["archive"]}, destinations=[dest]))
+    source = tmp_path / "hostile.dcm"
+    source.write_bytes(encoded(ct(PatientID=patient_id)))
+    plan, results = run_all(ports, ingest(ports, source))
+    assert results == ["failed"]
+    record = _only_record(ports)
+    assert (record["stage"], record["status"], record["reason"]) == ("route", "refused", reason)
+    assert record["retry"]["topic"] == stages.TOPIC_DELIVER  # retried once the template is fixed
+    # '..' would have put it in tmp_path itself
+    assert not (tmp_path / "out").exists() and not (tmp_path / f"{plan.sop_instance_uid}.dcm").exists()
