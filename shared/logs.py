@@ -109,12 +109,15 @@ def safe_traceback(exc_info) -> str:
 
 
 def _scrub(record: logging.LogRecord) -> None:
-    if record.name.startswith(VALUE_ECHOING_LOGGERS):
-        record.msg, record.args = redact(record.getMessage()), ()
-    elif not record.name.startswith(PROJECT_LOGGERS):
-        message = record.getMessage()
-        if len(message) > MAX_MESSAGE:
-            record.msg, record.args = _cap(message), ()
+    try:
+        if record.name.startswith(VALUE_ECHOING_LOGGERS):
+            record.msg, record.args = redact(record.getMessage()), ()
+        elif not record.name.startswith(PROJECT_LOGGERS):
+            message = record.getMessage()
+            if len(message) > MAX_MESSAGE:
+                record.msg, record.args = _cap(message), ()
+    except Exception:  # arguments that do not fit the message: logging would print them raw
+        record.msg, record.args = f"a log message of {record.name} withheld: it could not be formatted", ()
     if record.exc_info and record.exc_info[1] is not None:
         record.exc_text = safe_traceback(record.exc_info)
 

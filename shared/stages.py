@@ -206,6 +206,9 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
                 items_before = _original_attributes_items(ds)
                 apply_actions(ds, plan.actions, morph_services(config), original_attributes=policy)
                 added = _original_attributes_items(ds) > items_before
+            # read before writing anything: a value that cannot be decoded leaves no object behind
+            uids = (str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+            if plan.actions:
                 fd, tmp = tempfile.mkstemp(prefix="axiom-morph-", suffix=".dcm")
                 os.close(fd)
                 out = Path(tmp)
@@ -215,14 +218,12 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
                         _write_changed(ds, out)
                     sha = content_digest(out.read_bytes(), ignore_last_modification_time=added)
                     blob = ports.blobs.put_file(config.settings.processed_bucket,
-                                                processed_name(plan.ingest, str(ds.SOPInstanceUID), sha), out,
-                                                move=True)
+                                                processed_name(plan.ingest, uids[0], sha), out, move=True)
                 finally:
                     out.unlink(missing_ok=True)
             else:  # nothing to change: deliver the received bytes as they are
                 sha = content_digest(data)
                 blob = plan.blob
-            uids = (str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
         except Unprocessable as exc:  # bad input: retrying cannot help, quarantined at first sight
             quarantine(ports, plan.blob, str(exc), stage="morph")
             return []

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.multival import MultiValue
 
 from shared.adapters.files import durable_place
 from shared.config import FilesystemDestination
@@ -48,7 +49,10 @@ def object_name(template: str, path: Path) -> str:
 
     def lookup(address: str) -> str:
         places = locate(ds, parse_path(address))
-        value = str(places[0][0][places[0][1]].value or "").strip() if places else ""
+        value = places[0][0][places[0][1]].value if places else None
+        if isinstance(value, MultiValue):  # as DICOM text: values joined by backslashes (PS3.5 6.4)
+            value = "\\".join(str(v) for v in value)
+        value = str(value or "").strip()
         if not value:
             raise DeliveryRefused(f"name template field {address} is empty in this instance")
         return _UNSAFE.sub("_", value)
