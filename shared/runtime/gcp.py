@@ -35,8 +35,6 @@ from shared.config import AppConfig, load_yaml, to_documents
 from shared.logs import install as install_log_safety
 from shared.runtime.configcache import CachedConfig
 
-install_log_safety()  # every process of this runtime imports this module first: no tag values in logs
-
 TOPIC_INGEST = stages.TOPIC_INGEST
 TOPIC_DEAD_LETTER = "dead-letter"
 TOPICS = (TOPIC_INGEST, stages.TOPIC_PLANNED, stages.TOPIC_DELIVER, TOPIC_DEAD_LETTER)
@@ -74,6 +72,7 @@ def build_ports(env: Mapping[str, str] | None = None) -> stages.Ports:
     from shared.adapters.gcs import GCSBlobStore
     from shared.adapters.pubsub import PubSubBus
 
+    install_log_safety()  # before a stage runs in this process: no tag values in its logs (shared/logs.py)
     env = os.environ if env is None else env
     project = _project(env)
     docs = document_store(env)
