@@ -24,8 +24,8 @@ def test_safe_values_render_the_template():
 
 
 @pytest.mark.parametrize("field, value, why", [
-    ("PatientID", "..", "is '.' or '..'"),
-    ("StudyID", ".", "is '.' or '..'"),
+    ("PatientID", "..", "is '.' or '..' (the destination folder or the one above it)"),
+    ("StudyID", ".", "is '.' or '..' (the destination folder or the one above it)"),
     ("AccessionNumber", "", "is empty"),
     ("PatientID", "a/b", "contains a path separator"),
     ("PatientID", "a\\b", "contains a path separator"),
