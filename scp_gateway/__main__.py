@@ -11,7 +11,10 @@ AXIOM_LISTEN_HOST     address to bind (default 0.0.0.0)
 AXIOM_LISTEN_PORT     DICOM port (default 11112)
 AXIOM_LISTENER_ID     recorded as the source id of what arrives (default ``main``)
 AXIOM_MAX_PDU         maximum PDU size offered (default 131072)
-AXIOM_SPOOL_DIR       where datasets are received before upload (default: system tmp)
+AXIOM_SPOOL_DIR       where datasets are received before upload (default: system tmp); data sets
+                      left there by a previous run (never answered Success) are removed at start
+AXIOM_MIN_FREE_BYTES  below this much free space in the spool dir, refuse associations and
+                      C-STOREs (default: settings.min_free_bytes's, 1 GiB; 0: never)
 AXIOM_LOG_LEVEL       logging level (default INFO); AXIOM_PYNETDICOM_LOG_LEVEL for pynetdicom (WARNING)
 GOOGLE_CLOUD_PROJECT, STORAGE_EMULATOR_HOST   for the GCS client
 
@@ -28,7 +31,8 @@ import tempfile
 import threading
 
 from scp_gateway.gateway import Gateway
-from shared.config import Listener
+from scp_gateway.receive import sweep_spool
+from shared.config import Listener, Settings
 from shared.ingest import Ingestor
 
 log = logging.getLogger("scp_gateway")
@@ -57,11 +61,15 @@ def main() -> int:
     if spool:  # pynetdicom receives datasets into tempfile's directory
         os.makedirs(spool, exist_ok=True)
         tempfile.tempdir = spool
+        swept = sweep_spool(spool)
+        if swept:
+            log.info("removed %d data set(s) a previous run received but never answered", swept)
+    min_free_bytes = int(os.environ.get("AXIOM_MIN_FREE_BYTES", Settings().min_free_bytes))
 
     from shared.adapters.gcs import GCSBlobStore  # the GCP client only in GCP mode
 
     listener = listener_from_env()
-    gateway = Gateway([listener], Ingestor(GCSBlobStore(), bucket))
+    gateway = Gateway([listener], Ingestor(GCSBlobStore(), bucket), min_free_bytes=min_free_bytes)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())

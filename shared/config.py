@@ -640,6 +640,9 @@ class Settings(Doc):
     processed_bucket: str = "processed"
     quarantine_bucket: str = "quarantine"
     stage_max_attempts: int = Field(default=5, ge=1)
+    # below this much free space where the gateway receives (the data dir), it refuses
+    # associations and C-STOREs (0xA700) so what it accepted can still be processed; 0: never
+    min_free_bytes: int = Field(default=1 << 30, ge=0)
 
 
 class AppConfig(Doc):

@@ -150,7 +150,8 @@ class EmbeddedRuntime:
         self._children: list[multiprocessing.Process] = []
 
         ingestor = Ingestor(self.blobs, config.settings.ingest_bucket)
-        self.gateway = Gateway(config.listeners, ingestor, secrets=self.secrets, sources=lambda: self.config().sources)
+        self.gateway = Gateway(config.listeners, ingestor, secrets=self.secrets, sources=lambda: self.config().sources,
+                               min_free_bytes=config.settings.min_free_bytes, spool_dir=tmp)
         self.sources = SourceScheduler(self.config, ingestor, self.docs, self.secrets, tmp_dir=tmp)
         app = create_app(self.ports, self.status, secrets=self.secrets)
         self._http = make_server(http_host, http_port, app, threaded=True) if http_port is not None else None
@@ -164,6 +165,7 @@ class EmbeddedRuntime:
             "deliveries": self.ledger.counts(),
             "exceptions": self.docs.count(stages.EXCEPTIONS),
             "listeners": {lsn.id: port for lsn, port in zip(self.gateway.listeners, self.gateway.ports)},
+            "gateway": self.gateway.status(),  # free space against settings.min_free_bytes, connections
             "sources": self.sources.status(),
             "pipeline_processes": [c.pid for c in self._children if c.is_alive()],
         }

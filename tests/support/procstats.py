@@ -1,0 +1,65 @@
+"""What a server process holds, read from /proc: resident memory (and its peak),
+threads, open descriptors; and the check that, after an attack, it holds no more than
+before it (plus some slack for memory, which allocators keep)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.procs import DCMTK_ENV, require
+
+MIB = 1024 * 1024
+# memory a healthy server may keep after the work in one test (caches, allocator pools);
+# the defects this guards against held 70-220 MB
+RSS_SLACK = 24 * MIB
+
+
+@dataclass(frozen=True)
+class Usage:
+    rss: int
+    peak_rss: int
+    threads: int
+    fds: int
+    tmp_files: int
+
+    def __str__(self) -> str:
+        return (f"RSS {self.rss / MIB:.1f} MiB (peak {self.peak_rss / MIB:.1f}), {self.threads} threads,"
+                f" {self.fds} descriptors, {self.tmp_files} temporary files")
+
+
+def usage(pid: int, tmp_dir: Path | None = None) -> Usage:
+    status = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        status[key] = value.strip()
+    kib = lambda key: int(status[key].split()[0]) * 1024  # noqa: E731
+    tmp_files = sum(1 for p in tmp_dir.iterdir() if p.is_file()) if tmp_dir and tmp_dir.exists() else 0
+    return Usage(rss=kib("VmRSS"), peak_rss=kib("VmHWM"), threads=int(status["Threads"]),
+                 fds=len(os.listdir(f"/proc/{pid}/fd")), tmp_files=tmp_files)
+
+
+def back_to(baseline: Usage, pid: int, tmp_dir: Path | None = None, *, timeout: float = 30.0) -> Usage:
+    """Wait until ``pid`` holds no more threads, descriptors and temporary files than
+    ``baseline`` and no more than RSS_SLACK more memory; AssertionError with both when
+    it does not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = usage(pid, tmp_dir)
+        if (now.threads <= baseline.threads and now.fds <= baseline.fds and now.tmp_files <= baseline.tmp_files
+                and now.rss <= baseline.rss + RSS_SLACK):
+            return now
+        if time.monotonic() > deadline:
+            raise AssertionError(f"server did not return to its baseline within {timeout}s:\n"
+                                 f"  before: {baseline}\n  after:  {now}")
+        time.sleep(0.2)
+
+
+def echo(port: int, *, called_ae: str = "AXIOM", timeout: float = 30) -> bool:
+    """True when dcmtk ``echoscu`` gets a C-ECHO answered Success (PS3.7 9.1.5)."""
+    result = subprocess.run([require("echoscu"), "-aec", called_ae, "-to", "10", "127.0.0.1", str(port)],
+                            capture_output=True, env=DCMTK_ENV, timeout=timeout)
+    return result.returncode == 0
