@@ -233,8 +233,9 @@ def _read_pdu_bounded(dul: DULServiceProvider, read_as_shipped) -> None:
 
 
 def _recv_exactly(transport, length: int, timeout: float, prefix: bytes = b"") -> bytearray | None:
-    """``prefix`` then ``length`` bytes from the connection, all within ``timeout``;
-    None when it closed, failed or took longer."""
+    """``prefix`` then ``length`` bytes from the connection; None when it closed, a read
+    timed out (the socket's timeout: the gateway's sockets have the network timeout) or
+    the bytes kept coming, but too slowly to arrive within ``timeout``."""
     sock = transport.socket
     if sock is None:
         return None
@@ -243,24 +244,16 @@ def _recv_exactly(transport, length: int, timeout: float, prefix: bytes = b"") -
     view = memoryview(buffer)
     received, end = len(prefix), len(buffer)
     deadline = time.monotonic() + timeout
-    saved = sock.gettimeout()
     try:
         while received < end:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            sock.settimeout(remaining)
             count = sock.recv_into(view[received:], end - received)
             if not count:
                 return None
             received += count
+            if received < end and time.monotonic() > deadline:
+                return None
     except (OSError, ValueError):  # TimeoutError is an OSError; ValueError: closed meanwhile
         return None
-    finally:
-        try:
-            sock.settimeout(saved)
-        except OSError:
-            pass
     return buffer
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
@@ -17,7 +18,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from tests.support.dicomgen import make_ct_study
 from tests.support.invariant import sop_uids
 from tests.support.procs import AxiomServer, storescu, wait_for
-from tests.support.procstats import MIB, back_to, echo, usage
+from tests.support.procstats import MIB, back_to, echo, usage, warm_up
 from tests.support.tmpfs import resize, tmpfs
 
 pytestmark = pytest.mark.dcmtk
@@ -28,15 +29,16 @@ SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
 
 
 def test_full_disk_answers_out_of_resources_then_recovers(tmp_path):
-    # 12 MiB each: two fit on the disk, the third cannot be written
+    # 12 MiB each: two fit on the disk, the third cannot be written; a small one to warm up
     instances = make_ct_study(tmp_path / "instances", 4, rows=2048, columns=3072)
+    small = get_testdata_file("CT_small.dcm")
     out = tmp_path / "out"  # the destination is on another disk
     config = {"settings": {"min_free_bytes": FLOOR},
               "destinations": [{"id": "archive", "type": "filesystem", "path": str(out)}],
               "rulesets": [{"id": "main", "rules": [{"id": "all", "destinations": ["archive"]}]}]}
     with tmpfs(tmp_path / "disk", DISK) as disk, AxiomServer(disk, config) as server:
         tmp = server.data_dir / "tmp"
-        assert echo(server.dicom_port)
+        warm_up(server, small)
         baseline = usage(server.proc.pid, tmp)
 
         scu = AE(ae_title="MODALITY")
@@ -73,6 +75,6 @@ def test_full_disk_answers_out_of_resources_then_recovers(tmp_path):
 
         # every instance, answered Success the first or the second time, was delivered
         assert sop_uids(out.rglob("*.dcm")) == {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID)
-                                                for p in instances}
+                                                for p in [small, *instances]}
         assert server.exceptions() == []
         back_to(baseline, server.proc.pid, tmp)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.procs import DCMTK_ENV, require
+from tests.support.procs import storescu as storescu_files
 
 MIB = 1024 * 1024
 # memory a healthy server may keep after the work in one test (caches, allocator pools);
@@ -39,7 +40,29 @@ def usage(pid: int, tmp_dir: Path | None = None) -> Usage:
     kib = lambda key: int(status[key].split()[0]) * 1024  # noqa: E731
     tmp_files = sum(1 for p in tmp_dir.iterdir() if p.is_file()) if tmp_dir and tmp_dir.exists() else 0
     return Usage(rss=kib("VmRSS"), peak_rss=kib("VmHWM"), threads=int(status["Threads"]),
-                 fds=len(os.listdir(f"/proc/{pid}/fd")), tmp_files=tmp_files)
+                 fds=_descriptors(pid), tmp_files=tmp_files)
+
+
+def _descriptors(pid: int) -> int:
+    """Open descriptors, but for SQLite's ``-wal`` and ``-shm`` files: each connection
+    opens those on its first read, whenever that is (its database file counts)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        count += not target.endswith(("-wal", "-shm"))
+    return count
+
+
+def reset_peak(pid: int) -> None:
+    """Start VmHWM (peak RSS) over from the current RSS (``clear_refs`` 5, Linux 4.0),
+    so a test's peak is its own; a no-op where that is not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def back_to(baseline: Usage, pid: int, tmp_dir: Path | None = None, *, timeout: float = 30.0) -> Usage:
@@ -56,6 +79,16 @@ def back_to(baseline: Usage, pid: int, tmp_dir: Path | None = None, *, timeout: 
             raise AssertionError(f"server did not return to its baseline within {timeout}s:\n"
                                  f"  before: {baseline}\n  after:  {now}")
         time.sleep(0.2)
+
+
+def warm_up(server, instance: Path) -> None:
+    """Two stores, a status and a C-ECHO through ``server`` (an AxiomServer): what the
+    first associations and requests open and load (SQLite connections and WAL files,
+    imports, caches) stays, and is not what a test's baseline should count."""
+    for _ in range(2):
+        storescu_files(server.dicom_port, [instance])
+        server.wait_idle()
+    assert echo(server.dicom_port)
 
 
 def echo(port: int, *, called_ae: str = "AXIOM", timeout: float = 30) -> bool:

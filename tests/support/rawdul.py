@@ -195,6 +195,7 @@ class RawAssociation:
     def abort(self) -> None:
         pdu = A_ABORT_RQ()
         pdu.source = 0x00
+        pdu.reason_diagnostic = 0x00
         self.send(pdu.encode())
         self.sock.close()
 
