@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class Usage:
     threads: int
     fds: int
     tmp_files: int
+    open_files: tuple[str, ...] = ()  # what the descriptors point at, for the failure message
 
     def __str__(self) -> str:
         return (f"RSS {self.rss / MIB:.1f} MiB (peak {self.peak_rss / MIB:.1f}), {self.threads} threads,"
@@ -39,21 +41,25 @@ def usage(pid: int, tmp_dir: Path | None = None) -> Usage:
         status[key] = value.strip()
     kib = lambda key: int(status[key].split()[0]) * 1024  # noqa: E731
     tmp_files = sum(1 for p in tmp_dir.iterdir() if p.is_file()) if tmp_dir and tmp_dir.exists() else 0
+    open_files = _descriptors(pid)
     return Usage(rss=kib("VmRSS"), peak_rss=kib("VmHWM"), threads=int(status["Threads"]),
-                 fds=_descriptors(pid), tmp_files=tmp_files)
+                 fds=len(open_files), tmp_files=tmp_files, open_files=open_files)
 
 
-def _descriptors(pid: int) -> int:
-    """Open descriptors, but for SQLite's ``-wal`` and ``-shm`` files: each connection
-    opens those on its first read, whenever that is (its database file counts)."""
-    count = 0
+def _descriptors(pid: int) -> tuple[str, ...]:
+    """What the open descriptors point at, but for SQLite's files: the local stores keep
+    a connection per thread, which opens its ``-wal`` and ``-shm`` files on its first
+    read, and is closed only when the garbage collector gets to it after its thread
+    ended (a connection's statement cache refers back to it), whenever that is."""
+    targets = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:  # closed meanwhile
             continue
-        count += not target.endswith(("-wal", "-shm"))
-    return count
+        if not target.endswith((".db", "-wal", "-shm")):
+            targets.append(target.split(":")[0] if target.startswith(("socket:", "pipe:")) else target)
+    return tuple(sorted(targets))
 
 
 def reset_peak(pid: int) -> None:
@@ -76,8 +82,9 @@ def back_to(baseline: Usage, pid: int, tmp_dir: Path | None = None, *, timeout: 
                 and now.rss <= baseline.rss + RSS_SLACK):
             return now
         if time.monotonic() > deadline:
+            opened = Counter(now.open_files) - Counter(baseline.open_files)
             raise AssertionError(f"server did not return to its baseline within {timeout}s:\n"
-                                 f"  before: {baseline}\n  after:  {now}")
+                                 f"  before: {baseline}\n  after:  {now}\n  newly open: {dict(opened)}")
         time.sleep(0.2)
 
 
