@@ -150,18 +150,19 @@ class GatewayServer(ThreadedAssociationServer):
         return False
 
     def _log_refusal(self, peer: str, held: int, total: int) -> None:
+        """The first refusal of ``peer`` at once, then at most a line a minute with a count."""
         now = time.monotonic()
-        logged_at, refused = self._refusals.get(peer, (float("-inf"), 0))
-        refused += 1
+        logged_at, unlogged = self._refusals.get(peer, (float("-inf"), 0))
         if now - logged_at < REFUSAL_LOG_EVERY_S:
-            self._refusals[peer] = (logged_at, refused)
+            self._refusals[peer] = (logged_at, unlogged + 1)
             return
         self._refusals[peer] = (now, 0)
         if held >= self.limits.per_peer:
-            why = f"it holds {held} connections, the most one address may (others keep the rest)"
+            why = f"it holds {held} connections, the most one address may (the others keep the rest)"
         else:
             why = f"the listener holds {total} connections, its maximum"
-        log.warning("refused %d connection(s) from %s: %s", refused, peer, why)
+        since = f" ({unlogged} more since the last such line)" if unlogged else ""
+        log.warning("refusing connections from %s: %s%s", peer, why, since)
 
     def _release(self, peer: str) -> None:
         with self._lock:
