@@ -81,6 +81,16 @@ def _port(value: str) -> int:
     return n
 
 
+def _host_names(value: str) -> list[str]:
+    """An argparse type: comma-separated host names, each with an optional :port."""
+    from shared.http import HostCheck
+
+    try:
+        return HostCheck.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _iso_time(value: str) -> datetime:
     try:
         return datetime.fromisoformat(value)
@@ -102,7 +112,8 @@ def _serve(args) -> int:
     config = _load_config(args.config)
     runtime = EmbeddedRuntime(config, Path(args.data_dir), http_host=args.http_host,
                               http_port=None if args.http_port == 0 else args.http_port,
-                              pipeline_processes=args.pipeline_processes, route_processes=args.route_processes)
+                              pipeline_processes=args.pipeline_processes, route_processes=args.route_processes,
+                              http_allowed_hosts=args.http_allowed_hosts)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -188,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address of the HTTP endpoints: status, exceptions, STOW-RS ($AXIOM_HTTP_HOST)")
     serve.add_argument("--http-port", type=_port, metavar="PORT", default=os.environ.get("AXIOM_HTTP_PORT") or "8080",
                        help="port of the HTTP endpoints, 0 turns HTTP off ($AXIOM_HTTP_PORT)")
+    serve.add_argument("--http-allowed-hosts", type=_host_names, metavar="NAMES",
+                       default=os.environ.get("AXIOM_HTTP_ALLOWED_HOSTS") or "",
+                       help="more names (comma-separated, each NAME or NAME:PORT) under which /status and /exceptions "
+                            "answer, besides localhost and the HTTP address; others get 421, against DNS rebinding "
+                            "($AXIOM_HTTP_ALLOWED_HOSTS)")
     serve.add_argument("--pipeline-processes", type=_count, metavar="N",
                        default=os.environ.get("AXIOM_PIPELINE_PROCESSES") or str(default_pipeline_processes()),
                        help="run the stage workers in N child processes; 0 runs everything in this one process "
@@ -236,7 +252,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_log_safety()  # no tag values in log lines (shared/logs.py)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per HTTP request
     try:
         return args.func(args)
     except ConfigError as exc:

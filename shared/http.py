@@ -1,25 +1,168 @@
 """HTTP endpoints served by ``axiom-flow serve`` (and, per endpoint, by Cloud
 Functions): health, status, exception records, and STOW-RS (``shared/stow.py``);
-the config API in a later issue."""
+the config API in a later issue. Also the server that serves them (:class:`HttpServer`).
+
+Host check (DNS rebinding). The control routes (``/status``, ``/exceptions``, retry)
+have no authentication yet (users and roles come with the config API). A web page
+that a browser on this machine opens could otherwise read them by pointing a name
+of its own at 127.0.0.1 (DNS rebinding): the browser then sends that name in the
+Host header. So they answer only requests whose Host is one of this server's own
+names (:class:`HostCheck`) and refuse any other with 421 Misdirected Request (RFC
+9110 15.5.20). ``/healthz`` tells nothing and STOW-RS has its API keys: neither is
+host-checked, so load-balancer probes and remote senders that reach the server
+under a name of their own (a DNS alias, a proxy, a NAT address) keep working, and
+a rebinding page cannot send to STOW-RS without a key it does not have.
+
+The server. waitress (pure Python) reads every request on one event loop and hands
+only complete requests to a fixed pool of threads, so connections that send their
+headers slowly hold no thread; at most ``CONNECTION_LIMIT`` connections are open
+(more wait in the listen backlog), a request whose headers have not all arrived
+within ``HEADER_TIMEOUT_S`` is closed, and so is a connection idle for
+``IDLE_TIMEOUT_S`` (also mid-body). What can be decided from the request line and
+headers alone (wrong Host, no or a wrong STOW-RS API key, a body over the limit, a
+media type STOW-RS does not take) is answered before any byte of the body is read
+(:func:`early_answer`); waitress would otherwise receive the whole body first. A
+body that is read is spooled by waitress, in memory up to 512 KB and then in an
+unnamed temporary file (``tmp/`` of the data dir), before the app reads it in chunks:
+memory does not grow with the request, and disk use is about twice the body while
+STOW-RS splits it into parts.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+import io
+import ipaddress
+import json
+import logging
+import socket
+import threading
+import time
+from typing import Callable, Iterable
+from urllib.parse import urlsplit
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.server import TcpWSGIServer
+from waitress.task import ErrorTask
+from waitress.utilities import Error
 
 from shared.secrets import Secrets
 
+log = logging.getLogger(__name__)
 
-def create_app(ports, status: Callable[[], dict], *, secrets: Secrets | None = None, stow: bool = True) -> Flask:
+# the server (HttpServer)
+THREADS = 6  # requests served at once; more complete requests wait in waitress's queue
+CONNECTION_LIMIT = 100  # open connections; more wait in the listen backlog
+HEADER_TIMEOUT_S = 10.0  # from a request's first byte to the end of its headers
+IDLE_TIMEOUT_S = 30.0  # nothing received or sent (also mid-body), or an idle keep-alive
+CONTROL_BODY_MAX = 64 * 1024  # bodies to anything but STOW-RS (none need one)
+DRAIN_MAX_BYTES = 8 * 1024 * 1024  # read and drop at most this much of a refused body ...
+DRAIN_MAX_S = 5.0  # ... for at most this long, so the client reads our answer, not a reset
+
+# endpoints answered whatever the Host header says (see the module docstring)
+HOST_CHECK_EXEMPT = frozenset({"healthz", "stow.store", "stow.store_in_study"})
+EARLY_ANSWER = "axiom_flow.early_answer"  # app.extensions key: see early_answer()
+
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def _split_host(value: str) -> tuple[str, int | None]:
+    """("name", port or None) from a Host header or an allowed-hosts entry
+    (``name``, ``name:port``, ``1.2.3.4:port``, ``[::1]:port``); ValueError if it is
+    none of these."""
+    value = value.strip()
+    if not value or any(c in value for c in "/?#@ \t\\"):
+        raise ValueError(f"{value!r} is not a host name with an optional port")
+    parts = urlsplit("//" + value)
+    name = (parts.hostname or "").rstrip(".")
+    if not name:
+        raise ValueError(f"{value!r} is not a host name with an optional port")
+    return name.lower(), parts.port  # .port raises ValueError for a bad port
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+class HostCheck:
+    """The Host headers the control routes answer: the bound address with the port,
+    ``localhost`` (any port), and ``allowed`` entries (``name`` for any port,
+    ``name:port`` for that one). Bound to every interface (``0.0.0.0``, ``::``), any IP
+    address with the port is also accepted: a browser sends an address as Host only
+    when the page itself came from that address and port, i.e. from this server, so an
+    address cannot be used for DNS rebinding."""
+
+    def __init__(self, bound_host: str, port: int | None, allowed: Iterable[str] = ()):
+        self.bound_host = bound_host
+        self.port = port
+        self.any_port = {"localhost"}
+        self.with_port: set[tuple[str, int]] = set()
+        for entry in allowed:
+            name, entry_port = _split_host(entry)
+            if entry_port is None:
+                self.any_port.add(name)
+            else:
+                self.with_port.add((name, entry_port))
+
+    @staticmethod
+    def parse(value: str) -> list[str]:
+        """Comma-separated entries (a CLI value); ValueError naming a bad one."""
+        entries = [e.strip() for e in value.split(",") if e.strip()]
+        for entry in entries:
+            _split_host(entry)
+        return entries
+
+    def allows(self, host_header: str | None) -> bool:
+        if not host_header:
+            return False  # HTTP/1.0 without Host: cannot tell which name was used
+        try:
+            name, port = _split_host(host_header)
+        except ValueError:
+            return False
+        port = 80 if port is None else port
+        if name in self.any_port or (name, port) in self.with_port:
+            return True
+        bound = self.bound_host.strip("[]").lower()
+        if port != self.port:
+            return False
+        return name == bound or (bound in _WILDCARDS and _is_ip(name))
+
+
+def _json_error(status: int, message: str) -> Response:
+    response = jsonify({"status": status, "error": message})
+    response.status_code = status
+    return response
+
+
+def create_app(ports, status: Callable[[], dict], *, secrets: Secrets | None = None, stow: bool = True,
+               host_check: HostCheck | None = None) -> Flask:
     """The embedded runtime's HTTP app over its :class:`shared.stages.Ports`.
 
-    Exception records can be listed and retried here without authentication: the
-    embedded server listens on 127.0.0.1 by default. Users and roles come with the
-    config API."""
+    Exception records can be listed and retried here without authentication (users
+    and roles come with the config API): only requests for this server's own names
+    (``host_check``; by default ``localhost``, see :class:`HostCheck`) are answered."""
     from shared import stages
 
     app = Flask("axiom-flow")
+    host_check = host_check or HostCheck("localhost", None)
+
+    def refuse_unknown_host() -> Response | None:
+        if request.endpoint in HOST_CHECK_EXEMPT or host_check.allows(request.headers.get("Host")):
+            return None
+        log.warning("HTTP %s %s refused: Host %r is not one of this server's names", request.method, request.path,
+                    request.headers.get("Host", "")[:100])
+        return _json_error(421, "this server does not answer for the host name in the request (Host header); "
+                                "if it is one of the server's names, add it to serve's --http-allowed-hosts "
+                                "(AXIOM_HTTP_ALLOWED_HOSTS)")
+
+    app.before_request(refuse_unknown_host)
 
     @app.get("/healthz")
     def healthz():
@@ -42,9 +185,226 @@ def create_app(ports, status: Callable[[], dict], *, secrets: Secrets | None = N
         except stages.NotRetryable as exc:
             return jsonify({"error": str(exc)}), 404 if "no exception record" in str(exc) else 409
 
+    stow_bp = None
     if stow:
         from shared.stow import stow_blueprint
 
-        app.register_blueprint(stow_blueprint(ports, secrets))
+        stow_bp = stow_blueprint(ports, secrets)
+        app.register_blueprint(stow_bp)
 
+    def early(environ: dict) -> Response | None:
+        with app.request_context(environ):
+            refused = refuse_unknown_host()
+            if refused is not None:
+                return refused
+            if stow_bp is not None and request.blueprint == stow_bp.name:
+                return stow_bp.early_answer(request)
+            if (request.content_length or 0) > CONTROL_BODY_MAX or "chunked" in request.headers.get(
+                    "Transfer-Encoding", "").lower():
+                return _json_error(413, f"this endpoint takes no request body over {CONTROL_BODY_MAX} bytes")
+            return None
+
+    app.extensions[EARLY_ANSWER] = early
     return app
+
+
+def early_answer(app: Flask, environ: dict) -> Response | None:
+    """The app's answer from the request line and headers alone (``environ`` with an
+    empty ``wsgi.input``), or None to read the body and call the app."""
+    hook = app.extensions.get(EARLY_ANSWER)
+    return hook(environ) if hook else None
+
+
+# --- the server -----------------------------------------------------------------------
+
+
+class _Answer(Error):
+    """A Flask response given in place of waitress's error page."""
+
+    def __init__(self, response: Response):
+        super().__init__("")
+        self.code = response.status_code
+        self.response = response
+
+    def to_response(self, ident=None):
+        skip = {"content-length", "connection"}  # the task writes its own
+        headers = [(k, v) for k, v in self.response.headers.items() if k.lower() not in skip]
+        return self.response.status, headers, self.response.get_data()
+
+
+class _ErrorTask(ErrorTask):
+    """Error answers as JSON ``{"status", "error"}``, like the app's own."""
+
+    def execute(self):
+        error = self.request.error
+        if isinstance(error, _Answer):
+            status, headers, body = error.to_response()
+        else:  # waitress's own: bad request line or headers, headers or body too large
+            status = f"{error.code} {error.reason}"
+            headers = [("Content-Type", "application/json")]
+            body = json.dumps({"status": error.code, "error": f"{error.reason}: {error.body}"}).encode()
+        self.status = status
+        self.response_headers.extend(headers)
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Parser(HTTPRequestParser):
+    """waitress's parser, asking the app for an early answer once the headers are in."""
+
+    def __init__(self, adj, *, channel: "_Channel"):
+        super().__init__(adj)
+        self.channel = channel
+
+    def parse_header(self, header_plus):
+        super().parse_header(header_plus)
+        try:
+            answer = early_answer(self.channel.server.flask_app, self._environ())
+        except Exception:  # a bug here must not stop the event loop: let the app answer
+            log.exception("HTTP: early answer failed for %s %s", self.command, self.path)
+            return
+        if answer is None:
+            return
+        self.channel.linger_on_close = self.chunked or self.content_length > 0
+        self.error = _Answer(answer)
+        self.expect_continue = False  # no "100 Continue": the client need not send the body
+        self.content_length = 0  # nor does waitress wait for it, or judge its size
+        self.body_rcv = None
+        self.connection_close = True
+
+    def received(self, data):
+        consumed = super().received(data)
+        # answered from the headers: what came with them is the refused body, not a next request
+        return len(data) if isinstance(self.error, _Answer) else consumed
+
+    def _environ(self) -> dict:
+        environ = {
+            "REQUEST_METHOD": self.command, "PATH_INFO": self.path, "QUERY_STRING": self.query,
+            "SERVER_NAME": self.channel.server.server_name, "SERVER_PORT": str(self.channel.server.effective_port),
+            "SERVER_PROTOCOL": f"HTTP/{self.version}", "SCRIPT_NAME": "", "REMOTE_ADDR": self.channel.addr[0],
+            "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": io.StringIO(),
+            "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        }
+        for key, value in self.headers.items():
+            environ[key if key in ("CONTENT_LENGTH", "CONTENT_TYPE") else "HTTP_" + key] = value
+        if self.chunked:
+            environ["HTTP_TRANSFER_ENCODING"] = "chunked"  # waitress took it out of the headers
+        return environ
+
+
+class _Channel(HTTPChannel):
+    """waitress's connection, with a deadline for the headers and, after an early
+    answer to a request with a body, a lingering close: the answer is sent, our side
+    shut for writing, and what the client still sends is read and dropped (up to
+    DRAIN_MAX_BYTES / DRAIN_MAX_S) so it reads the answer rather than a reset."""
+
+    error_task_class = _ErrorTask
+    linger_on_close = False
+    linger_until: float | None = None
+    linger_left = 0
+    request_started = 0.0
+
+    def __init__(self, server, sock, addr, adj, map=None):
+        super().__init__(server, sock, addr, adj, map)
+        self.parser_class = functools.partial(_Parser, channel=self)
+        self.request_started = time.monotonic()
+
+    def received(self, data):
+        if self.requests and isinstance(self.requests[-1].error, _Answer):
+            return True  # answered from the headers: this is the refused body, dropped
+        if self.request is None and not self.requests:
+            self.request_started = time.monotonic()
+        return super().received(data)
+
+    def headers_overdue(self, now: float) -> bool:
+        """Connected, no request being served, and the current one's headers (or the
+        first byte of a first request) have been arriving for too long."""
+        if self.requests or (self.request is not None and self.request.headers_finished):
+            return False
+        waiting = self.request is not None or self.last_activity == self.creation_time
+        return waiting and now - self.request_started > HEADER_TIMEOUT_S
+
+    def handle_close(self):
+        if self.linger_on_close and self.linger_until is None and self.connected and not self.total_outbufs_len:
+            self.linger_on_close = False
+            try:
+                self.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                return super().handle_close()
+            self.linger_until = time.monotonic() + DRAIN_MAX_S
+            self.linger_left = DRAIN_MAX_BYTES
+            self.will_close = False
+            return None
+        return super().handle_close()
+
+    def readable(self):
+        return True if self.linger_until is not None else super().readable()
+
+    def writable(self):
+        return self.will_close if self.linger_until is not None else super().writable()
+
+    def handle_read(self):
+        if self.linger_until is None:
+            return super().handle_read()
+        data = self.recv(self.adj.recv_bytes)  # closes the channel itself at EOF or a reset
+        self.linger_left -= len(data)
+        if self.connected and (self.linger_left <= 0 or time.monotonic() > self.linger_until):
+            self.handle_close()
+        return None
+
+
+class _Server(TcpWSGIServer):
+    channel_class = _Channel
+    flask_app: Flask  # waitress's application is the app wrapped in its proxy-header middleware
+
+    def maintenance(self, now):
+        super().maintenance(now)  # idle connections (channel_timeout)
+        mono = time.monotonic()
+        for channel in list(self.active_channels.values()):
+            lingered = channel.linger_until is not None and mono > channel.linger_until
+            if lingered or channel.headers_overdue(mono):
+                channel.will_close = True
+
+
+class HttpServer:
+    """``app`` served by waitress on ``host``:``port`` (0: any free port) in a thread of
+    its own; see the module docstring for the limits. ``max_request_body`` is the
+    largest body read at all (STOW-RS's own limit is checked before that)."""
+
+    def __init__(self, app: Flask, host: str, port: int, *, max_request_body: int, threads: int = THREADS):
+        self.adj = Adjustments(
+            host=host, port=port, threads=threads, connection_limit=CONNECTION_LIMIT,
+            channel_timeout=int(IDLE_TIMEOUT_S), cleanup_interval=1, max_request_body_size=max_request_body + 1,
+            asyncore_use_poll=True,  # select() fails once descriptors pass 1024
+            expose_tracebacks=False, ident="axiom-flow", clear_untrusted_proxy_headers=True,
+        )
+        self._server = _Server(app, adj=self.adj)
+        self._server.flask_app = app
+        self.host, self.port = self._server.effective_host, int(self._server.effective_port)
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Close the listening socket and every connection, then stop the threads."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread and self._thread.is_alive():
+            # closed by the event loop's own thread (the map is not safe to change from
+            # another); the loop ends when nothing is left in it
+            self._server.trigger.pull_trigger(self._close_all)
+            self._thread.join(5)
+        self._close_all()
+        self._server.task_dispatcher.shutdown(timeout=5)
+
+    def _close_all(self) -> None:
+        for dispatcher in list(self._server._map.values()):
+            try:
+                dispatcher.close()
+            except OSError:
+                pass

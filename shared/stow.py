@@ -412,24 +412,42 @@ def _authenticate(req: Request, stow: StowInput, keys: ApiKeys) -> Response | No
     return None
 
 
-def handle_stow(req: Request, ports, *, study_uid: str | None = None, keys: ApiKeys | None = None) -> Response:
-    """One STOW-RS request, from headers to response. ``ports``: a
-    :class:`shared.stages.Ports` (or a callable returning one)."""
-    ports = ports() if callable(ports) else ports
+def refusal(req: Request, ports, *, keys: ApiKeys | None = None) -> Response | None:
+    """The answer to a request that is refused from its headers alone, before any of
+    its body is read: STOW-RS disabled (404), no or a wrong API key (401), keys
+    unreadable (503), a Content-Length over ``stow.max_request_bytes`` (413), a media
+    type this endpoint does not take (415, 400). None: read the body."""
     keys = keys or _DEFAULT_KEYS
     config = ports.config()
     if not config.stow.enabled:
-        _drain(req.stream)
         return _error(404, "STOW-RS is disabled here (stow.enabled: false)")
     denied = _authenticate(req, config.stow, keys)
     if denied is not None:
-        _drain(req.stream)
         return denied
     limit = config.stow.max_request_bytes
     try:
         if req.content_length is not None and req.content_length > limit:
             raise StowError(413, f"request body of {req.content_length} bytes is larger than the limit of"
                                  f" {limit} bytes (stow.max_request_bytes)")
+        parse_content_type(req.headers.get("Content-Type"))
+    except StowError as exc:
+        log.warning("STOW-RS from %s refused: %d %s", req.remote_addr, exc.status, exc.message)
+        return _error(exc.status, exc.message)
+    return None
+
+
+def handle_stow(req: Request, ports, *, study_uid: str | None = None, keys: ApiKeys | None = None) -> Response:
+    """One STOW-RS request, from headers to response. ``ports``: a
+    :class:`shared.stages.Ports` (or a callable returning one)."""
+    ports = ports() if callable(ports) else ports
+    keys = keys or _DEFAULT_KEYS
+    refused = refusal(req, ports, keys=keys)
+    if refused is not None:
+        _drain(req.stream)
+        return refused
+    config = ports.config()
+    limit = config.stow.max_request_bytes
+    try:
         result = store_instances(req.stream, req.headers.get("Content-Type"), ports, config=config,
                                  study_uid=study_uid, peer_ip=req.remote_addr or "", max_request_bytes=limit)
     except StowError as exc:
@@ -458,9 +476,12 @@ def stow_http_function(req: Request, ports, *, keys: ApiKeys | None = None) -> R
 
 def stow_blueprint(ports: Callable[[], object] | object, secrets: Secrets | None = None,
                    url_prefix: str = "/dicomweb") -> Blueprint:
-    """``POST {url_prefix}/studies[/{StudyInstanceUID}]`` for ``axiom-flow serve``."""
+    """``POST {url_prefix}/studies[/{StudyInstanceUID}]`` for ``axiom-flow serve``.
+    ``bp.early_answer(request)``: :func:`refusal` with this blueprint's keys, for a
+    server that can answer before reading the body (``shared/http.py``)."""
     bp = Blueprint("stow", __name__, url_prefix=url_prefix)
     keys = ApiKeys(secrets)
+    bp.early_answer = lambda req: refusal(req, ports() if callable(ports) else ports, keys=keys)
 
     @bp.post("/studies")
     def store():

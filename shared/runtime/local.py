@@ -29,8 +29,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-from werkzeug.serving import make_server
-
 from scp_gateway.gateway import Gateway
 from shared import stages
 from shared.adapters.local_blobs import LocalBlobStore
@@ -38,7 +36,7 @@ from shared.adapters.local_queue import DEAD_LETTER_TOPIC, LocalQueue, Subscript
 from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteDocumentStore
 from shared.config import AppConfig, to_documents
 from shared.destinations import Senders
-from shared.http import create_app
+from shared.http import HostCheck, HttpServer, create_app
 from shared.ingest import Ingestor
 from shared.logs import install as install_log_safety
 from shared.messages import DeadLetter, Delivery, ObjectFinalized, Plan
@@ -124,7 +122,7 @@ def _pipeline_process(data_dir: str, route_workers: int, log_level: int, parent_
 class EmbeddedRuntime:
     def __init__(self, config: AppConfig, data_dir: Path, *, http_host: str = "127.0.0.1",
                  http_port: int | None = 8080, route_workers: int = 4, pipeline_processes: int = 0,
-                 route_processes: int = 0, poll_sources: bool = True):
+                 route_processes: int = 0, poll_sources: bool = True, http_allowed_hosts: list[str] = ()):
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.data_dir / "tmp"
@@ -153,9 +151,14 @@ class EmbeddedRuntime:
         self.gateway = Gateway(config.listeners, ingestor, secrets=self.secrets, sources=lambda: self.config().sources,
                                min_free_bytes=config.settings.min_free_bytes, spool_dir=tmp)
         self.sources = SourceScheduler(self.config, ingestor, self.docs, self.secrets, tmp_dir=tmp)
-        app = create_app(self.ports, self.status, secrets=self.secrets)
-        self._http = make_server(http_host, http_port, app, threaded=True) if http_port is not None else None
-        self._http_thread: threading.Thread | None = None
+        # HTTP: waitress with timeouts and a connection limit (shared/http.py); the control
+        # routes answer only for this server's own names (DNS rebinding)
+        host_check = HostCheck(http_host, http_port, http_allowed_hosts)
+        app = create_app(self.ports, self.status, secrets=self.secrets, host_check=host_check)
+        self._http = (HttpServer(app, http_host, http_port, max_request_body=config.stow.max_request_bytes)
+                      if http_port is not None else None)
+        if self._http:
+            host_check.port = self._http.port  # port 0: the one the system chose
         self._stopping = threading.Event()
         self._release_thread: threading.Thread | None = None
 
@@ -192,8 +195,7 @@ class EmbeddedRuntime:
         if self.poll_sources:
             self.sources.start()  # after the gateway: C-MOVE retrievals arrive there
         if self._http:
-            self._http_thread = threading.Thread(target=self._http.serve_forever, name="http", daemon=True)
-            self._http_thread.start()
+            self._http.start()
             log.info("HTTP on http://%s:%d", self._http.host, self._http.port)
 
     def _release_held(self) -> None:
@@ -212,8 +214,8 @@ class EmbeddedRuntime:
             self._release_thread.join(10)
         self.sources.stop()
         self.gateway.stop()
-        if self._http_thread:  # shutdown() waits for serve_forever: only if it ever ran
-            self._http.shutdown()
+        if self._http:  # also when never started: its socket is bound and its threads run
+            self._http.stop()
         for child in self._children:
             child.terminate()
         for child in self._children:
