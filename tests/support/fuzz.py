@@ -22,6 +22,7 @@ is reported with its case, mutation and channel.
 from __future__ import annotations
 
 import io
+import json
 import random
 import re
 import sqlite3
@@ -133,8 +134,10 @@ def _bases(work: Path) -> list[_Base]:
     paths += make_ct_study(work / "ct", 1, rows=16, columns=16, patient_id="FUZZ-CT")
     bases = []
     for path in paths:
-        ds = dcmread(path, stop_before_pixels=False)
-        ts = ds.file_meta.TransferSyntaxUID
+        ds = dcmread(path)
+        ts = ds.file_meta.get("TransferSyntaxUID")
+        if ts is None or "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+            continue  # not a complete instance to start from
         bases.append(_Base(path.name, path, not ts.is_implicit_VR, ts.is_little_endian,
                            not ts.is_deflated, str(ts)))
     return bases
@@ -565,7 +568,14 @@ def account(data_dir: Path, answers: list[Answer], records: list[dict], destinat
     quarantine_records = {_blob_name(r.get("quarantined_as")): r for r in records if r.get("status") == "quarantined"}
     records_by_blob: dict[str, list[dict]] = defaultdict(list)
     for r in records:
-        records_by_blob[_blob_name(r.get("blob"))].append(r)
+        names = {_blob_name(r.get("blob"))}
+        try:  # a retryable record holds its message: a Plan's blob, a Delivery's source
+            body = json.loads((r.get("retry") or {}).get("body") or "{}")
+            names |= {body[k]["name"] for k in ("blob", "source") if isinstance(body.get(k), dict)}
+        except (ValueError, KeyError, TypeError):
+            pass
+        for name in names - {""}:
+            records_by_blob[name].append(r)
 
     # every object the inputs stored, by (channel, uid in its name)
     objects: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)  # -> [(bucket, name)]
