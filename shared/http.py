@@ -242,7 +242,12 @@ class _ErrorTask(ErrorTask):
         else:  # waitress's own: bad request line or headers, headers or body too large
             status = f"{error.code} {error.reason}"
             headers = [("Content-Type", "application/json")]
-            body = json.dumps({"status": error.code, "error": f"{error.reason}: {error.body}"}).encode()
+            message = f"{error.reason}: {error.body}"
+            if error.code == 413:  # a chunked body past max_request_body_size: STOW-RS's limit
+                message = (f"request body is larger than the limit of {self.channel.adj.max_request_body_size - 1}"
+                           " bytes (stow.max_request_bytes)")
+            body = json.dumps({"status": error.code, "error": message}).encode()
+        self.channel.linger_on_close = True  # the client may still be sending: let it read this
         self.status = status
         self.response_headers.extend(headers)
         self.set_close_on_finish()
@@ -266,7 +271,6 @@ class _Parser(HTTPRequestParser):
             return
         if answer is None:
             return
-        self.channel.linger_on_close = self.chunked or self.content_length > 0
         self.error = _Answer(answer)
         self.expect_continue = False  # no "100 Continue": the client need not send the body
         self.content_length = 0  # nor does waitress wait for it, or judge its size
