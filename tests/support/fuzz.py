@@ -341,7 +341,8 @@ class _Mutator:
                     data[:a.start] + data[b.start:b.end] + data[a.end:b.start] + data[a.start:a.end] + data[b.end:])
         if kind == "group2_in_dataset":
             options = [(0x00020010, b"UI", rng.choice([ExplicitVRBigEndian, ImplicitVRLittleEndian, "1.2.3"]).encode()),
-                       (0x00020003, b"UI", generate_uid(entropy_srcs=[str(rng.random())]).encode()), (0x00020001, b"OB", b"\0\1"),
+                       (0x00020003, b"UI", generate_uid(entropy_srcs=[str(rng.random())]).encode()),
+                       (0x00020001, b"OB", b"\0\1"),
                        (0x00020002, b"UI", b"1.2.840.10008.5.1.4.1.1.7"), (0x00020013, b"SH", b"FUZZ")]
             chosen = sorted(rng.sample(options, rng.randint(1, 3)))
             encoded = b"".join(_element(tag, vr, value, self.explicit, self.little) for tag, vr, value in chosen)
