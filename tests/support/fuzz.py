@@ -131,10 +131,16 @@ def _bases(work: Path) -> list[_Base]:
         found = get_charset_files(name)
         if found:
             paths.append(Path(found[0]))
-    paths += make_ct_study(work / "ct", 1, rows=16, columns=16, patient_id="FUZZ-CT")
+    ct = make_ct_study(work / "ct", 1, rows=16, columns=16, patient_id="FUZZ-CT")[0]
+    ds = dcmread(ct)  # same bytes every time: the corpus is a function of the seed alone
+    ds.PixelData = random.Random(len(ds.PixelData)).randbytes(len(ds.PixelData))
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["axiom-fuzz-ct-study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["axiom-fuzz-ct-series"])
+    ds.save_as(ct, enforce_file_format=True)
+    paths.append(ct)
     bases = []
     for path in paths:
-        ds = dcmread(path)
+        ds = dcmread(path, force=True)  # the character-set samples have no preamble
         ts = ds.file_meta.get("TransferSyntaxUID")
         if ts is None or "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
             continue  # not a complete instance to start from
@@ -146,7 +152,7 @@ def _bases(work: Path) -> list[_Base]:
 def _encode(path: Path, uid: str, patient_id: str, ts: str | None = None) -> tuple[bytes, bytes, str]:
     """(file meta with preamble, data set bytes, SOP Class UID) of ``path`` under a new
     SOP Instance UID, optionally re-encoded in the uncompressed ``ts``."""
-    ds = dcmread(path)
+    ds = dcmread(path, force=True)
     ds.SOPInstanceUID = uid
     ds.file_meta.MediaStorageSOPInstanceUID = uid
     ds.PatientID = patient_id
