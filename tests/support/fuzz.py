@@ -30,9 +30,11 @@ import struct
 import subprocess
 import threading
 import time
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 from pydicom import dcmread
 from pydicom.data import get_charset_files, get_testdata_file
@@ -357,7 +359,8 @@ class _Mutator:
             tag = rng.choice([0x00080016, 0x00080018])
             el = next((x for x in elems if x.tag == tag), None)
             vr, value, name = rng.choice([
-                (b"US", b"\x01\x00", "US"), (b"FD", struct.pack("<d", 1.5), "FD"), (b"OB", rng.randbytes(16), "OB"),
+                (b"US", rng.randbytes(2), "US"), (b"FD", struct.pack("<d", rng.uniform(1, 1e6)), "FD"),
+                (b"OB", rng.randbytes(16), "OB"),
                 (b"SQ", struct.pack("<HHI", 0xFFFE, 0xE000, 0), "SQ"), (b"UI", b"not a uid!", "text"),
                 (b"UI", b"", "empty"), (b"UI", b"1." * 100 + b"1", "201 chars"), (b"UI", b"1.2.\x00\xff.3", "binary")])
             encoded = _element(tag, vr, value, self.explicit, self.little)
@@ -452,10 +455,21 @@ class Answer:
     stored_uid: str = ""  # the SOP Instance UID the server stored it under
 
 
+def _split_at_group_length(path) -> tuple:
+    """(file meta, offset of the data set) of a Part 10 file, the meta ending where its
+    group length (0002,0000) says (PS3.10 7.1). pynetdicom's own ``split_dataset``
+    reads group 0002 up to the first other group, so group-0002 elements at the start
+    of a broken data set would be taken for file meta and never sent."""
+    data = Path(path).read_bytes()
+    offset = 144 + struct.unpack_from("<I", data, 140)[0]
+    return dcmread(io.BytesIO(data[:offset])).file_meta, offset
+
+
 def send_cstore(port: int, cases: list[FuzzCase], work: Path, *, ae_title: str = "AXIOM",
                 dimse_timeout: float = 10.0, stop: threading.Event | None = None) -> list[Answer]:
     """C-STORE every case's clean file meta + mutated data set as bytes (pynetdicom's
     chunked send), on as few associations as the server leaves open."""
+    import pynetdicom.association
     from pynetdicom import AE, _config
 
     _config.STORE_SEND_CHUNKED_DATASET = True
@@ -473,6 +487,14 @@ def send_cstore(port: int, cases: list[FuzzCase], work: Path, *, ae_title: str =
             ae.add_requested_context(sop_class, [ts])
     answers: list[Answer] = []
     assoc = None
+    with mock.patch.object(pynetdicom.association, "split_dataset", _split_at_group_length):
+        _send_each(ae, port, ae_title, cases, work, answers, stop)
+    return answers
+
+
+def _send_each(ae, port: int, ae_title: str, cases: list[FuzzCase], work: Path, answers: list[Answer],
+               stop: threading.Event | None) -> None:
+    assoc = None
     for case in cases:
         if stop is not None and stop.is_set():
             break
@@ -487,6 +509,8 @@ def send_cstore(port: int, cases: list[FuzzCase], work: Path, *, ae_title: str =
             status = assoc.send_c_store(path)
         except Exception as exc:  # noqa: BLE001 - a sender-side failure is reported, not raised
             answers.append(Answer(case, "cstore", answered=False, detail=f"sender error {type(exc).__name__}: {exc}"))
+            if assoc is not None and assoc.is_established:
+                assoc.abort()
             assoc = None
             continue
         finally:
@@ -499,7 +523,6 @@ def send_cstore(port: int, cases: list[FuzzCase], work: Path, *, ae_title: str =
         answers.append(Answer(case, "cstore", success=ok, detail=f"0x{code:04X}", stored_uid=case.sop_instance_uid))
     if assoc is not None and assoc.is_established:
         assoc.release()
-    return answers
 
 
 def send_stow(http_port: int, cases: list[FuzzCase], key: str, *, stop: threading.Event | None = None) -> list[Answer]:
@@ -569,6 +592,7 @@ def account(data_dir: Path, answers: list[Answer], records: list[dict], destinat
     from shared.dicom.io import content_digest, read_instance
     from shared.messages import BlobRef, Delivery, IngestMetadata
 
+    warnings.simplefilter("ignore")  # pydicom's about the broken instances read here
     blobs = LocalBlobStore(data_dir / "blobs")
     with sqlite3.connect(f"file:{data_dir / 'state.db'}?mode=ro", uri=True) as db:
         delivered_keys = {k for (k,) in db.execute("SELECT key FROM deliveries WHERE state='delivered'")}
