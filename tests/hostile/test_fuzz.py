@@ -24,10 +24,14 @@ COUNT = 1000
 KEY = "fuzz-key-0123456789abcdef"
 DESTINATION = "archive"
 
-# growth allowed from the warmed-up baseline to after the campaign, per process
-RSS_GROWTH_KB = 64 * 1024  # a leak of every instance would be ~2,000 x 10-40 KB plus copies
+# growth allowed from the warmed-up baseline to after the campaign, per process. Measured
+# on 2 cores: RSS +8-10 MB in the parent, +2-3 MB in each child; descriptors +4 (HTTP
+# worker threads that first touched a database during the run open their own SQLite
+# connection to it: one per thread and database, shared/adapters/sqlite.py). A leak per
+# instance or per connection would show as tens of MB and hundreds of descriptors.
+RSS_GROWTH_KB = 32 * 1024
 THREADS_GROWTH = 2
-FDS_GROWTH = 4
+FDS_GROWTH = 16
 
 # kinds whose failures belong to another item of issue 11 (fixed elsewhere): xfail until then
 KNOWN = {}
