@@ -38,6 +38,7 @@ import logging
 import socket
 import threading
 import time
+from http import HTTPStatus
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -229,7 +230,11 @@ class _Answer(Error):
     def to_response(self, ident=None):
         skip = {"content-length", "connection"}  # the task writes its own
         headers = [(k, v) for k, v in self.response.headers.items() if k.lower() not in skip]
-        return self.response.status, headers, self.response.get_data()
+        status = self.response.status_code
+        try:  # "401 Unauthorized" (werkzeug writes "401 UNAUTHORIZED")
+            return f"{status} {HTTPStatus(status).phrase}", headers, self.response.get_data()
+        except ValueError:
+            return self.response.status, headers, self.response.get_data()
 
 
 class _ErrorTask(ErrorTask):
