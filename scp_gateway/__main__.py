@@ -32,6 +32,7 @@ import threading
 
 from scp_gateway.gateway import Gateway
 from scp_gateway.receive import sweep_spool
+from shared import logs
 from shared.config import Listener, Settings
 from shared.ingest import Ingestor
 
@@ -53,6 +54,7 @@ def main() -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # pynetdicom's INFO is a line per association and request
     logging.getLogger("pynetdicom").setLevel(os.environ.get("AXIOM_PYNETDICOM_LOG_LEVEL", "WARNING"))
+    logs.install()  # no tag values in log lines
     bucket = os.environ.get("AXIOM_INGEST_BUCKET")
     if not bucket:
         log.error("AXIOM_INGEST_BUCKET is not set")

@@ -136,7 +136,8 @@ class DicomWebSender:
         if status >= 500 or status in (401, 403, 408, 429):
             raise RetryLater(f"STOW-RS to {self.dest.id} answered HTTP {status}")
         if status in (400, 413, 415):
-            raise DeliveryRefused(f"STOW-RS to {self.dest.id} answered HTTP {status}: {response.text[:200]}")
+            # the peer's own words may quote the instance's values: its log has them
+            raise DeliveryRefused(f"STOW-RS to {self.dest.id} answered HTTP {status} {response.reason_phrase}")
         try:
             body = response.json() if response.content else {}
         except json.JSONDecodeError:
