@@ -321,3 +321,55 @@ def test_every_instance_answered_success_ends_somewhere_with_a_record(chain):
     except TimeoutError:
         pass
     assert problems() == []
+
+
+def test_release_held_function_sends_what_a_destination_enabled_again_held(chain, monkeypatch):
+    """The ``release_held`` entry point, called as Cloud Scheduler's Pub/Sub push calls
+    it (a real-shaped CloudEvent through functions-framework's test client): deliveries
+    held for a disabled destination go out through the running route function."""
+    import base64
+
+    from functions_framework import create_app
+
+    from shared import stages
+    from tests.support.invariant import mix_config, sop_uids
+
+    config = mix_config({"ae_title": chain.scp.ae_title, "host": "127.0.0.1", "port": chain.scp.port},
+                        down_port=free_port(), off_path="released")
+    config["settings"] = {"ingest_bucket": INGEST, "processed_bucket": PROCESSED, "quarantine_bucket": QUARANTINE}
+    config["rulesets"][0]["rules"] = [{"id": "to-off", "destinations": ["off"]}]
+    gcp_runtime.load_config(parse_config(config), chain.docs)
+    time.sleep(3)  # the functions' config cache
+    paths = make_ct_study(chain.work / "held", 2, rows=32, columns=32)
+    uids = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
+    chain.send(paths)
+
+    def held():
+        return [r for r in chain.exceptions().values()
+                if r.get("status") == "held" and r.get("sop_instance_uid") in uids and r.get("destination_id") == "off"]
+
+    chain.wait(lambda: len(held()) == 2, "two held deliveries")
+    config["destinations"] = [{**d, "enabled": True} for d in config["destinations"]]
+    gcp_runtime.load_config(parse_config(config), chain.docs)
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", chain.gcs.url)
+    monkeypatch.setenv("AXIOM_TOPIC_PREFIX", chain.prefix)
+    monkeypatch.setenv("AXIOM_COLLECTION_PREFIX", chain.collections)
+    monkeypatch.setenv("AXIOM_CONFIG_TTL_S", "0")
+    gcp_runtime.reset_ports()
+    try:
+        app = create_app(target="release_held", source=str(Path(__file__).parents[2] / "functions" / "main.py"),
+                         signature_type="cloudevent")
+        event = {"specversion": "1.0", "type": "google.cloud.pubsub.topic.v1.messagePublished",
+                 "source": "//pubsub.googleapis.com/projects/p/topics/release",
+                 "id": "release-1", "datacontenttype": "application/json",
+                 "data": {"message": {"data": base64.b64encode(b"{}").decode(), "messageId": "1"},
+                          "subscription": "projects/p/subscriptions/release"}}
+        answer = app.test_client().post("/", json=event, headers={"Content-Type": "application/cloudevents+json"})
+        assert answer.status_code == 200, answer.data
+    finally:
+        gcp_runtime.reset_ports()
+    chain.wait(lambda: sop_uids((chain.work / "base" / "released").rglob("*.dcm")) == uids,
+               "the released deliveries at the enabled destination")
+    assert held() == []
+    assert chain.docs.list(stages.HELD_DELIVERIES) == {}
