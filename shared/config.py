@@ -690,6 +690,15 @@ class AppConfig(Doc):
                 return d
         raise KeyError(destination_id)
 
+    def why_not_deliverable(self, destination_id: str) -> str | None:
+        """Why a delivery to ``destination_id`` must wait (the reason of its held
+        record), or None when the destination is configured and enabled."""
+        try:
+            dest = self.destination(destination_id)
+        except KeyError:
+            return f"destination {destination_id} is not configured"
+        return None if dest.enabled else f"destination {destination_id} is disabled"
+
     def active_rulesets(self) -> list[Ruleset]:
         return sorted((rs for rs in self.rulesets if rs.enabled), key=lambda rs: (rs.priority, rs.id))
 

@@ -16,7 +16,6 @@ from shared.dicom.io import read_instance
 from shared.errors import Unprocessable
 from shared.messages import IngestMetadata
 from shared.rules import decide, validate_instance
-from shared.stages import why_not_deliverable
 
 
 def _show(elem) -> Any:
@@ -65,7 +64,7 @@ def dry_run(config: AppConfig, path: Path, ingest: IngestMetadata, *, at: dateti
     result["default_route"] = decision.default_route
     result["destinations"] = decision.destination_ids
     # a disabled or unknown destination holds its delivery (stages.hold_delivery)
-    held = {d: why for d in decision.destination_ids if (why := why_not_deliverable(config, d))}
+    held = {d: why for d in decision.destination_ids if (why := config.why_not_deliverable(d))}
     result["held_destinations"] = held
     result["outcome"] = "route" if len(held) < len(decision.destination_ids) else "hold"
     result["actions"] = decision.actions

@@ -240,7 +240,7 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
             source=plan.blob,
             ingest=plan.ingest,
         )
-        why_not = why_not_deliverable(config, dest_id)
+        why_not = config.why_not_deliverable(dest_id)
         if why_not:
             hold_delivery(ports, delivery, why_not, stage="morph")
             continue
@@ -279,23 +279,6 @@ def processed_name(ingest: IngestMetadata, sop_instance_uid: str, sha256: str) -
 morph_services: PerObject[AppConfig, MorphServices] = PerObject(MorphServices.from_config, max_entries=1)
 
 
-def _find_destination(config: AppConfig, dest_id: str):
-    try:
-        return config.destination(dest_id)
-    except KeyError:
-        return None
-
-
-def why_not_deliverable(config: AppConfig, dest_id: str) -> str | None:
-    """Why a delivery to ``dest_id`` must wait (a reason for its held record), or None."""
-    dest = _find_destination(config, dest_id)
-    if dest is None:
-        return f"destination {dest_id} is not configured"
-    if not dest.enabled:
-        return f"destination {dest_id} is disabled"
-    return None
-
-
 def hold_delivery(ports: Ports, delivery: Delivery, reason: str, *, stage: str) -> str:
     """Hold a delivery whose destination is disabled or not configured: an exception
     record (status ``held``) with the delivery to send, released by :func:`release_held`
@@ -314,7 +297,7 @@ def release_held(ports: Ports) -> list[str]:
     config = ports.config()
     released = []
     for record_id, held in ports.docs.list(HELD_DELIVERIES).items():
-        if why_not_deliverable(config, held.get("destination_id", "")):
+        if config.why_not_deliverable(held.get("destination_id", "")):
             continue
         try:
             retry_exception(ports, record_id)
@@ -335,7 +318,7 @@ def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
     disabled or gone: see :func:`hold_delivery`) or 'failed'; raises
     :class:`RetryLater` while attempts remain."""
     config = ports.config()
-    why_not = why_not_deliverable(config, delivery.destination_id)
+    why_not = config.why_not_deliverable(delivery.destination_id)
     if why_not:
         hold_delivery(ports, delivery, why_not, stage="route")
         return "held"
