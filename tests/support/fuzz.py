@@ -38,7 +38,7 @@ from unittest import mock
 
 from pydicom import dcmread
 from pydicom.data import get_charset_files, get_testdata_file
-from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid)
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 # --- the corpus ----------------------------------------------------------------------
 
