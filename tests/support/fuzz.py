@@ -486,7 +486,6 @@ def send_cstore(port: int, cases: list[FuzzCase], work: Path, *, ae_title: str =
         for ts in syntaxes:  # one context per pair: the server picks per context
             ae.add_requested_context(sop_class, [ts])
     answers: list[Answer] = []
-    assoc = None
     with mock.patch.object(pynetdicom.association, "split_dataset", _split_at_group_length):
         _send_each(ae, port, ae_title, cases, work, answers, stop)
     return answers
