@@ -30,7 +30,6 @@ import socket
 import struct
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -166,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {n:5d} {what}")
         print(f"peak RSS (sum of processes, sampled): {result.peak_rss_kb / 1024:.0f} MB; VmHWM per process: "
               f"{ {p: round(s['hwm_kb'] / 1024) for p, s in after.items()} } MB")
-        print(f"baseline -> after (rss MB, threads, fds): "
+        print("baseline -> after (rss MB, threads, fds): "
               + "; ".join(f"{p}: {b['rss_kb'] // 1024}->{after.get(p, {}).get('rss_kb', 0) // 1024}, "
                           f"{b['threads']}->{after.get(p, {}).get('threads')}, {b['fds']}->{after.get(p, {}).get('fds')}"
                           for p, b in result.baseline.items()))
