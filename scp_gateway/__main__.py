@@ -68,10 +68,12 @@ def main() -> int:
             log.info("removed %d data set(s) a previous run received but never answered", swept)
     min_free_bytes = int(os.environ.get("AXIOM_MIN_FREE_BYTES", Settings().min_free_bytes))
 
-    from shared.adapters.gcs import GCSBlobStore  # the GCP client only in GCP mode
+    from shared.adapters.gcs import GCSBlobStore  # the GCP clients only in GCP mode
+    from shared.adapters.secret_manager import SecretManagerSecrets
 
     listener = listener_from_env()
-    gateway = Gateway([listener], Ingestor(GCSBlobStore(), bucket), min_free_bytes=min_free_bytes)
+    gateway = Gateway([listener], Ingestor(GCSBlobStore(), bucket), secrets=SecretManagerSecrets(),
+                      min_free_bytes=min_free_bytes)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())

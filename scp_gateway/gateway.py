@@ -35,7 +35,7 @@ from shared.dicom import reactor
 from shared.dicom.io import part10_layout
 from shared.ingest import Ingestor
 from shared.messages import IngestMetadata
-from shared.secrets import Secrets
+from shared.ports import Secrets
 from shared.sources.dimse import source_for_move
 
 log = logging.getLogger(__name__)
@@ -149,12 +149,12 @@ class Gateway:
     (default: tempfile's directory, which the embedded runtime points at its data dir's
     ``tmp/``); below ``min_free_bytes`` free there, associations and C-STOREs are refused."""
 
-    def __init__(self, listeners: list[Listener], ingestor: Ingestor, *, secrets: Secrets | None = None,
+    def __init__(self, listeners: list[Listener], ingestor: Ingestor, *, secrets: Secrets,
                  sources: Callable[[], list] = lambda: [], min_free_bytes: int = 0,
                  spool_dir: Path | str | None = None, limits: ConnectionLimits = ConnectionLimits()):
         self.listeners = listeners
         self.ingestor = ingestor
-        self.secrets = secrets or Secrets()
+        self.secrets = secrets
         self.sources = sources
         self.limits = limits
         self.free_space = FreeSpace(spool_dir or tempfile.gettempdir(), min_free_bytes)

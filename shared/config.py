@@ -439,7 +439,7 @@ class DestinationBase(Doc):
 
 
 # Secrets are named, never written into config: "env:NAME" (an environment variable),
-# "file:/path", or "gsm:projects/P/secrets/S/versions/V" (Secret Manager). See shared/secrets.py.
+# "file:/path", or "gsm:projects/P/secrets/S/versions/V" (Secret Manager). See shared.ports.Secrets.
 SecretRef = Annotated[str, Field(pattern=r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+|gsm:projects/.+)$")]
 
 

@@ -63,7 +63,7 @@ def dry_run(config: AppConfig, path: Path, ingest: IngestMetadata, *, at: dateti
     result["matched"] = [f"{r.ruleset_id}/{r.rule_id}" for r in decision.matched]
     result["default_route"] = decision.default_route
     result["destinations"] = decision.destination_ids
-    # a disabled or unknown destination holds its delivery (stages.hold_delivery)
+    # a disabled or unknown destination holds its delivery (shared.exceptions.hold_delivery)
     held = {d: why for d in decision.destination_ids if (why := config.why_not_deliverable(d))}
     result["held_destinations"] = held
     result["outcome"] = "route" if len(held) < len(decision.destination_ids) else "hold"

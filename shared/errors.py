@@ -18,3 +18,7 @@ class DeliveryRefused(Exception):
     """The destination will not take this instance as it is (a conflicting instance
     with the same SOP Instance UID, an unsupported SOP class or transfer syntax):
     retrying cannot help, so it becomes an exception record at once."""
+
+
+class SecretError(LookupError):
+    """A secret that cannot be read; the message names the reference, never the value."""

@@ -50,7 +50,7 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask
 from waitress.utilities import Error
 
-from shared.secrets import Secrets
+from shared import exceptions
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +142,13 @@ def _json_error(status: int, message: str) -> Response:
     return response
 
 
-def create_app(ports, status: Callable[[], dict], *, secrets: Secrets | None = None, stow: bool = True,
+def create_app(ports, status: Callable[[], dict], *, stow: bool = True,
                host_check: HostCheck | None = None) -> Flask:
-    """The embedded runtime's HTTP app over its :class:`shared.stages.Ports`.
+    """The embedded runtime's HTTP app over its :class:`shared.ports.Ports`.
 
     Exception records can be listed and retried here without authentication (users
     and roles come with the config API): only requests for this server's own names
     (``host_check``; by default ``localhost``, see :class:`HostCheck`) are answered."""
-    from shared import stages
-
     app = Flask("axiom-flow")
     host_check = host_check or HostCheck("localhost", None)
 
@@ -175,22 +173,20 @@ def create_app(ports, status: Callable[[], dict], *, secrets: Secrets | None = N
 
     @app.get("/exceptions")
     def exceptions_view():
-        wanted = request.args.get("status")
-        records = ports.docs.list(stages.EXCEPTIONS).values()
-        return jsonify([r for r in records if wanted is None or r.get("status") == wanted])
+        return jsonify(exceptions.list_exceptions(ports, request.args.get("status")))
 
     @app.post("/exceptions/<record_id>/retry")
     def retry_view(record_id: str):
         try:
-            return jsonify(stages.retry_exception(ports, record_id))
-        except stages.NotRetryable as exc:
+            return jsonify(exceptions.retry_exception(ports, record_id))
+        except exceptions.NotRetryable as exc:
             return jsonify({"error": str(exc)}), 404 if "no exception record" in str(exc) else 409
 
     stow_bp = None
     if stow:
         from shared.stow import stow_blueprint
 
-        stow_bp = stow_blueprint(ports, secrets)
+        stow_bp = stow_blueprint(ports)
         app.register_blueprint(stow_bp)
 
     def early(environ: dict) -> Response | None:

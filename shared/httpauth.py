@@ -7,7 +7,7 @@ import threading
 import httpx
 
 from shared.config import HttpAuth
-from shared.secrets import Secrets
+from shared.ports import Secrets
 
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 
@@ -40,7 +40,7 @@ class GoogleAuth(httpx.Auth):
 _GOOGLE = GoogleAuth()
 
 
-def httpx_auth(auth: HttpAuth, secrets: Secrets) -> tuple[httpx.Auth | None, dict[str, str]]:
+def httpx_auth(auth: HttpAuth, secrets: Secrets | None) -> tuple[httpx.Auth | None, dict[str, str]]:
     """(httpx auth, extra headers) for ``auth``."""
     if auth.type == "basic":
         return httpx.BasicAuth(auth.username, secrets.text(auth.password)), {}

@@ -75,17 +75,6 @@ class ObjectFinalized(Message):
     blob: BlobRef
     metadata: dict[str, str] = Field(default_factory=dict)
 
-    @classmethod
-    def from_gcs_notification(cls, attributes: dict[str, str], data: dict[str, Any]) -> "ObjectFinalized":
-        return cls(
-            blob=BlobRef(
-                bucket=attributes.get("bucketId") or data["bucket"],
-                name=attributes.get("objectId") or data["name"],
-                generation=str(attributes.get("objectGeneration") or data.get("generation") or "") or None,
-            ),
-            metadata=data.get("metadata") or {},
-        )
-
 
 class RuleRef(Message):
     ruleset_id: str
@@ -141,3 +130,19 @@ class DeadLetter(Message):
     body: str
     attempts: int
     last_error: str = ""
+
+
+# The topics, each with the message it carries: the stage topics of both runtimes (Pub/Sub
+# topics ``{prefix}{name}`` in GCP, queue topics locally) and where a retried exception
+# record's message goes back to.
+TOPIC_INGEST = "ingest"  # ObjectFinalized: the ingest bucket's notifications -> match
+TOPIC_PLANNED = "planned"  # Plan -> morph
+TOPIC_DELIVER = "deliver"  # Delivery -> route
+TOPIC_DEAD_LETTER = "dead-letter"  # DeadLetter -> dead_letter
+MESSAGE_OF_TOPIC: dict[str, type[Message]] = {
+    TOPIC_INGEST: ObjectFinalized,
+    TOPIC_PLANNED: Plan,
+    TOPIC_DELIVER: Delivery,
+    TOPIC_DEAD_LETTER: DeadLetter,
+}
+TOPICS = tuple(MESSAGE_OF_TOPIC)

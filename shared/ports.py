@@ -1,14 +1,19 @@
-"""The ports the stages use. Each has a GCP adapter and a local adapter
-(see docs/architecture.md); stages receive them as arguments, never import them."""
+"""The ports the stages use, and :class:`Ports`, the bundle a runtime hands them.
+Each port has a local adapter and a GCP adapter under ``shared/adapters/`` (see
+docs/architecture.md); stages receive them as arguments, never import them."""
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from shared.messages import BlobRef, Message
+from shared.messages import BlobRef, Delivery, Message
+
+if TYPE_CHECKING:
+    from shared.config import AppConfig
 
 
 class BlobStore(Protocol):
@@ -70,3 +75,40 @@ class DeliveryLedger(Protocol):
 class Bus(Protocol):
     def publish(self, topic: str, message: Message) -> None:
         """Durably hand ``message`` to ``topic``; returns once it cannot be lost."""
+
+
+class Secrets(Protocol):
+    """Config names a secret by reference, never holds it: ``env:NAME`` (an environment
+    variable), ``file:/path`` (a file, e.g. a mounted Cloud Run secret),
+    ``gsm:projects/P/secrets/S/versions/V`` (Google Secret Manager). A reference that
+    cannot be read raises :class:`shared.errors.SecretError`, naming the reference,
+    never the value."""
+
+    def get(self, ref: str) -> bytes: ...
+
+    def text(self, ref: str) -> str:
+        """The secret as text, surrounding whitespace removed (a file's newline)."""
+
+
+class Senders(Protocol):
+    """The process's destination senders (shared.destinations.Senders)."""
+
+    def send(self, dest: Any, path: Path, delivery: Delivery) -> str:
+        """Send ``path`` to ``dest``; return where it went. Raises RetryLater or
+        DeliveryRefused (shared.errors)."""
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Ports:
+    """What a stage, an input or an exception operation works over. Built once per
+    process by a runtime (shared/runtime/)."""
+
+    blobs: BlobStore
+    docs: DocumentStore
+    ledger: DeliveryLedger
+    bus: Bus
+    config: Callable[[], "AppConfig"]
+    senders: Senders
+    secrets: Secrets

@@ -15,82 +15,40 @@ import os
 import struct
 import tempfile
 import threading
-import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 from pydicom.dataset import Dataset
 
 from shared.config import AppConfig
-from shared.destinations import Senders
 from shared.dicom.io import content_digest, read_instance, write_instance
 from shared.dicom.original_attributes import ORIGINAL_ATTRIBUTES_SEQUENCE, OriginalAttributesPolicy
 from shared.dicom.splice import write_spliced
 from shared.errors import DeliveryRefused, RetryLater, Unprocessable
+from shared.exceptions import hold_delivery, quarantine, record_exception
 from shared.logs import describe_error
 from shared.memo import PerObject
-from shared.messages import BlobRef, DeadLetter, Delivery, IngestMetadata, ObjectFinalized, Plan
+from shared.messages import (
+    MESSAGE_OF_TOPIC,
+    TOPIC_DELIVER,
+    TOPIC_INGEST,
+    TOPIC_PLANNED,
+    BlobRef,
+    DeadLetter,
+    Delivery,
+    IngestMetadata,
+    ObjectFinalized,
+    Plan,
+)
 from shared.morph import apply_actions
 from shared.morph_services import MorphServices
-from shared.ports import BlobStore, Bus, Claim, DeliveryLedger, DocumentStore
+from shared.ports import Claim, Ports
 from shared.rules import decide, validate_instance
 
 log = logging.getLogger(__name__)
 
-TOPIC_INGEST = "ingest"  # ObjectFinalized: what match reads (the ingest bucket's notifications)
-TOPIC_PLANNED = "planned"
-TOPIC_DELIVER = "deliver"
-
-EXCEPTIONS = "exceptions"  # DocumentStore collection of exception records
-# held deliveries waiting for their destination, by exception record id: a small index
-# so that releasing them does not read every exception record
-HELD_DELIVERIES = "held_deliveries"
-
 DELIVERY_LEASE_S = 600.0
-
-
-@dataclass
-class Ports:
-    blobs: BlobStore
-    docs: DocumentStore
-    ledger: DeliveryLedger
-    bus: Bus
-    config: Callable[[], AppConfig]
-    base_dir: Path  # where relative filesystem-destination paths start
-    senders: Senders | None = None  # built from base_dir when not given
-
-    def __post_init__(self):
-        if self.senders is None:
-            self.senders = Senders(base_dir=self.base_dir)
-
-
-def record_exception(ports: Ports, *, stage: str, reason: str, status: str,
-                     topic: str | None = None, body: str | None = None, **refs) -> str:
-    """Write an exception record. With ``topic`` and ``body`` it can be retried later by
-    republishing the message. Records hold UIDs and ids, never patient data."""
-    record_id = uuid.uuid4().hex
-    ports.docs.set(EXCEPTIONS, record_id, {
-        "id": record_id,
-        "stage": stage,
-        "status": status,
-        "reason": reason,
-        "created_at": datetime.now(timezone.utc).isoformat(),
-        "retry": {"topic": topic, "body": body} if topic else None,
-        **{k: (str(v) if isinstance(v, BlobRef) else v) for k, v in refs.items()},
-    })
-    log.warning("exception %s stage=%s status=%s: %s", record_id, stage, status, reason)
-    return record_id
-
-
-def quarantine(ports: Ports, blob: BlobRef, reason: str, *, stage: str) -> BlobRef:
-    cfg = ports.config().settings
-    target = ports.blobs.copy(blob, cfg.quarantine_bucket, blob.name)
-    record_exception(ports, stage=stage, reason=reason, status="quarantined", blob=blob, quarantined_as=target)
-    ports.blobs.delete(blob)
-    return target
 
 
 # --- match ----------------------------------------------------------------------------
@@ -279,37 +237,6 @@ def processed_name(ingest: IngestMetadata, sop_instance_uid: str, sha256: str) -
 morph_services: PerObject[AppConfig, MorphServices] = PerObject(MorphServices.from_config, max_entries=1)
 
 
-def hold_delivery(ports: Ports, delivery: Delivery, reason: str, *, stage: str) -> str:
-    """Hold a delivery whose destination is disabled or not configured: an exception
-    record (status ``held``) with the delivery to send, released by :func:`release_held`
-    once the destination is enabled, or by an operator."""
-    record_id = record_exception(ports, stage=stage, status="held", reason=reason,
-                                 sop_instance_uid=delivery.sop_instance_uid, destination_id=delivery.destination_id,
-                                 topic=TOPIC_DELIVER, body=delivery.model_dump_json())
-    ports.docs.set(HELD_DELIVERIES, record_id, {"destination_id": delivery.destination_id})
-    return record_id
-
-
-def release_held(ports: Ports) -> list[str]:
-    """Send the held deliveries whose destination is configured and enabled now; return
-    the ids of the records released. Runs periodically (embedded runtime) or from a
-    scheduler (GCP); an operator can also release one record (:func:`retry_exception`)."""
-    config = ports.config()
-    released = []
-    for record_id, held in ports.docs.list(HELD_DELIVERIES).items():
-        if config.why_not_deliverable(held.get("destination_id", "")):
-            continue
-        try:
-            retry_exception(ports, record_id)
-        except NotRetryable:
-            ports.docs.delete(HELD_DELIVERIES, record_id)  # released or removed meanwhile
-            continue
-        released.append(record_id)
-    if released:
-        log.info("released %d held delivery(ies) to destinations enabled again", len(released))
-    return released
-
-
 # --- route ----------------------------------------------------------------------------
 
 
@@ -366,7 +293,7 @@ def dead_letter(ports: Ports, letter: DeadLetter) -> str:
 
 def _message_refs(topic: str, body: str) -> dict:
     """The UIDs and ids a stage message is about, for its exception record."""
-    model = {TOPIC_INGEST: ObjectFinalized, TOPIC_PLANNED: Plan, TOPIC_DELIVER: Delivery}.get(topic)
+    model = MESSAGE_OF_TOPIC.get(topic)
     try:
         message = model.model_validate_json(body) if model else None
     except ValueError:
@@ -380,43 +307,3 @@ def _message_refs(topic: str, body: str) -> dict:
         return {"blob": message.blob}
     return {}
 
-
-
-# --- exception records ------------------------------------------------------------------
-
-
-class NotRetryable(LookupError):
-    """An exception record that does not exist or carries no message to retry."""
-
-
-def retry_exception(ports: Ports, record_id: str) -> dict:
-    """Publish the message an exception record holds back onto its topic (a delivery
-    to route again, a held plan to morph, ...) and mark the record ``retried``. The
-    ledger still guards against a second delivery of what did arrive."""
-    record = ports.docs.get(EXCEPTIONS, record_id)
-    if record is None:
-        raise NotRetryable(f"no exception record {record_id}")
-    retry = record.get("retry") or {}
-    if not retry.get("topic") or retry.get("body") is None:
-        raise NotRetryable(f"exception record {record_id} ({record.get('status')}) has no message to retry")
-    topic, body = _replannable(retry["topic"], retry["body"])
-    ports.bus.publish(topic, body.encode())
-    record = {**record, "status": "retried", "retried_at": datetime.now(timezone.utc).isoformat(),
-              "retries": int(record.get("retries") or 0) + 1}
-    ports.docs.set(EXCEPTIONS, record_id, record)
-    ports.docs.delete(HELD_DELIVERIES, record_id)
-    log.info("exception %s retried on %s", record_id, topic)
-    return record
-
-
-def _replannable(topic: str, body: str) -> tuple[str, str]:
-    """A plan with no destinations (held by match before held plans were planned again)
-    goes back to match, which decides under the config of now."""
-    if topic == TOPIC_PLANNED:
-        try:
-            plan = Plan.model_validate_json(body)
-        except ValueError:
-            return topic, body
-        if not plan.destination_ids:
-            return TOPIC_INGEST, ObjectFinalized(blob=plan.blob).model_dump_json()
-    return topic, body

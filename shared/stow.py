@@ -55,10 +55,12 @@ from multipart import MultipartError, MultipartSegment, PushMultipartParser, par
 
 from shared.config import AppConfig, StowInput
 from shared.dicom.io import read_instance
-from shared.errors import Unprocessable
+from shared.errors import SecretError, Unprocessable
+from shared.exceptions import record_exception
 from shared.ingest import Ingestor
+from shared.memo import PerObject
 from shared.messages import IngestMetadata
-from shared.secrets import SecretError, Secrets
+from shared.ports import Secrets
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +247,7 @@ def store_instances(stream: IO[bytes], content_type: str | None, ports, *, confi
                     tmp_dir: str | None = None) -> StowResult:
     """Store the instances of one STOW-RS request body read from ``stream``.
 
-    ``ports`` is a :class:`shared.stages.Ports` (blobs, docs, config are used). Raises
+    ``ports`` is a :class:`shared.ports.Ports` (blobs, docs, config, secrets are used). Raises
     :class:`StowError` when the request as a whole is refused; then nothing is stored.
     Otherwise every part is either in the ingest bucket or listed as failed."""
     config = config or ports.config()
@@ -310,8 +312,6 @@ def _meta_uids(path: Path) -> tuple[str, str]:
 def _quarantine(part: _Spooled, res: PartResult, ports, config: AppConfig, meta: IngestMetadata) -> None:
     """Keep an unreadable part in the quarantine bucket with an exception record. Best
     effort: the client has already been told the part failed and still has it."""
-    from shared.stages import record_exception  # stages imports the destinations; keep import light
-
     now = datetime.now(timezone.utc)
     name = f"stow/{now:%Y/%m/%d}/{uuid.uuid4().hex}.dcm"
     metadata = {**meta.model_copy(update={"sop_instance_uid": res.sop_instance_uid,
@@ -335,8 +335,8 @@ class ApiKeys:
     """The keys of ``stow.api_keys`` (one per line; blank lines and ``#`` comments
     ignored), read through the Secrets port and reused for ``ttl_s`` seconds."""
 
-    def __init__(self, secrets: Secrets | None = None, ttl_s: float = KEY_CACHE_S):
-        self.secrets = secrets or Secrets()
+    def __init__(self, secrets: Secrets, ttl_s: float = KEY_CACHE_S):
+        self.secrets = secrets
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, list[bytes]]] = {}
@@ -360,7 +360,8 @@ class ApiKeys:
         return ok
 
 
-_DEFAULT_KEYS = ApiKeys()
+# the API keys read through each process's Secrets port, cached there
+_keys_of: PerObject[Secrets, ApiKeys] = PerObject(ApiKeys, max_entries=4)
 
 
 def _presented_key(req: Request) -> str:
@@ -417,7 +418,7 @@ def refusal(req: Request, ports, *, keys: ApiKeys | None = None) -> Response | N
     its body is read: STOW-RS disabled (404), no or a wrong API key (401), keys
     unreadable (503), a Content-Length over ``stow.max_request_bytes`` (413), a media
     type this endpoint does not take (415, 400). None: read the body."""
-    keys = keys or _DEFAULT_KEYS
+    keys = keys or _keys_of(ports.secrets)
     config = ports.config()
     if not config.stow.enabled:
         return _error(404, "STOW-RS is disabled here (stow.enabled: false)")
@@ -438,9 +439,9 @@ def refusal(req: Request, ports, *, keys: ApiKeys | None = None) -> Response | N
 
 def handle_stow(req: Request, ports, *, study_uid: str | None = None, keys: ApiKeys | None = None) -> Response:
     """One STOW-RS request, from headers to response. ``ports``: a
-    :class:`shared.stages.Ports` (or a callable returning one)."""
+    :class:`shared.ports.Ports` (or a callable returning one)."""
     ports = ports() if callable(ports) else ports
-    keys = keys or _DEFAULT_KEYS
+    keys = keys or _keys_of(ports.secrets)
     refused = refusal(req, ports, keys=keys)
     if refused is not None:
         _drain(req.stream)
@@ -474,21 +475,19 @@ def stow_http_function(req: Request, ports, *, keys: ApiKeys | None = None) -> R
     return handle_stow(req, ports, study_uid=m.group("study"), keys=keys)
 
 
-def stow_blueprint(ports: Callable[[], object] | object, secrets: Secrets | None = None,
-                   url_prefix: str = "/dicomweb") -> Blueprint:
+def stow_blueprint(ports: Callable[[], object] | object, url_prefix: str = "/dicomweb") -> Blueprint:
     """``POST {url_prefix}/studies[/{StudyInstanceUID}]`` for ``axiom-flow serve``.
     ``bp.early_answer(request)``: :func:`refusal` with this blueprint's keys, for a
     server that can answer before reading the body (``shared/http.py``)."""
     bp = Blueprint("stow", __name__, url_prefix=url_prefix)
-    keys = ApiKeys(secrets)
-    bp.early_answer = lambda req: refusal(req, ports() if callable(ports) else ports, keys=keys)
+    bp.early_answer = lambda req: refusal(req, ports() if callable(ports) else ports)
 
     @bp.post("/studies")
     def store():
-        return handle_stow(request, ports, keys=keys)
+        return handle_stow(request, ports)
 
     @bp.post("/studies/<study_uid>")
     def store_in_study(study_uid: str):
-        return handle_stow(request, ports, study_uid=study_uid, keys=keys)
+        return handle_stow(request, ports, study_uid=study_uid)
 
     return bp

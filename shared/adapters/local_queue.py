@@ -24,11 +24,9 @@ from typing import Callable
 from shared.adapters.sqlite import SQLiteDatabase
 from shared.errors import RetryLater
 from shared.logs import describe_error
-from shared.messages import DeadLetter, Message
+from shared.messages import TOPIC_DEAD_LETTER, DeadLetter, Message
 
 log = logging.getLogger(__name__)
-
-DEAD_LETTER_TOPIC = "dead-letter"
 
 Handler = Callable[[bytes, int], None]  # (body, attempt starting at 1)
 
@@ -178,12 +176,12 @@ class LocalQueue:
                 "INSERT INTO dead_letters (topic, body, attempts, last_error, created_at) VALUES (?,?,?,?,?)",
                 (sub.topic, body, attempt, error, now),
             )
-            if sub.topic != DEAD_LETTER_TOPIC:
+            if sub.topic != TOPIC_DEAD_LETTER:
                 letter = DeadLetter(topic=sub.topic, body=bytes(body).decode(errors="replace"), attempts=attempt,
                                     last_error=error)
                 conn.execute(
                     "INSERT INTO messages (topic, body, available_at, created_at) VALUES (?,?,?,?)",
-                    (DEAD_LETTER_TOPIC, letter.to_bytes(), now, now),
+                    (TOPIC_DEAD_LETTER, letter.to_bytes(), now, now),
                 )
 
     # --- inspection ---------------------------------------------------------------

@@ -20,7 +20,7 @@ from shared.config import (
 )
 from shared.errors import RetryLater
 from shared.messages import Delivery
-from shared.secrets import Secrets
+from shared.ports import Secrets
 
 SLOT_WAIT_S = 30.0  # a send waits this long for a free slot before trying again later
 
@@ -55,9 +55,9 @@ class Senders:
     """The process's senders and per-destination concurrency limits (``max_concurrency``
     sends in flight per destination in this process)."""
 
-    def __init__(self, *, base_dir: Path, secrets: Secrets | None = None):
+    def __init__(self, *, base_dir: Path, secrets: Secrets):
         self.base_dir = base_dir
-        self.secrets = secrets or Secrets()
+        self.secrets = secrets
         self._lock = threading.Lock()
         self._senders: dict[str, tuple[object, Sender, threading.BoundedSemaphore]] = {}
         self._closed = threading.Event()

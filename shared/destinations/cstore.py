@@ -25,7 +25,7 @@ from shared.dicom import reactor
 from shared.errors import DeliveryRefused, RetryLater
 from shared.logs import describe_error
 from shared.messages import Delivery
-from shared.secrets import Secrets
+from shared.ports import Secrets
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from shared.config import DicomWebDestination, HealthcareDestination
 from shared.errors import DeliveryRefused, RetryLater
 from shared.httpauth import GoogleAuth, httpx_auth
 from shared.messages import Delivery
-from shared.secrets import Secrets
+from shared.ports import Secrets
 
 log = logging.getLogger(__name__)
 

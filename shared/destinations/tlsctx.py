@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from shared.config import TLS
-from shared.secrets import Secrets
+from shared.ports import Secrets
 
 
 def _load_chain(ctx: ssl.SSLContext, tls: TLS, secrets: Secrets) -> None:

@@ -30,19 +30,15 @@ import threading
 from pathlib import Path
 from typing import Mapping
 
-from shared import stages
 from shared.config import AppConfig, load_yaml, to_documents
 from shared.logs import install as install_log_safety
+from shared.ports import Ports
 from shared.runtime.configcache import CachedConfig
-
-TOPIC_INGEST = stages.TOPIC_INGEST
-TOPIC_DEAD_LETTER = "dead-letter"
-TOPICS = (TOPIC_INGEST, stages.TOPIC_PLANNED, stages.TOPIC_DELIVER, TOPIC_DEAD_LETTER)
 
 DEFAULT_TOPIC_PREFIX = "axiom-"
 
 _lock = threading.Lock()
-_ports: stages.Ports | None = None
+_ports: Ports | None = None
 
 
 def topic_prefix(env: Mapping[str, str] | None = None) -> str:
@@ -65,28 +61,32 @@ def document_store(env: Mapping[str, str] | None = None):
     return FirestoreDocumentStore(client, prefix=env.get("AXIOM_COLLECTION_PREFIX", ""))
 
 
-def build_ports(env: Mapping[str, str] | None = None) -> stages.Ports:
+def build_ports(env: Mapping[str, str] | None = None) -> Ports:
     """New ports from ``env`` (default: the process environment). Clients are created
     here, never at import, so a forking server creates them in each worker."""
     from shared.adapters.firestore import FirestoreDeliveryLedger
     from shared.adapters.gcs import GCSBlobStore
     from shared.adapters.pubsub import PubSubBus
+    from shared.adapters.secret_manager import SecretManagerSecrets
+    from shared.destinations import Senders
 
     install_log_safety()  # before a stage runs in this process: no tag values in its logs (shared/logs.py)
     env = os.environ if env is None else env
     project = _project(env)
     docs = document_store(env)
-    return stages.Ports(
+    secrets = SecretManagerSecrets()
+    return Ports(
         blobs=GCSBlobStore(project=project, tmp_dir=env.get("AXIOM_TMP_DIR") or None),
         docs=docs,
         ledger=FirestoreDeliveryLedger(docs.client, prefix=docs.prefix),
         bus=PubSubBus(project, prefix=topic_prefix(env)),
         config=CachedConfig(docs, ttl_s=float(env.get("AXIOM_CONFIG_TTL_S", "5"))),
-        base_dir=Path(env.get("AXIOM_BASE_DIR") or "/tmp"),
+        senders=Senders(base_dir=Path(env.get("AXIOM_BASE_DIR") or "/tmp"), secrets=secrets),
+        secrets=secrets,
     )
 
 
-def ports() -> stages.Ports:
+def ports() -> Ports:
     """The process's ports, built on first use and then reused across invocations."""
     global _ports
     if _ports is None:

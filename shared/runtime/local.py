@@ -20,6 +20,7 @@ Layout of the data dir:
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -30,26 +31,35 @@ import threading
 from pathlib import Path
 
 from scp_gateway.gateway import Gateway
-from shared import stages
+from shared import exceptions, stages
 from shared.adapters.local_blobs import LocalBlobStore
-from shared.adapters.local_queue import DEAD_LETTER_TOPIC, LocalQueue, Subscription
+from shared.adapters.local_queue import LocalQueue, Subscription
+from shared.adapters.secrets import LocalSecrets
 from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteDocumentStore
 from shared.config import AppConfig, to_documents
 from shared.destinations import Senders
 from shared.http import HostCheck, HttpServer, create_app
 from shared.ingest import Ingestor
 from shared.logs import install as install_log_safety
-from shared.messages import DeadLetter, Delivery, ObjectFinalized, Plan
+from shared.messages import (
+    TOPIC_DEAD_LETTER,
+    TOPIC_DELIVER,
+    TOPIC_INGEST,
+    TOPIC_PLANNED,
+    TOPICS,
+    DeadLetter,
+    Delivery,
+    ObjectFinalized,
+    Plan,
+)
+from shared.ports import Ports
 from shared.runtime.configcache import CachedConfig
-from shared.secrets import Secrets
 from shared.sources.scheduler import SourceScheduler
 
 log = logging.getLogger(__name__)
 
-TOPIC_INGEST = stages.TOPIC_INGEST
 # how often held deliveries are checked against the config (a destination enabled again)
 RELEASE_HELD_EVERY_S = 10.0
-TOPICS = (TOPIC_INGEST, stages.TOPIC_PLANNED, stages.TOPIC_DELIVER, DEAD_LETTER_TOPIC)
 
 
 class _Stores:
@@ -61,32 +71,35 @@ class _Stores:
         self.ledger = SQLiteDeliveryLedger(db)
         self.queue = LocalQueue(data_dir / "queue.db", poll_s=poll_s)
         self.config = CachedConfig(self.docs)
-        self.secrets = Secrets()
+        self.secrets = LocalSecrets()
         self.data_dir = data_dir
         self.blobs = LocalBlobStore(
             data_dir / "blobs",
             on_finalize=(lambda event: self.queue.publish(TOPIC_INGEST, event)) if notify else None,
             notify_buckets=frozenset({self.config().settings.ingest_bucket}) if notify else frozenset(),
         )
-        self.ports = stages.Ports(blobs=self.blobs, docs=self.docs, ledger=self.ledger,
-                                  bus=self.queue.from_handlers(), config=self.config, base_dir=data_dir,
-                                  senders=Senders(base_dir=data_dir, secrets=self.secrets))
+        # every publish through these ports is fsynced (HTTP retries, releases of held
+        # deliveries); the stage workers' ports publish through the queue's handler bus
+        self.ports = Ports(blobs=self.blobs, docs=self.docs, ledger=self.ledger, bus=self.queue,
+                           config=self.config, senders=Senders(base_dir=data_dir, secrets=self.secrets),
+                           secrets=self.secrets)
+        self.stage_ports = dataclasses.replace(self.ports, bus=self.queue.from_handlers())
 
     def subscribe_stages(self, route_workers: int, *, prepare: bool = True, route: bool = True) -> None:
         """Workers for match, morph and dead letters (``prepare``) and for route."""
-        p, q = self.ports, self.queue
+        p, q = self.stage_ports, self.queue
         attempts = self.config().settings.stage_max_attempts
         if prepare:
             q.subscribe(Subscription(TOPIC_INGEST, lambda b, a: stages.match(p, ObjectFinalized.from_bytes(b)),
                                      workers=2, max_attempts=attempts))
-            q.subscribe(Subscription(stages.TOPIC_PLANNED, lambda b, a: stages.morph(p, Plan.from_bytes(b)),
+            q.subscribe(Subscription(TOPIC_PLANNED, lambda b, a: stages.morph(p, Plan.from_bytes(b)),
                                      workers=2, max_attempts=attempts))
-            q.subscribe(Subscription(DEAD_LETTER_TOPIC, lambda b, a: stages.dead_letter(p, DeadLetter.from_bytes(b)),
+            q.subscribe(Subscription(TOPIC_DEAD_LETTER, lambda b, a: stages.dead_letter(p, DeadLetter.from_bytes(b)),
                                      workers=1, max_attempts=1000))
         if route:
             # route gives up per destination itself (its retry policy); the queue's limit
             # is only a backstop for bugs
-            q.subscribe(Subscription(stages.TOPIC_DELIVER, lambda b, a: stages.route(p, Delivery.from_bytes(b), a),
+            q.subscribe(Subscription(TOPIC_DELIVER, lambda b, a: stages.route(p, Delivery.from_bytes(b), a),
                                      workers=route_workers, max_attempts=100))
 
 
@@ -154,7 +167,7 @@ class EmbeddedRuntime:
         # HTTP: waitress with timeouts and a connection limit (shared/http.py); the control
         # routes answer only for this server's own names (DNS rebinding)
         host_check = HostCheck(http_host, http_port, http_allowed_hosts)
-        app = create_app(self.ports, self.status, secrets=self.secrets, host_check=host_check)
+        app = create_app(self.ports, self.status, host_check=host_check)
         self._http = (HttpServer(app, http_host, http_port, max_request_body=config.stow.max_request_bytes)
                       if http_port is not None else None)
         if self._http:
@@ -166,7 +179,7 @@ class EmbeddedRuntime:
         return {
             "queue": {t: self.queue.pending(t) for t in TOPICS},
             "deliveries": self.ledger.counts(),
-            "exceptions": self.docs.count(stages.EXCEPTIONS),
+            "exceptions": self.docs.count(exceptions.EXCEPTIONS),
             "listeners": {lsn.id: port for lsn, port in zip(self.gateway.listeners, self.gateway.ports)},
             "gateway": self.gateway.status(),  # free space against settings.min_free_bytes, connections
             "sources": self.sources.status(),
@@ -202,7 +215,7 @@ class EmbeddedRuntime:
         """Deliveries held for a disabled destination go out once it is enabled again."""
         while True:
             try:
-                stages.release_held(self.ports)
+                exceptions.release_held(self.ports)
             except Exception:  # noqa: BLE001 - try again on the next round
                 log.exception("releasing held deliveries failed")
             if self._stopping.wait(RELEASE_HELD_EVERY_S):

@@ -64,8 +64,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 from shared.ingest import Ingestor
-from shared.ports import DocumentStore
-from shared.secrets import Secrets
+from shared.ports import DocumentStore, Secrets
 from shared.sources.orthanc import OrthancChanges
 from shared.sources.state import COUNTERS, SourceBusy, SourceLease, SourceState, StudyRecord, cap_watermark, lookback
 
@@ -360,7 +359,7 @@ def handle_healthcare_notification(*args, **kwargs):
 # --- entry points shared by the runtimes ------------------------------------------------
 
 
-def poll_by_id(ports, source_id: str, secrets: Secrets | None = None) -> PollResult:
+def poll_by_id(ports, source_id: str) -> PollResult:
     """One poll of the configured source ``source_id`` with the runtime's ports (the
     scheduled ``poll`` function; the embedded scheduler calls poll_source itself)."""
     config = ports.config()
@@ -368,10 +367,10 @@ def poll_by_id(ports, source_id: str, secrets: Secrets | None = None) -> PollRes
     if source is None:
         raise KeyError(f"no source {source_id!r} in the config")
     return poll_source(source, ingestor=Ingestor(ports.blobs, config.settings.ingest_bucket), docs=ports.docs,
-                       secrets=secrets or Secrets())
+                       secrets=ports.secrets)
 
 
-def ingest_healthcare_notification(ports, data: bytes, attributes: dict, secrets: Secrets | None = None):
+def ingest_healthcare_notification(ports, data: bytes, attributes: dict):
     """A Healthcare API DICOM store notification -> the instance, ingested once."""
     from shared.sources.healthcare import DEFAULT_ENDPOINT, handle_healthcare_notification, source_for_store
 
@@ -380,5 +379,5 @@ def ingest_healthcare_notification(ports, data: bytes, attributes: dict, secrets
     source = next((s for s in config.sources if s.id == source_id), None)
     return handle_healthcare_notification(
         data, attributes, ingestor=Ingestor(ports.blobs, config.settings.ingest_bucket), docs=ports.docs,
-        secrets=secrets or Secrets(), source_id=source_id,
+        secrets=ports.secrets, source_id=source_id,
         endpoint=getattr(source, "endpoint", None) or DEFAULT_ENDPOINT)

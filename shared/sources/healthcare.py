@@ -47,8 +47,7 @@ from shared.config import HttpAuth
 from shared.httpauth import httpx_auth
 from shared.ingest import Ingestor
 from shared.messages import IngestMetadata
-from shared.ports import DocumentStore
-from shared.secrets import Secrets
+from shared.ports import DocumentStore, Secrets
 from shared.sources import InstanceRef
 from shared.sources.dicomweb import DicomWebBackend, DicomWebClient, RetrieveError, part_metadata
 
@@ -69,14 +68,14 @@ IGNORED_ACTIONS = frozenset({"SetBlobSettings", "SetBlobStorageSettings", "Delet
                              "DeleteStudy", "DeleteInstances", "Delete"})
 
 
-def google_auth(secrets: Secrets | None = None) -> tuple[httpx.Auth | None, dict[str, str]]:
-    """The ADC bearer-token auth shared by every Healthcare API request."""
-    return httpx_auth(HttpAuth(type="google"), secrets or Secrets())
+def google_auth() -> tuple[httpx.Auth | None, dict[str, str]]:
+    """The ADC bearer-token auth shared by every Healthcare API request (it reads no secret)."""
+    return httpx_auth(HttpAuth(type="google"), secrets=None)
 
 
 def healthcare_backend(source, *, ingestor: Ingestor, secrets: Secrets, now: datetime,
                        tmp_dir: Path | None = None) -> DicomWebBackend:
-    auth, headers = google_auth(secrets)
+    auth, headers = google_auth()
     return DicomWebBackend.for_source(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir,
                                       base_url=source.dicomweb_url, auth=auth, headers=headers)
 
@@ -232,7 +231,7 @@ def _retrieve_and_ingest(resource: InstanceResource, *, ingestor: Ingestor, dico
                          auth: httpx.Auth | None, headers: dict[str, str] | None, secrets: Secrets | None,
                          source_id: str | None, timeout_s: float, tmp_dir: Path | None):
     if auth is None and headers is None:
-        auth, headers = google_auth(secrets)
+        auth, headers = google_auth()
     client = DicomWebClient(dicomweb_base or resource.dicomweb_base(endpoint), auth=auth, headers=headers,
                             timeout_s=timeout_s, tmp_dir=tmp_dir)
     try:

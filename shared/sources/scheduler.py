@@ -17,8 +17,7 @@ from typing import Callable
 
 from shared.config import AppConfig
 from shared.ingest import Ingestor
-from shared.ports import DocumentStore
-from shared.secrets import Secrets
+from shared.ports import DocumentStore, Secrets
 from shared.sources import PollResult, poll_source
 from shared.sources.state import LOCKS, SourceState
 

@@ -22,7 +22,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from shared.config import parse_config
-from shared.messages import Delivery
+from shared.messages import TOPIC_DEAD_LETTER, TOPIC_INGEST, TOPICS, Delivery
 from shared.runtime import gcp as gcp_runtime
 from tests.support.dicomgen import make_ct_study
 from tests.support.gcp import PROJECT, FakeGCS, FunctionProcess, GatewayProcess, PubSubAdmin, emulator_env, stop_all, unique
@@ -107,9 +107,9 @@ def chain(emulators, gcp_logs, tmp_path_factory):
     admin = PubSubAdmin(pubsub)
     with ExitStack() as stack:
         stack.callback(admin.close)
-        for name in gcp_runtime.TOPICS:
+        for name in TOPICS:
             admin.create_topic(f"{prefix}{name}")
-        gcs = FakeGCS(gcp_logs, work / "gcs", pubsub=pubsub, topic=f"{prefix}{gcp_runtime.TOPIC_INGEST}",
+        gcs = FakeGCS(gcp_logs, work / "gcs", pubsub=pubsub, topic=f"{prefix}{TOPIC_INGEST}",
                       event_bucket=INGEST)
         stack.callback(gcs.stop)
         gcs.start()
@@ -152,7 +152,7 @@ def chain(emulators, gcp_logs, tmp_path_factory):
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda fn: fn.wait_ready(), functions.values()))
 
-        dlq = f"{prefix}{gcp_runtime.TOPIC_DEAD_LETTER}"
+        dlq = f"{prefix}{TOPIC_DEAD_LETTER}"
         for topic, target in (("ingest", "match"), ("planned", "morph"), ("deliver", "route")):
             admin.create_push_subscription(f"{prefix}{topic}-push", f"{prefix}{topic}", functions[target].url,
                                            dead_letter_topic=dlq, max_delivery_attempts=MAX_DELIVERY_ATTEMPTS)
@@ -331,7 +331,7 @@ def test_release_held_function_sends_what_a_destination_enabled_again_held(chain
 
     from functions_framework import create_app
 
-    from shared import stages
+    from shared import exceptions
     from tests.support.invariant import mix_config, sop_uids
 
     config = mix_config({"ae_title": chain.scp.ae_title, "host": "127.0.0.1", "port": chain.scp.port},
@@ -372,4 +372,4 @@ def test_release_held_function_sends_what_a_destination_enabled_again_held(chain
     chain.wait(lambda: sop_uids((chain.work / "base" / "released").rglob("*.dcm")) == uids,
                "the released deliveries at the enabled destination")
     assert held() == []
-    assert chain.docs.list(stages.HELD_DELIVERIES) == {}
+    assert chain.docs.list(exceptions.HELD_DELIVERIES) == {}

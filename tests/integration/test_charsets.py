@@ -16,7 +16,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
-from shared import stages
+from shared import exceptions
 from shared.dicom.io import read_instance, write_instance
 from shared.dicom.original_attributes import OriginalAttributesPolicy
 from shared.dicom.splice import write_spliced
@@ -190,5 +190,5 @@ def test_the_morph_stage_delivers_the_converted_instance_and_quarantines_a_refus
     _, results = run_all(ports, event)
     assert results == []
     assert ports.blobs.list("quarantine") == [event.blob.name]
-    [record] = [r for r in ports.docs.list(stages.EXCEPTIONS).values() if r["status"] == "quarantined"]
+    [record] = [r for r in ports.docs.list(exceptions.EXCEPTIONS).values() if r["status"] == "quarantined"]
     assert "InstitutionName" in record["reason"] and "Secret" not in record["reason"]

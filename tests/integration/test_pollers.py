@@ -17,11 +17,11 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from shared.adapters.secrets import LocalSecrets
 from shared.config import parse_config
 from shared.ingest import Ingestor
-from shared.messages import BlobRef
-from shared.runtime.local import TOPIC_INGEST, EmbeddedRuntime
-from shared.secrets import Secrets
+from shared.messages import TOPIC_INGEST, BlobRef
+from shared.runtime.local import EmbeddedRuntime
 from shared.sources import poll_source, source_status
 from shared.sources.scheduler import SourceScheduler
 from tests.support.dicomgen import make_ct_study
@@ -116,7 +116,7 @@ def ingestor(rt: EmbeddedRuntime) -> Ingestor:
 
 def poll(rt: EmbeddedRuntime, source_id: str):
     source = next(s for s in rt.config().sources if s.id == source_id)
-    return poll_source(source, ingestor=ingestor(rt), docs=rt.docs, secrets=Secrets(), tmp_dir=rt.data_dir / "tmp")
+    return poll_source(source, ingestor=ingestor(rt), docs=rt.docs, secrets=LocalSecrets(), tmp_dir=rt.data_dir / "tmp")
 
 
 def ingested(rt: EmbeddedRuntime) -> dict[str, list[dict]]:
@@ -219,7 +219,7 @@ def test_scheduler_polls_on_its_timer(tmp_path, orthanc, make_runtime):
     files = upload(orthanc, make_study(tmp_path / "s", pid, "20240301", ct=3))
     rt = make_runtime([{"id": "timed", "type": "dicomweb_poller", "url": orthanc.dicomweb,
                         "query": {"PatientID": pid}, "interval_s": 1}])
-    sched = SourceScheduler(rt.config, ingestor(rt), rt.docs, Secrets(), tmp_dir=rt.data_dir / "tmp", tick_s=0.1)
+    sched = SourceScheduler(rt.config, ingestor(rt), rt.docs, LocalSecrets(), tmp_dir=rt.data_dir / "tmp", tick_s=0.1)
     sched.start()
     try:
         wait_for(lambda: sched.status()["timed"]["runs"] >= 3, 20, interval=0.1, what="three timed runs")

@@ -7,10 +7,13 @@ from pathlib import Path
 
 from shared import stages
 from shared.adapters.local_blobs import LocalBlobStore
+from shared.adapters.secrets import LocalSecrets
 from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteDocumentStore
 from shared.config import parse_config
+from shared.destinations import Senders
 from shared.ingest import Ingestor
 from shared.messages import IngestMetadata
+from shared.ports import Ports
 
 
 class RecordingBus:
@@ -24,15 +27,16 @@ class RecordingBus:
         return [m for t, m in self.sent if t == topic]
 
 
-def build_ports(tmp_path: Path, config: dict) -> stages.Ports:
+def build_ports(tmp_path: Path, config: dict) -> Ports:
     """Ports over the local adapters; ``ports.reconfigure(dict)`` swaps the config and
     ``ports.events`` lists the ingest bucket's finalize events."""
     db = SQLiteDatabase(tmp_path / "state.db")
     current = [parse_config(config)]
     events = []
     blobs = LocalBlobStore(tmp_path / "blobs", on_finalize=events.append, notify_buckets=frozenset({"ingest"}))
-    ports = stages.Ports(blobs=blobs, docs=SQLiteDocumentStore(db), ledger=SQLiteDeliveryLedger(db),
-                         bus=RecordingBus(), config=lambda: current[0], base_dir=tmp_path)
+    secrets = LocalSecrets()
+    ports = Ports(blobs=blobs, docs=SQLiteDocumentStore(db), ledger=SQLiteDeliveryLedger(db), bus=RecordingBus(),
+                  config=lambda: current[0], senders=Senders(base_dir=tmp_path, secrets=secrets), secrets=secrets)
     ports.events = events
     ports.reconfigure = lambda new: current.__setitem__(0, parse_config(new))
     return ports

@@ -5,9 +5,9 @@ import sys
 import textwrap
 import threading
 
-from shared.adapters.local_queue import DEAD_LETTER_TOPIC, LocalQueue, Subscription
+from shared.adapters.local_queue import LocalQueue, Subscription
 from shared.errors import RetryLater
-from shared.messages import DeadLetter
+from shared.messages import TOPIC_DEAD_LETTER, DeadLetter
 from tests.support.procs import REPO, wait_for
 
 
@@ -58,7 +58,7 @@ def test_exhausted_message_goes_to_dead_letters_with_its_last_error(tmp_path):
     q = run_queue(
         LocalQueue(tmp_path / "q.db", poll_s=0.02),
         Subscription("t", broken, workers=1, max_attempts=3, initial_backoff_s=0.01),
-        Subscription(DEAD_LETTER_TOPIC, lambda b, a: letters.append(DeadLetter.from_bytes(b)), workers=1),
+        Subscription(TOPIC_DEAD_LETTER, lambda b, a: letters.append(DeadLetter.from_bytes(b)), workers=1),
     )
     try:
         q.publish("t", b"payload")

@@ -10,7 +10,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from shared import stages
+from shared import exceptions, stages
 from shared.adapters.files import drop_cached
 from shared.adapters.local_blobs import LocalBlobStore
 from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger
@@ -53,7 +53,7 @@ def test_no_match_without_default_route_is_held_not_dropped(make_ports):
     ports = make_ports(config({"id": "mr", "when": {"tag": "Modality", "value": "MR"}, "destinations": ["archive"]}))
     plan = stages.match(ports, ingest(ports, CT))
     assert plan.destination_ids == [] and ports.bus.on(stages.TOPIC_PLANNED) == []
-    [record] = ports.docs.list(stages.EXCEPTIONS).values()
+    [record] = ports.docs.list(exceptions.EXCEPTIONS).values()
     assert record["status"] == "held" and record["sop_instance_uid"] == plan.sop_instance_uid
     assert record["retry"]["topic"] == stages.TOPIC_INGEST
 
@@ -68,31 +68,31 @@ def test_released_held_instance_is_planned_again_under_the_config_of_now(make_po
     rule = {"id": "mr", "when": {"tag": "Modality", "value": "MR"}, "destinations": ["archive"]}
     ports = make_ports(config(rule))
     stages.match(ports, ingest(ports, CT))
-    [(held_id, _)] = ports.docs.list(stages.EXCEPTIONS).items()
+    [(held_id, _)] = ports.docs.list(exceptions.EXCEPTIONS).items()
 
     # released while still nowhere to go: held again, with a record of its own
-    assert stages.retry_exception(ports, held_id)["status"] == "retried"
+    assert exceptions.retry_exception(ports, held_id)["status"] == "retried"
     assert stages.match(ports, _released_event(ports)).destination_ids == []
-    records = ports.docs.list(stages.EXCEPTIONS)
+    records = ports.docs.list(exceptions.EXCEPTIONS)
     [again_id] = [i for i, r in records.items() if r["status"] == "held"]
     assert again_id != held_id and records[held_id]["status"] == "retried"
 
     ports.reconfigure(config(rule, default={"destinations": ["archive"]}))
-    stages.retry_exception(ports, again_id)
+    exceptions.retry_exception(ports, again_id)
     plan, results = run_all(ports, _released_event(ports))
     assert plan.destination_ids == ["archive"] and results == ["delivered"]
     [out] = (tmp_path / "out").rglob("*.dcm")
     assert dcmread(out).SOPInstanceUID == plan.sop_instance_uid
-    assert {r["status"] for r in ports.docs.list(stages.EXCEPTIONS).values()} == {"retried"}
+    assert {r["status"] for r in ports.docs.list(exceptions.EXCEPTIONS).values()} == {"retried"}
 
 
 def test_a_plan_held_before_replanning_existed_is_planned_again(make_ports, tmp_path):
     ports = make_ports(config({"id": "all", "destinations": ["archive"]}))
     event = ingest(ports, CT)
     old_plan = Plan(blob=event.blob, ingest=IngestMetadata(), sop_instance_uid="1.2.3")
-    record_id = stages.record_exception(ports, stage="match", status="held", reason="no rule matched",
+    record_id = exceptions.record_exception(ports, stage="match", status="held", reason="no rule matched",
                                         topic=stages.TOPIC_PLANNED, body=old_plan.model_dump_json())
-    stages.retry_exception(ports, record_id)
+    exceptions.retry_exception(ports, record_id)
     _, results = run_all(ports, _released_event(ports))
     assert results == ["delivered"]
 
@@ -111,15 +111,15 @@ def test_disabled_destination_holds_the_delivery_until_it_is_enabled(make_ports,
     plan = stages.match(ports, ingest(ports, CT))
     deliveries = stages.morph(ports, plan)
     assert [d.destination_id for d in deliveries] == ["archive"]
-    [record] = ports.docs.list(stages.EXCEPTIONS).values()
+    [record] = ports.docs.list(exceptions.EXCEPTIONS).values()
     assert (record["status"], record["destination_id"], record["reason"]) == ("held", "off", "destination off is disabled")
-    assert stages.release_held(ports) == []  # still disabled: stays held
+    assert exceptions.release_held(ports) == []  # still disabled: stays held
     assert not (tmp_path / "off").exists()
 
     destinations[1]["enabled"] = True
     ports.reconfigure(config(rules, destinations=destinations))
-    assert stages.release_held(ports) == [record["id"]]
-    assert stages.release_held(ports) == []  # released once
+    assert exceptions.release_held(ports) == [record["id"]]
+    assert exceptions.release_held(ports) == []  # released once
     topic, body = ports.bus.sent[-1]
     assert topic == stages.TOPIC_DELIVER
     assert stages.route(ports, Delivery.from_bytes(body)) == "delivered"
@@ -136,7 +136,7 @@ def test_destination_disabled_after_morph_is_held_at_route(make_ports, tmp_path)
     ports.reconfigure(config({"id": "all", "destinations": []},
                              destinations=[{"id": "other", "type": "filesystem", "path": "other"}]))
     assert stages.route(ports, delivery) == "held"
-    reasons = sorted(r["reason"] for r in ports.docs.list(stages.EXCEPTIONS).values())
+    reasons = sorted(r["reason"] for r in ports.docs.list(exceptions.EXCEPTIONS).values())
     assert reasons == ["destination archive is disabled", "destination archive is not configured"]
     assert not (tmp_path / "out").exists()
 
@@ -179,7 +179,7 @@ def test_down_destination_retries_then_records_a_retryable_exception(make_ports)
         delays.append(err.value.delay_s)
     assert delays == [0.5, 1.0]
     assert stages.route(ports, delivery, 3) == "failed"
-    [record] = ports.docs.list(stages.EXCEPTIONS).values()
+    [record] = ports.docs.list(exceptions.EXCEPTIONS).values()
     assert record["destination_id"] == "pacs" and "after 3 attempt(s)" in record["reason"]
     assert "not established" in record["reason"]
     assert record["retry"] == {"topic": stages.TOPIC_DELIVER, "body": delivery.model_dump_json()}
@@ -193,7 +193,7 @@ def test_non_dicom_object_is_quarantined_with_reason(make_ports, tmp_path):
     assert stages.match(ports, event) is None
     assert not ports.blobs.exists(event.blob)
     assert ports.blobs.list("quarantine") == [event.blob.name]
-    [record] = ports.docs.list(stages.EXCEPTIONS).values()
+    [record] = ports.docs.list(exceptions.EXCEPTIONS).values()
     assert record["status"] == "quarantined" and "not a DICOM" in record["reason"]
 
 
@@ -206,7 +206,7 @@ def test_failed_delivery_can_be_retried_from_its_exception_record(make_ports):
     stages.match(ports, ingest(ports, CT))
     [delivery] = stages.morph(ports, ports.bus.on(stages.TOPIC_PLANNED)[0])
     assert stages.route(ports, delivery, 1) == "failed"
-    [(record_id, record)] = ports.docs.list(stages.EXCEPTIONS).items()
+    [(record_id, record)] = ports.docs.list(exceptions.EXCEPTIONS).items()
 
     client = create_app(ports, lambda: {}, stow=False).test_client()
     assert client.get("/exceptions?status=failed").json == [record]
@@ -351,7 +351,7 @@ def test_resend_of_the_same_data_set_is_a_duplicate_not_a_conflict(make_ports, t
     ports.ledger = SQLiteDeliveryLedger(SQLiteDatabase(tmp_path / "other-ledger.db"))
     assert stages.route(ports, deliveries[1]) == "delivered"
     assert out.read_bytes() == delivered
-    assert ports.docs.list(stages.EXCEPTIONS) == {}
+    assert ports.docs.list(exceptions.EXCEPTIONS) == {}
 
 
 def test_a_changed_data_set_under_the_same_uid_is_a_conflict(make_ports, tmp_path):
@@ -364,7 +364,7 @@ def test_a_changed_data_set_under_the_same_uid_is_a_conflict(make_ports, tmp_pat
     changed.save_as(tmp_path / "changed.dcm")
     _, results = run_all(ports, ingest(ports, tmp_path / "changed.dcm"))
     assert results == ["failed"] and out.read_bytes() == delivered
-    [record] = ports.docs.list(stages.EXCEPTIONS).values()
+    [record] = ports.docs.list(exceptions.EXCEPTIONS).values()
     assert record["status"] == "refused" and "different data set" in record["reason"]
 
 
@@ -378,7 +378,7 @@ def test_an_ingest_object_gone_before_planning_is_recorded_a_quarantined_one_is_
     gone = ingest(ports, CT)
     ports.blobs.delete(gone.blob)
     assert stages.match(ports, gone) is None
-    records = sorted((r["status"], r["blob"]) for r in ports.docs.list(stages.EXCEPTIONS).values())
+    records = sorted((r["status"], r["blob"]) for r in ports.docs.list(exceptions.EXCEPTIONS).values())
     assert records == sorted([("quarantined", str(quarantined.blob)), ("failed", str(gone.blob))])
 
 
@@ -386,7 +386,7 @@ def test_an_ingest_object_gone_before_planning_is_recorded_a_quarantined_one_is_
 
 
 def _only_record(ports) -> dict:
-    [record] = ports.docs.list(stages.EXCEPTIONS).values()
+    [record] = ports.docs.list(exceptions.EXCEPTIONS).values()
     return record
 
 
