@@ -31,8 +31,8 @@ router run also prints the CPU seconds the router used (all its processes, from
 bench/results/route.md).
 
 Nothing is deleted between runs; the work dir goes at the end (about 4 GB at the
-defaults; the script checks for the space first). On a filesystem without a journal, as this machine's root ext4 is, ext4
-skips every recently deleted inode when it allocates a new one, so a run that followed
+defaults; the script checks for the space first). On an ext4 filesystem without a
+journal, ext4 skips every recently deleted inode when it allocates a new one, so a run that followed
 the deletion of the previous run's thousands of files paid for them: creating a file
 took about 100 us on a quiet disk and 600-860 us after a few runs.
 
