@@ -32,6 +32,7 @@ from typing import Mapping
 
 from shared import stages
 from shared.config import AppConfig, load_yaml, to_documents
+from shared.dicom import reactor
 from shared.logs import install as install_log_safety
 from shared.runtime.configcache import CachedConfig
 
@@ -73,6 +74,7 @@ def build_ports(env: Mapping[str, str] | None = None) -> stages.Ports:
     from shared.adapters.pubsub import PubSubBus
 
     install_log_safety()  # before a stage runs in this process: no tag values in its logs (shared/logs.py)
+    reactor.install()  # before the first association: they wait for work, not for the clock
     env = os.environ if env is None else env
     project = _project(env)
     docs = document_store(env)
