@@ -15,9 +15,9 @@ import threading
 import time
 from pathlib import Path
 
+import pynetdicom
 from pydicom import dcmread
 from pydicom.uid import UID
-import pynetdicom
 from pynetdicom import AE, _config, build_context
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.status import code_to_category

@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import pynetdicom.association
 import pytest
 from pydicom import dcmread
-import pynetdicom.association
 from pydicom.data import get_testdata_file
 from pynetdicom import AE, evt
 from pynetdicom.dul import DULServiceProvider
