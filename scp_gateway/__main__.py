@@ -34,6 +34,7 @@ from scp_gateway.gateway import Gateway
 from scp_gateway.receive import sweep_spool
 from shared import logs
 from shared.config import Listener, Settings
+from shared.dicom import reactor
 from shared.ingest import Ingestor
 
 log = logging.getLogger("scp_gateway")
@@ -55,6 +56,7 @@ def main() -> int:
     # pynetdicom's INFO is a line per association and request
     logging.getLogger("pynetdicom").setLevel(os.environ.get("AXIOM_PYNETDICOM_LOG_LEVEL", "WARNING"))
     logs.install()  # no tag values in log lines
+    reactor.install()  # before the first association: they wait for work, not for the clock
     bucket = os.environ.get("AXIOM_INGEST_BUCKET")
     if not bucket:
         log.error("AXIOM_INGEST_BUCKET is not set")

@@ -31,7 +31,6 @@ from scp_gateway import receive
 from scp_gateway.server import ConnectionLimits, FreeSpace, GatewayServer
 from shared.config import Listener
 from shared.destinations.tlsctx import server_context
-from shared.dicom import reactor
 from shared.dicom.io import part10_layout
 from shared.ingest import Ingestor
 from shared.messages import IngestMetadata
@@ -41,7 +40,6 @@ from shared.sources.dimse import source_for_move
 log = logging.getLogger(__name__)
 
 _config.STORE_RECV_CHUNKED_DATASET = True
-reactor.install()  # associations wait for work, not for the clock
 receive.install()  # PDU length, temporary files, full disk
 
 STATUS_SUCCESS = 0x0000

@@ -28,6 +28,9 @@ relies on; otherwise it logs one warning and leaves pynetdicom as shipped:
 4. A C-STORE whose data set has not started :data:`DATA_SET_WAIT_S` after its command
    is handed to its handler as it is (``SpoolFile.stalled``, no data set bytes), which
    answers it; data set fragments the peer sends after that abort the association.
+
+What of pynetdicom this relies on is listed by :func:`_missing_internals`; upstream
+reports: docs/upstream/ (unbounded-pdu-read.md, received-data-set-files.md).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from pathlib import Path
 
 import pynetdicom
 import pynetdicom.dimse_messages
+import pynetdicom.dimse_primitives
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
@@ -323,6 +327,9 @@ def _missing_internals() -> list[str]:
                     if not hasattr(probe.dimse, name)]
         missing += [f"DIMSEMessage().{name}" for name in ("context_id", "_data_set_file")
                     if not hasattr(pynetdicom.dimse_messages.DIMSEMessage(), name)]
+        # where the gateway's handler finds the SpoolFile (write_error, stalled)
+        if not hasattr(pynetdicom.dimse_primitives.C_STORE(), "_dataset_file"):
+            missing.append("C_STORE()._dataset_file")
     finally:
         for end in probe.dul.__dict__.pop("_wake_pair", None) or ():  # shared.dicom.reactor's, if installed
             end.close()

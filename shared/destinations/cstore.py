@@ -10,18 +10,20 @@ syntax) and reused for following instances, up to the destination's
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from pathlib import Path
 
+import pynetdicom
 from pydicom import dcmread
 from pydicom.uid import UID
 from pynetdicom import AE, _config, build_context
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.status import code_to_category
 
 from shared.config import CStoreDestination
 from shared.destinations.tlsctx import client_context
-from shared.dicom import reactor
 from shared.errors import DeliveryRefused, RetryLater
 from shared.logs import describe_error
 from shared.messages import Delivery
@@ -29,12 +31,41 @@ from shared.ports import Secrets
 
 log = logging.getLogger(__name__)
 
-_config.STORE_SEND_CHUNKED_DATASET = True
-reactor.install()  # associations wait for work, not for the clock
-
 # Warning statuses (PS3.4 B.2.3) still mean the instance was stored.
 _STORED = {"Success", "Warning"}
 IDLE_S = 5.0  # an association unused this long is released
+_chunked_send_checked = False
+_keeper_missing: list[str] | None = None  # what _keep_responses needs and pynetdicom lacks; None: not checked
+
+
+def _send_files_as_stored() -> None:
+    """pynetdicom's chunked send (``_config.STORE_SEND_CHUNKED_DATASET``, documented in
+    its config reference) streams the file's data set without decoding it. Without the
+    flag (a pynetdicom that dropped it), a file is read and re-encoded: one warning."""
+    global _chunked_send_checked
+    if _chunked_send_checked:
+        return
+    _chunked_send_checked = True
+    if not hasattr(_config, "STORE_SEND_CHUNKED_DATASET"):
+        log.warning("pynetdicom %s has no _config.STORE_SEND_CHUNKED_DATASET: C-STORE destinations send each file"
+                    " decoded and re-encoded by pydicom, not as stored", pynetdicom.__version__)
+        return
+    _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+def _keeper_internals_missing(assoc) -> list[str]:
+    global _keeper_missing
+    if _keeper_missing is None:
+        missing = [] if callable(getattr(assoc, "_serve_request", None)) else ["Association._serve_request"]
+        if not isinstance(getattr(getattr(assoc, "dimse", None), "msg_queue", None), queue.Queue):
+            missing.append("Association.dimse.msg_queue")
+        if not isinstance(getattr(C_STORE, "is_valid_request", None), property):
+            missing.append("C_STORE.is_valid_request")
+        if missing:
+            log.warning("pynetdicom %s lacks %s: C-STORE responses the reactor takes first are dropped, as shipped"
+                        " (see docs/upstream/reactor-takes-response.md)", pynetdicom.__version__, ", ".join(missing))
+        _keeper_missing = missing
+    return _keeper_missing
 
 
 def _keep_responses(assoc) -> None:
@@ -44,7 +75,10 @@ def _keep_responses(assoc) -> None:
     sender waits out the DIMSE timeout, the association is aborted and the instance,
     which the peer did store, is sent again. On our outgoing associations every message
     that is not a request is a response to us, so the reactor puts it back for the
-    sender instead of dropping it."""
+    sender instead of dropping it. Where pynetdicom lacks what this relies on, one
+    warning and pynetdicom's own handling (docs/upstream/reactor-takes-response.md)."""
+    if _keeper_internals_missing(assoc):
+        return
     serve_request = assoc._serve_request
 
     def serve(msg, context_id):
@@ -58,6 +92,7 @@ def _keep_responses(assoc) -> None:
 
 class CStoreSender:
     def __init__(self, dest: CStoreDestination, secrets: Secrets):
+        _send_files_as_stored()
         self.dest = dest
         self.ae = AE(ae_title=dest.calling_ae)
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = dest.timeout_s

@@ -12,10 +12,17 @@ is something to do. The DUL thread waits in ``poll`` on its socket and on a wake
 socket that ``send_pdu`` and ``kill_dul`` write to. The acceptor's reactor waits on its
 DIMSE message queue. An idle association still wakes once per millisecond, as in
 pynetdicom, and a busy one no longer waits for the clock.
+
+This relies on pynetdicom 3.0 internals (:data:`INTERNALS`). :func:`install` checks that
+each is there first; when one is not, it logs one warning naming it and leaves
+pynetdicom as shipped: associations then poll, as pynetdicom's do. The runtimes call it
+at start (shared/runtime/local.py, shared/runtime/gcp.py, scp_gateway/__main__.py);
+importing this module changes nothing. Upstream report: docs/upstream/polling-loops.md.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import select
 import socket
@@ -23,12 +30,27 @@ import ssl
 import threading
 import time
 
+import pynetdicom
 import pynetdicom.association
 import pynetdicom.dul
+from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket
+
+log = logging.getLogger(__name__)
 
 REACTOR_SLEEP_S = 0.001  # pynetdicom.association's hard-coded reactor sleep
+
+# What the wait uses of pynetdicom (and of queue.Queue), checked by install().
+INTERNALS = (
+    "DULServiceProvider.__init__, .send_pdu, .kill_dul, .run (wrapped)",
+    "DULServiceProvider()._run_loop_delay, .to_provider_queue, .event_queue, .socket",
+    "AssociationSocket()._is_connected, .socket",
+    "Association.is_acceptor, Association().dimse.msg_queue (a queue.Queue)",
+    "queue.Queue._qsize, queue.Queue().not_empty",
+    "pynetdicom.dul.time and pynetdicom.association.time: the time module (replaced)",
+)
 
 
 def _wait_for_dul_work(dul: DULServiceProvider, timeout: float) -> None:
@@ -108,17 +130,58 @@ class _Clock:
         return getattr(time, name)
 
 
-_installed = False
+def missing_internals() -> list[str]:
+    """Those of :data:`INTERNALS` this pynetdicom lacks (empty when all are there)."""
+    missing = [f"DULServiceProvider.{name}" for name in ("__init__", "send_pdu", "kill_dul", "run")
+               if not callable(getattr(DULServiceProvider, name, None))]
+    missing += [f"{module.__name__}.time (the time module)" for module in (pynetdicom.dul, pynetdicom.association)
+                if not (getattr(module, "time", None) is time or isinstance(getattr(module, "time", None), _Clock))]
+    if not isinstance(vars(Association).get("is_acceptor"), property):
+        missing.append("Association.is_acceptor")
+    if not callable(getattr(queue.Queue, "_qsize", None)):
+        missing.append("queue.Queue._qsize")
+    if not isinstance(getattr(queue.Queue(), "not_empty", None), threading.Condition):
+        missing.append("queue.Queue().not_empty")
+    # the instance attributes: on an acceptor that never runs
+    probe = Association(AE(), "acceptor")
+    ends = socket.socketpair()
+    try:
+        dul = probe.dul
+        missing += [f"DULServiceProvider().{name}" for name in ("_run_loop_delay", "socket")
+                    if not hasattr(dul, name)]
+        missing += [f"DULServiceProvider().{name}" for name in ("to_provider_queue", "event_queue")
+                    if not isinstance(getattr(dul, name, None), queue.Queue)]
+        if not isinstance(getattr(getattr(probe, "dimse", None), "msg_queue", None), queue.Queue):
+            missing.append("Association().dimse.msg_queue")
+        transport = AssociationSocket(probe, client_socket=ends[0])
+        missing += [f"AssociationSocket().{name}" for name in ("_is_connected", "socket")
+                    if not hasattr(transport, name)]
+    finally:
+        for end in ends:
+            end.close()
+        for end in probe.dul.__dict__.pop("_wake_pair", None) or ():  # a probe made after install()
+            end.close()
+    return missing
+
+
+_installed: bool | None = None  # None: not tried yet; then whether the loops wait for work
 _install_lock = threading.Lock()
 
 
-def install() -> None:
-    """Make the associations of this process event-driven. Idempotent; call it before
-    the first association starts."""
+def install() -> bool:
+    """Make the associations of this process event-driven; the runtimes call it at start,
+    before the first association. Idempotent. Returns False, having logged one warning,
+    when this pynetdicom lacks what the wait relies on: pynetdicom is then left as shipped."""
     global _installed
     with _install_lock:
-        if _installed:
-            return
+        if _installed is not None:
+            return _installed
+        missing = missing_internals()
+        if missing:
+            log.warning("pynetdicom %s lacks %s: associations poll as shipped (see docs/upstream/polling-loops.md)",
+                        pynetdicom.__version__, ", ".join(missing))
+            _installed = False
+            return False
         init, send_pdu, kill_dul, run = (DULServiceProvider.__init__, DULServiceProvider.send_pdu,
                                          DULServiceProvider.kill_dul, DULServiceProvider.run)
 
@@ -150,3 +213,4 @@ def install() -> None:
         DULServiceProvider.run = run_then_close
         pynetdicom.dul.time = pynetdicom.association.time = _Clock()
         _installed = True
+        return True

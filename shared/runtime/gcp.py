@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Mapping
 
 from shared.config import AppConfig, load_yaml, to_documents
+from shared.dicom import reactor
 from shared.logs import install as install_log_safety
 from shared.ports import Ports
 from shared.runtime.configcache import CachedConfig
@@ -71,6 +72,7 @@ def build_ports(env: Mapping[str, str] | None = None) -> Ports:
     from shared.destinations import Senders
 
     install_log_safety()  # before a stage runs in this process: no tag values in its logs (shared/logs.py)
+    reactor.install()  # before the first association: they wait for work, not for the clock
     env = os.environ if env is None else env
     project = _project(env)
     docs = document_store(env)

@@ -38,6 +38,7 @@ from shared.adapters.secrets import LocalSecrets
 from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteDocumentStore
 from shared.config import AppConfig, to_documents
 from shared.destinations import Senders
+from shared.dicom import reactor
 from shared.http import HostCheck, HttpServer, create_app
 from shared.ingest import Ingestor
 from shared.logs import install as install_log_safety
@@ -120,6 +121,7 @@ def _pipeline_process(data_dir: str, route_workers: int, log_level: int, parent_
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[pipeline]: %(message)s")
     install_log_safety()  # as in the parent (shared/cli.py): no tag values in log lines
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    reactor.install()  # before the first association: they wait for work, not for the clock
     tempfile.tempdir = str(Path(data_dir) / "tmp")
     stores = _Stores(Path(data_dir), notify=False, poll_s=0.05)
     stores.subscribe_stages(route_workers, prepare=prepare, route=route)
@@ -136,6 +138,7 @@ class EmbeddedRuntime:
     def __init__(self, config: AppConfig, data_dir: Path, *, http_host: str = "127.0.0.1",
                  http_port: int | None = 8080, route_workers: int = 4, pipeline_processes: int = 0,
                  route_processes: int = 0, poll_sources: bool = True, http_allowed_hosts: list[str] = ()):
+        reactor.install()  # before the first association: they wait for work, not for the clock
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.data_dir / "tmp"

@@ -45,14 +45,11 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from shared.dicom import reactor
 from shared.ingest import Ingestor
 from shared.messages import IngestMetadata
 from shared.sources import Done, Failed, InstanceRef, StudyHit
 
 log = logging.getLogger(__name__)
-
-reactor.install()  # associations wait for work, not for the clock
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700

@@ -1,15 +1,21 @@
 """pynetdicom associations wait for work, not for the clock (shared.dicom.reactor)."""
 
+import json
 import os
 import queue
 import resource
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import pynetdicom.association
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pynetdicom import AE, evt
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from shared.dicom import reactor
@@ -135,3 +141,65 @@ def test_descriptors_above_1023_are_waited_on():
         peer.close()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# --- the fence: a pynetdicom without what the wait relies on is left as shipped ----------
+
+_FALLBACK_SCRIPT = r"""
+import json, logging, time
+import pynetdicom.association, pynetdicom.dul
+from pynetdicom import AE
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.sop_class import Verification
+from shared.dicom import reactor
+
+class StandIn:  # pynetdicom.dul no longer holding the time module there
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+stand_in = pynetdicom.dul.time = StandIn()
+shipped = {name: getattr(DULServiceProvider, name) for name in ("__init__", "send_pdu", "kill_dul", "run")}
+warnings = []
+handler = logging.Handler()
+handler.emit = lambda record: warnings.append(record.getMessage())
+logging.getLogger("shared.dicom.reactor").addHandler(handler)
+results = [reactor.install(), reactor.install()]
+
+scp = AE(ae_title="SCP")
+scp.add_supported_context(Verification)
+server = scp.start_server(("127.0.0.1", 0), block=False)
+scu = AE(ae_title="SCU")
+scu.add_requested_context(Verification)
+assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="SCP")
+status = assoc.send_c_echo().Status
+woken = "_wake_pair" in vars(assoc.dul)
+assoc.release()
+server.shutdown()
+print(json.dumps({
+    "results": results, "warnings": warnings, "status": status, "woken": woken,
+    "methods_as_shipped": all(getattr(DULServiceProvider, n) is f for n, f in shipped.items()),
+    "dul_time": pynetdicom.dul.time is stand_in, "association_time": pynetdicom.association.time is time,
+}))
+"""
+
+
+def test_without_an_internal_install_warns_once_and_leaves_pynetdicom_as_shipped():
+    """In a fresh interpreter (this one may have installed already): ``pynetdicom.dul``
+    no longer holds the ``time`` module. install() says so once, patches nothing, and
+    associations still work, polling as pynetdicom does."""
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", _FALLBACK_SCRIPT], cwd=repo, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.splitlines()[-1])
+    assert out["results"] == [False, False]
+    assert len(out["warnings"]) == 1 and "pynetdicom.dul.time" in out["warnings"][0]
+    assert out["methods_as_shipped"] and out["dul_time"] and out["association_time"]
+    assert out["status"] == 0x0000 and not out["woken"]
+
+
+def test_missing_internals_names_each_one_gone(monkeypatch):
+    assert reactor.missing_internals() == []
+    monkeypatch.delattr(DULServiceProvider, "kill_dul")
+    monkeypatch.setattr(pynetdicom.association, "time", object())
+    assert reactor.missing_internals() == ["DULServiceProvider.kill_dul", "pynetdicom.association.time (the time module)"]
