@@ -46,11 +46,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
 from pydantic import TypeAdapter, ValidationError
-from pydicom.datadict import dictionary_VR, keyword_for_tag, private_dictionary_VR
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag, Tag
+from pydicom.tag import BaseTag
 
 from shared.config import (
     Action,
@@ -67,15 +67,12 @@ from shared.config import (
 )
 from shared.dicom.charsets import (
     SPECIFIC_CHARACTER_SET,
-    TEXT_VRS,
     UTF8,
     charsets_in_effect,
     convert_to_utf8,
     declared,
-    encodings_for,
-    fits,
+    element_fits,
     joined,
-    text_values,
 )
 from shared.dicom.modules import missing_type2
 from shared.dicom.original_attributes import (
@@ -83,14 +80,24 @@ from shared.dicom.original_attributes import (
     OriginalAttributesPolicy,
     OriginalsRecorder,
 )
-from shared.dicom.tags import Step, TagPath, locate, parse_path
+from shared.dicom.tags import (
+    Step,
+    TagPath,
+    creator_tag,
+    item_prefix,
+    locate,
+    parse_path,
+    private_elements,
+    step_tag,
+    tag_label,
+)
 from shared.dicom.values import check_value_for_vr, to_element_value
 from shared.errors import Unprocessable
 from shared.morph_services import MorphServices
 from shared.regex import compile_regex
 from shared.templates import has_fields, parse_template, render
 
-__all__ = ["Change", "apply_actions", "validate_actions", "MorphServices", "OriginalAttributesPolicy"]
+__all__ = ["ACTIONS", "Change", "apply_actions", "validate_actions", "MorphServices", "OriginalAttributesPolicy"]
 
 _ACTIONS = TypeAdapter(list[Action])
 
@@ -244,8 +251,8 @@ class _Pass:
             if isinstance(action, (SetAction, PrependAction, SuffixAction)):
                 for _, address, _ in parse_template(action.value):
                     if address and address not in self.snapshot:
-                        places = locate_read(self.ds, parse_path(address))
-                        self.snapshot[address] = _text(places[0].parent[places[0].tag]) if places else ""
+                        places = locate(self.ds, parse_path(address))
+                        self.snapshot[address] = _text(places[0][0][places[0][1]]) if places else ""
 
     def render(self, template: str) -> str:
         return render(template, lambda address: self.snapshot.get(address, ""))
@@ -279,26 +286,31 @@ class _Pass:
                 raise self.fail(f"{step.label()} is file meta or pixel data and cannot be changed")
 
     def read_places(self, path: TagPath) -> list[_Place]:
-        return locate_read(self.ds, path)
+        """Existing places of ``path``, with their top-level tag."""
+        places = locate(self.ds, path)
+        if len(path.steps) == 1:
+            return [_Place(parent, tag, tag) for parent, tag in places]
+        top = step_tag(self.ds, path.steps[0]) if places else None
+        return [_Place(parent, tag, top) for parent, tag in places]
 
     def write_places(self, path: TagPath) -> list[_Place]:
         """Places for writing ``path``, created as needed. The top-level element is
         saved for Original Attributes before anything is created under it."""
         ds = self.ds
         first = path.steps[0]
-        top_before = _step_tag(ds, first)
+        top_before = step_tag(ds, first)
         existed = top_before is not None and top_before in ds
         if self.recording and top_before is not None:
             self.recorder.save(top_before)
         creator_before = None
         if first.private is not None:
-            creator_before = _creator_tag(ds, first)
+            creator_before = creator_tag(ds, first)
         places = locate(ds, path, create=True)
-        top = top_before if top_before is not None else _step_tag(ds, first)
+        top = top_before if top_before is not None else step_tag(ds, first)
         if not existed and top is not None and top in ds:
             self.inserted.setdefault(top, (self.index, self.name))
         if first.private is not None and creator_before is None and top is not None:
-            creator = _creator_tag(ds, first)
+            creator = creator_tag(ds, first)
             if not places:  # nothing to write: undo the block we just made
                 for tag in (top, creator):
                     if tag is not None and tag in ds:
@@ -308,7 +320,7 @@ class _Pass:
                 self.recorder.save_absent(creator)
                 self.recorder.save_absent(top)
                 self.recorder.touch(creator)
-            self.changes.append(Change(self.index, self.name, _tag_label(creator), None, _show(ds[creator])))
+            self.changes.append(Change(self.index, self.name, tag_label(creator), None, _show(ds[creator])))
         elif not places and not existed and top is not None and top in ds:
             del ds[top]  # e.g. Seq[*].X with no Seq: do not leave an empty sequence behind
             return []
@@ -319,7 +331,7 @@ class _Pass:
         leaf = Step(tag=path.leaf.tag, private=path.leaf.private).label()
         if len(path.steps) == 1:
             return leaf
-        return _prefix(self.ds, path, place.parent) + leaf
+        return item_prefix(self.ds, path, place.parent) + leaf
 
     # --- writing --------------------------------------------------------------------------
 
@@ -330,7 +342,7 @@ class _Pass:
             vr = place.parent[place.tag].VR
             if vr and vr != "UN":
                 return vr
-        vr = given or _dictionary_vr(path, place.tag) or fallback
+        vr = given or path.dictionary_vr(place.tag) or fallback
         if not vr or vr == "UN":
             raise self.fail(f"no VR is known for {self.label(path, place)}: give one with 'vr'")
         return vr
@@ -373,7 +385,7 @@ class _Pass:
                 self.recorder.save(tag)
                 self.recorder.touch(tag)
             self.ds[tag] = DataElement(tag, dictionary_VR(tag), None)
-            self.changes.append(Change(index, name, _tag_label(tag), None, ""))
+            self.changes.append(Change(index, name, tag_label(tag), None, ""))
 
     # --- character set --------------------------------------------------------------------
 
@@ -394,7 +406,7 @@ class _Pass:
                 if in_effect is None:
                     in_effect = charsets_in_effect(self.ds)
                 terms = in_effect.get(id(parent), top_terms)
-            if not _element_fits(elem, terms):
+            if not element_fits(elem, terms):
                 misfit = (label, index, name, terms)
                 break
         if misfit is None:
@@ -421,14 +433,13 @@ class _Pass:
 
     def apply(self, index: int, action) -> None:
         self.index, self.name = index, action.action
-        handler: Callable = getattr(self, "do_" + action.action)
         if isinstance(action, (CopyAction, MoveAction)):
             self.where = f"{parse_path(action.from_)} -> {parse_path(action.to)}"
         elif isinstance(action, DeleteAction) and action.group is not None:
             self.where = f"group {action.group}"
         else:
             self.where = str(parse_path(action.tag))
-        handler(action)
+        ACTIONS[action.action](self, action)
 
     def do_set(self, a: SetAction) -> None:
         path = parse_path(a.tag)
@@ -452,7 +463,7 @@ class _Pass:
             if group in _PROTECTED_GROUPS:
                 raise self.fail(f"group {a.group} is file meta or pixel data and cannot be deleted")
             for tag in [t for t in self.ds.keys() if t.group == group]:
-                self.remove(_Place(self.ds, tag, tag), _tag_label(tag))
+                self.remove(_Place(self.ds, tag, tag), tag_label(tag))
 
     def delete_private(self) -> None:
         """Every private element (creators included) at every nesting level, as
@@ -461,11 +472,9 @@ class _Pass:
         ds = self.ds
         for tag in list(ds.keys()):
             if tag.is_private:
-                self.remove(_Place(ds, tag, tag), _tag_label(tag))
+                self.remove(_Place(ds, tag, tag), tag_label(tag))
             elif tag != ORIGINAL_ATTRIBUTES_SEQUENCE and ds[tag].VR == "SQ":
-                found: list[tuple[Dataset, BaseTag, str]] = []
-                _collect_private(ds[tag], _tag_label(tag), found)
-                for parent, inner, label in found:
+                for parent, inner, label in private_elements(ds[tag], tag_label(tag)):
                     self.remove(_Place(parent, inner, tag), label)
 
     def _edit_values(self, path: TagPath, edit: Callable[[str], str]) -> None:
@@ -586,99 +595,16 @@ class _Pass:
         self._lookup_and_write(a, answer)
 
 
-def _element_fits(elem: DataElement, terms: tuple[str, ...]) -> bool:
-    """Whether the text of ``elem`` (every item of a sequence, an item's own (0008,0005)
-    overriding ``terms``) can be encoded without replacing a character."""
-    if elem.VR == "SQ":
-        for item in elem.value or ():
-            inner = declared(item) or terms
-            for tag in item.keys():
-                inner_elem = item.get_item(tag)
-                if isinstance(inner_elem, DataElement) and not _element_fits(inner_elem, inner):
-                    return False
-        return True
-    if elem.VR not in TEXT_VRS:
-        return True
-    encodings = encodings_for(terms)
-    return all(fits(text, encodings) for text in text_values(elem))
 
-
-# --- helpers over tags.locate ---------------------------------------------------------------
-
-
-def _step_tag(ds: Dataset, step: Step) -> BaseTag | None:
-    """The tag ``step`` names in ``ds`` (None for a private creator block not there)."""
-    if step.private is None:
-        return Tag(step.tag)
-    group, creator, offset = step.private
-    try:
-        return ds.private_block(group, creator).get_tag(offset)
-    except KeyError:
-        return None
-
-
-def _creator_tag(ds: Dataset, step: Step) -> BaseTag | None:
-    group, creator, _ = step.private
-    try:
-        block = ds.private_block(group, creator)
-    except KeyError:
-        return None
-    return Tag(group, block.block_start >> 8)
-
-
-def locate_read(ds: Dataset, path: TagPath) -> list[_Place]:
-    """Existing places of ``path`` with their top-level tag."""
-    places = locate(ds, path)
-    if not places:
-        return []
-    if len(path.steps) == 1:
-        return [_Place(parent, tag, tag) for parent, tag in places]
-    top = _step_tag(ds, path.steps[0])
-    return [_Place(parent, tag, top) for parent, tag in places]
-
-
-def _prefix(ds: Dataset, path: TagPath, parent: Dataset) -> str:
-    """``Seq[i].Inner[j].`` for the item ``parent`` reached along ``path``."""
-    level: list[tuple[Dataset, str]] = [(ds, "")]
-    last = len(path.steps) - 2
-    for depth, step in enumerate(path.steps[:-1]):
-        nxt = []
-        label = Step(tag=step.tag, private=step.private).label()
-        for item_parent, prefix in level:
-            tag = _step_tag(item_parent, step)
-            if tag is None or tag not in item_parent:
-                continue
-            seq = item_parent[tag].value or []
-            for i, item in enumerate(seq):
-                if isinstance(step.index, int) and i != step.index:
-                    continue
-                if depth == last and item is parent:
-                    return f"{prefix}{label}[{i}]."
-                nxt.append((item, f"{prefix}{label}[{i}]."))
-        level = nxt
-    return ""
-
-
-def _tag_label(tag: BaseTag) -> str:
-    return ("" if tag.is_private else keyword_for_tag(tag)) or f"({tag.group:04X},{tag.element:04X})"
-
-
-def _collect_private(seq_elem: DataElement, prefix: str, found: list) -> None:
-    for i, item in enumerate(seq_elem.value or []):
-        for tag in list(item.keys()):
-            label = f"{prefix}[{i}].{_tag_label(tag)}"
-            if tag.is_private:
-                found.append((item, tag, label))
-            elif item[tag].VR == "SQ":
-                _collect_private(item[tag], label, found)
-
-
-def _dictionary_vr(path: TagPath, tag: BaseTag) -> str | None:
-    leaf = path.leaf
-    if leaf.private is not None:
-        try:
-            return private_dictionary_VR(tag, leaf.private[1])
-        except KeyError:
-            return None
-    return path.dictionary_vr()
-
+# The code of each action, by its ``action`` literal in :data:`shared.config.Action`.
+ACTIONS: dict[str, Callable[[_Pass, Any], None]] = {
+    "set": _Pass.do_set,
+    "delete": _Pass.do_delete,
+    "prepend": _Pass.do_prepend,
+    "suffix": _Pass.do_suffix,
+    "regex_replace": _Pass.do_regex_replace,
+    "copy": _Pass.do_copy,
+    "move": _Pass.do_move,
+    "crosswalk": _Pass.do_crosswalk,
+    "ai_standardize": _Pass.do_ai_standardize,
+}

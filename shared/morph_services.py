@@ -71,9 +71,6 @@ class InMemoryCrosswalk:
             raise KeyError(f"unknown crosswalk table {table_id!r}") from None
         return entries.get(key.casefold() if case_insensitive else key)
 
-    def table_ids(self) -> list[str]:
-        return sorted(self._tables)
-
 
 _SPACES = re.compile(r"\s+")
 

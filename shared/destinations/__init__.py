@@ -9,15 +9,8 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
-from shared.config import (
-    CStoreDestination,
-    DicomWebDestination,
-    FilesystemDestination,
-    GCSDestination,
-    HealthcareDestination,
-)
 from shared.errors import RetryLater
 from shared.messages import Delivery
 from shared.ports import Secrets
@@ -31,24 +24,50 @@ class Sender(Protocol):
     def close(self) -> None: ...
 
 
+# One builder per destination ``type`` of :data:`shared.config.Destination`. Each imports
+# its sender's module when called, so a process loads pynetdicom, httpx or the GCS client
+# only when a destination of that type is configured.
+
+
+def _filesystem_sender(dest, secrets: Secrets, base_dir: Path) -> Sender:
+    from shared.destinations.filesystem import FilesystemSender
+
+    return FilesystemSender(dest, base_dir)
+
+
+def _cstore_sender(dest, secrets: Secrets, base_dir: Path) -> Sender:
+    from shared.destinations.cstore import CStoreSender
+
+    return CStoreSender(dest, secrets)
+
+
+def _dicomweb_sender(dest, secrets: Secrets, base_dir: Path) -> Sender:
+    from shared.destinations.dicomweb import DicomWebSender
+
+    return DicomWebSender(dest, secrets)
+
+
+def _gcs_sender(dest, secrets: Secrets, base_dir: Path) -> Sender:
+    from shared.destinations.gcs import GCSSender
+
+    return GCSSender(dest)
+
+
+SENDERS: dict[str, Callable[..., Sender]] = {
+    "filesystem": _filesystem_sender,
+    "cstore": _cstore_sender,
+    "dicomweb": _dicomweb_sender,
+    "healthcare": _dicomweb_sender,  # a Healthcare API DICOM store speaks STOW-RS
+    "gcs": _gcs_sender,
+}
+
+
 def build_sender(dest, *, secrets: Secrets, base_dir: Path) -> Sender:
-    if isinstance(dest, FilesystemDestination):
-        from shared.destinations.filesystem import FilesystemSender
-
-        return FilesystemSender(dest, base_dir)
-    if isinstance(dest, CStoreDestination):
-        from shared.destinations.cstore import CStoreSender
-
-        return CStoreSender(dest, secrets)
-    if isinstance(dest, (DicomWebDestination, HealthcareDestination)):
-        from shared.destinations.dicomweb import DicomWebSender
-
-        return DicomWebSender(dest, secrets)
-    if isinstance(dest, GCSDestination):
-        from shared.destinations.gcs import GCSSender
-
-        return GCSSender(dest)
-    raise TypeError(f"no sender for destination type {type(dest).__name__}")
+    try:
+        build = SENDERS[dest.type]
+    except KeyError:
+        raise TypeError(f"no sender for destination type {dest.type!r}") from None
+    return build(dest, secrets, base_dir)
 
 
 class Senders:

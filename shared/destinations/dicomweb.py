@@ -27,7 +27,7 @@ from shared.ports import Secrets
 log = logging.getLogger(__name__)
 
 BATCH_WAIT_S = 0.05  # how long the first instance of a batch waits for company
-REFERENCED_SOP_SEQUENCE, FAILED_SOP_SEQUENCE = "00081199", "00081198"
+FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_INSTANCE_UID, FAILURE_REASON = "00081155", "00081197"
 # Failure reasons that mean "the peer already has this SOP Instance" (PS3.4 C.4.2.1.4,
 # and 0x0111 Duplicate SOP Instance as servers report it in STOW-RS responses).

@@ -21,17 +21,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pydicom.charset import convert_encodings, custom_encoders, default_encoding, python_encoding
-from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.tag import BaseTag, Tag
+from pydicom.tag import Tag
 from pydicom.valuerep import CUSTOMIZABLE_CHARSET_VR
 
+from shared.dicom.tags import tag_label
 from shared.errors import Unprocessable
 
-__all__ = ["UTF8", "SPECIFIC_CHARACTER_SET", "declared", "joined", "known", "fits", "encodings_for", "charsets_in_effect",
-           "text_values", "convert_to_utf8", "TEXT_VRS"]
+__all__ = ["UTF8", "SPECIFIC_CHARACTER_SET", "declared", "joined", "known", "fits", "element_fits", "encodings_for",
+           "charsets_in_effect", "text_values", "convert_to_utf8", "TEXT_VRS"]
 
 UTF8 = "ISO_IR 192"
 SPECIFIC_CHARACTER_SET = Tag(0x0008, 0x0005)
@@ -103,6 +103,23 @@ def text_values(elem: DataElement) -> Iterator[str]:
         yield one.decode("latin-1") if isinstance(one, bytes) else str(one)
 
 
+def element_fits(elem: DataElement, terms: tuple[str, ...]) -> bool:
+    """Whether the text of ``elem`` (every item of a sequence, an item's own (0008,0005)
+    overriding ``terms``) can be encoded without replacing a character."""
+    if elem.VR == "SQ":
+        for item in elem.value or ():
+            inner = declared(item) or terms
+            for tag in item.keys():
+                inner_elem = item.get_item(tag)
+                if isinstance(inner_elem, DataElement) and not element_fits(inner_elem, inner):
+                    return False
+        return True
+    if elem.VR not in TEXT_VRS:
+        return True
+    encodings = encodings_for(terms)
+    return all(fits(text, encodings) for text in text_values(elem))
+
+
 def charsets_in_effect(ds: Dataset, terms: tuple[str, ...] | None = None,
                        found: dict[int, tuple[str, ...]] | None = None) -> dict[int, tuple[str, ...]]:
     """``id(dataset) -> terms in effect`` for ``ds`` and every item of the sequences
@@ -120,11 +137,6 @@ def charsets_in_effect(ds: Dataset, terms: tuple[str, ...] | None = None,
     return found
 
 
-def _label(prefix: str, tag: BaseTag) -> str:
-    name = "" if tag.is_private else keyword_for_tag(tag)
-    return prefix + (name or f"({tag.group:04X},{tag.element:04X})")
-
-
 def _decode_all(ds: Dataset, prefix: str, undecodable: list[str]) -> list[tuple[str, Dataset]]:
     """Convert every text and sequence element of ``ds`` (items included) from the
     bytes pydicom read, in the character set it read them in; return the items that
@@ -140,7 +152,7 @@ def _decode_all(ds: Dataset, prefix: str, undecodable: list[str]) -> list[tuple[
         if isinstance(raw, RawDataElement) and raw.VR is not None and raw.VR not in TEXT_VRS and raw.VR != "SQ":
             continue  # binary or default-repertoire VR (explicit VR): nothing to convert
         elem = ds[tag]  # pydicom decodes with the character set the dataset was read in
-        label = _label(prefix, tag)
+        label = prefix + tag_label(tag)
         if elem.VR == "SQ":
             for index, item in enumerate(elem.value or ()):
                 if declared(item):

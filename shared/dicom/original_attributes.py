@@ -39,15 +39,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
-
-if TYPE_CHECKING:  # pragma: no cover
-    from shared.config import Settings
 
 ORIGINAL_ATTRIBUTES_SEQUENCE = Tag(0x0400, 0x0561)
 MODIFIED_ATTRIBUTES_SEQUENCE = Tag(0x0400, 0x0550)
@@ -91,18 +88,6 @@ class OriginalAttributesPolicy:
         if not self.modifying_system or len(self.modifying_system) > 64:
             raise ValueError("modifying_system must be 1 to 64 characters (VR LO)")
 
-    @classmethod
-    def from_settings(cls, settings: "Settings", *, modified_at: datetime,
-                      ruleset_flag: bool | None = None, reason: Reason = "COERCE",
-                      source_of_previous_values: str = "") -> "OriginalAttributesPolicy | None":
-        """The policy for a pass, or None when recording is off: ``ruleset_flag``
-        (``Ruleset.log_original_attributes``) overrides ``settings.log_original_attributes``
-        when it is not None."""
-        enabled = settings.log_original_attributes if ruleset_flag is None else ruleset_flag
-        if not enabled:
-            return None
-        return cls(modifying_system=settings.modifying_system, modified_at=modified_at, reason=reason,
-                   source_of_previous_values=source_of_previous_values)
 
 
 _ABSENT = object()

@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_for_tag, private_dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
@@ -39,7 +40,7 @@ class Step:
             group, creator, offset = self.private
             base = f'({group:04X},"{creator}",{offset:02X})'
         else:
-            base = keyword_for_tag(self.tag) or f"({self.tag >> 16:04X},{self.tag & 0xFFFF:04X})"
+            base = tag_label(Tag(self.tag))
         return base if self.index is None else f"{base}[{self.index}]"
 
 
@@ -54,19 +55,29 @@ class TagPath:
     def leaf(self) -> Step:
         return self.steps[-1]
 
-    @property
-    def top_tag(self) -> int | None:
-        """The top-level tag (None for a private top-level step: known only per dataset)."""
-        return self.steps[0].tag
+    def dictionary_vr(self, tag: int | None = None) -> str | None:
+        """The leaf's VR from the data dictionary (PS3.6): a standard leaf's, or a
+        private leaf's from the private dictionary by its creator once its concrete
+        ``tag`` in a dataset is known (PS3.5 7.8.1); None when unknown."""
+        leaf = self.leaf
+        if leaf.private is not None:
+            return None if tag is None else dictionary_vr(tag, leaf.private[1])
+        return dictionary_vr(leaf.tag)
 
-    def dictionary_vr(self) -> str | None:
-        """The leaf's VR from the data dictionary, when it is a standard tag."""
-        if self.leaf.tag is None:
-            return None
-        try:
-            return dictionary_VR(self.leaf.tag)
-        except KeyError:
-            return None
+
+def tag_label(tag: BaseTag) -> str:
+    """A tag for messages and change lists: its keyword, else ``(gggg,eeee)`` (always
+    for a private tag, whose keyword depends on its creator)."""
+    return ("" if tag.is_private else keyword_for_tag(tag)) or f"({tag.group:04X},{tag.element:04X})"
+
+
+def dictionary_vr(tag: int, creator: str | None = None) -> str | None:
+    """The VR of ``tag`` in the data dictionary (PS3.6), or in the private dictionary
+    for the Private Creator ``creator``; None when unknown."""
+    try:
+        return private_dictionary_VR(tag, creator) if creator is not None else dictionary_VR(tag)
+    except KeyError:
+        return None
 
 
 _STEP = re.compile(
@@ -131,10 +142,7 @@ def parse_path(text: str) -> TagPath:
     steps = tuple(_parse_step(part, text) for part in _split(text))
     for step in steps[:-1]:
         if step.tag is not None:
-            try:
-                vr = dictionary_VR(step.tag)
-            except KeyError:
-                vr = None
+            vr = dictionary_vr(step.tag)
             if vr not in (None, "SQ"):
                 raise TagAddressError(f"{text!r}: {step.label()} is not a sequence")
     if steps[-1].index is not None:
@@ -144,32 +152,12 @@ def parse_path(text: str) -> TagPath:
     return path
 
 
-def parse_tag(address: str) -> BaseTag:
-    """A single top-level standard tag (no sequence path, no private creator)."""
-    path = parse_path(address)
-    if len(path.steps) != 1 or path.leaf.tag is None:
-        raise TagAddressError(f"{address!r}: a single standard tag is needed here")
-    return Tag(path.leaf.tag)
-
-
-def describe(tag: int) -> str:
-    """``(0010,0020) PatientID`` for messages and records."""
-    tag = Tag(tag)
-    keyword = keyword_for_tag(tag)
-    return f"({tag.group:04X},{tag.element:04X})" + (f" {keyword}" if keyword else "")
-
-
-def dictionary_vr(tag: int) -> str | None:
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return None
-
-
 # --- resolving against a dataset --------------------------------------------------------
 
 
-def _step_tag(ds: Dataset, step: Step, create: bool) -> BaseTag | None:
+def step_tag(ds: Dataset, step: Step, *, create: bool = False) -> BaseTag | None:
+    """The tag ``step`` names in ``ds``: a private step's by its creator's block (PS3.5
+    7.8.1), made with ``create``; None for a private block that is not there."""
     if step.private is None:
         return Tag(step.tag)
     group, creator, offset = step.private
@@ -180,7 +168,7 @@ def _step_tag(ds: Dataset, step: Step, create: bool) -> BaseTag | None:
 
 
 def _items(ds: Dataset, step: Step, create: bool) -> Iterator[Dataset]:
-    tag = _step_tag(ds, step, create)
+    tag = step_tag(ds, step, create=create)
     if tag is None:
         return
     if tag not in ds:
@@ -212,7 +200,54 @@ def locate(ds: Dataset, path: TagPath, *, create: bool = False) -> list[tuple[Da
         parents = [item for parent in parents for item in _items(parent, step, create)]
     places = []
     for parent in parents:
-        tag = _step_tag(parent, path.leaf, create)
+        tag = step_tag(parent, path.leaf, create=create)
         if tag is not None and (create or tag in parent):
             places.append((parent, tag))
     return places
+
+
+def creator_tag(ds: Dataset, step: Step) -> BaseTag | None:
+    """The Private Creator element of a private ``step``'s block in ``ds`` (PS3.5
+    7.8.1), or None when ``ds`` has no block for that creator."""
+    group, creator, _ = step.private
+    try:
+        block = ds.private_block(group, creator)
+    except KeyError:
+        return None
+    return Tag(group, block.block_start >> 8)
+
+
+def item_prefix(ds: Dataset, path: TagPath, item: Dataset) -> str:
+    """``Seq[i].Inner[j].``: the concrete address of ``item``, one of the items ``path``
+    reaches in ``ds`` before its leaf ('' when it is not one of them)."""
+    level: list[tuple[Dataset, str]] = [(ds, "")]
+    last = len(path.steps) - 2
+    for depth, step in enumerate(path.steps[:-1]):
+        nxt = []
+        label = Step(tag=step.tag, private=step.private).label()
+        for parent, prefix in level:
+            tag = step_tag(parent, step)
+            if tag is None or tag not in parent:
+                continue
+            for i, inner in enumerate(parent[tag].value or []):
+                if isinstance(step.index, int) and i != step.index:
+                    continue
+                if depth == last and inner is item:
+                    return f"{prefix}{label}[{i}]."
+                nxt.append((inner, f"{prefix}{label}[{i}]."))
+        level = nxt
+    return ""
+
+
+def private_elements(seq_elem: DataElement, prefix: str) -> list[tuple[Dataset, BaseTag, str]]:
+    """(item, tag, concrete address) of every private element in the items of the
+    sequence ``seq_elem`` (addressed ``prefix``), at every nesting level."""
+    found = []
+    for i, item in enumerate(seq_elem.value or []):
+        for tag in list(item.keys()):
+            label = f"{prefix}[{i}].{tag_label(tag)}"
+            if tag.is_private:
+                found.append((item, tag, label))
+            elif item[tag].VR == "SQ":
+                found.extend(private_elements(item[tag], label))
+    return found

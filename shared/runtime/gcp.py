@@ -98,13 +98,6 @@ def ports() -> Ports:
     return _ports
 
 
-def reset_ports() -> None:
-    """Forget the cached ports (tests that change the environment)."""
-    global _ports
-    with _lock:
-        _ports = None
-
-
 def load_config(config: AppConfig | str | Path, docs=None) -> AppConfig:
     """Validate ``config`` (an AppConfig or a YAML file) and replace the config
     collections in Firestore with it. Returns the validated config."""

@@ -356,7 +356,7 @@ def test_release_held_function_sends_what_a_destination_enabled_again_held(chain
     monkeypatch.setenv("AXIOM_TOPIC_PREFIX", chain.prefix)
     monkeypatch.setenv("AXIOM_COLLECTION_PREFIX", chain.collections)
     monkeypatch.setenv("AXIOM_CONFIG_TTL_S", "0")
-    gcp_runtime.reset_ports()
+    monkeypatch.setattr(gcp_runtime, "_ports", None)
     try:
         app = create_app(target="release_held", source=str(Path(__file__).parents[2] / "functions" / "main.py"),
                          signature_type="cloudevent")
@@ -368,7 +368,7 @@ def test_release_held_function_sends_what_a_destination_enabled_again_held(chain
         answer = app.test_client().post("/", json=event, headers={"Content-Type": "application/cloudevents+json"})
         assert answer.status_code == 200, answer.data
     finally:
-        gcp_runtime.reset_ports()
+        monkeypatch.setattr(gcp_runtime, "_ports", None)
     chain.wait(lambda: sop_uids((chain.work / "base" / "released").rglob("*.dcm")) == uids,
                "the released deliveries at the enabled destination")
     assert held() == []

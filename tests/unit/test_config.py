@@ -1,5 +1,8 @@
 """Config documents: validation names the bad field; YAML, env and document round trips."""
 
+import subprocess
+import sys
+
 import pytest
 
 from shared.config import ConfigError, expand_env, from_documents, load_yaml, parse_config, to_documents
@@ -77,3 +80,19 @@ def test_config_survives_the_document_store(tmp_path):
     docs = SQLiteDocumentStore(SQLiteDatabase(tmp_path / "state.db"))
     docs.replace_collections(to_documents(config))
     assert load_config(docs) == config
+
+
+def test_the_config_package_imports_nothing_above_it():
+    """Config is data: loading it must not pull in senders, runtimes, stages or network
+    clients (a fresh interpreter, so other tests' imports do not hide one)."""
+    probe = "import sys, shared.config; print('\\n'.join(sys.modules))"
+    loaded = set(subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.split())
+    ours = {m for m in loaded if m.split(".")[0] in ("shared", "scp_gateway", "functions")}
+    assert "shared.config.loading" in ours
+    assert {m for m in ours if not m.startswith("shared.config")} <= {
+        "shared", "shared.dicom", "shared.dicom.tags", "shared.dicom.values", "shared.messages", "shared.regex",
+        "shared.templates"}
+    clients = {m for m in loaded if m.split(".")[0] in ("pynetdicom", "flask", "functions_framework")
+               or m.startswith("google.cloud.")}
+    assert clients == set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import typing
 from datetime import datetime, timezone
 
 import pydicom
@@ -16,10 +17,11 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from shared.config import ConfigError, CrosswalkTable, parse_config
+from shared.config import Action, ConfigError, CrosswalkTable, parse_config
 from shared.dicom.original_attributes import OriginalAttributesPolicy
 from shared.dicom.tags import locate, parse_path
 from shared.errors import Unprocessable
+from shared.morph import ACTIONS as ACTION_CODE
 from shared.morph import Change, _text, apply_actions, validate_actions
 from shared.morph_services import FakeStandardizer, InMemoryCrosswalk, MorphServices
 
@@ -35,6 +37,13 @@ def load(name: str) -> Dataset:
 
 def texts(ds: Dataset, address: str) -> list[str]:
     return [_text(parent[tag]) for parent, tag in locate(ds, parse_path(address))]
+
+
+def test_every_configured_action_has_code():
+    """Adding an action model to shared.config.Action without its code fails here."""
+    union = typing.get_args(Action)[0]
+    literals = {typing.get_args(model.model_fields["action"].annotation)[0] for model in typing.get_args(union)}
+    assert literals == set(ACTION_CODE)
 
 
 # --- every action over every address form -------------------------------------------------

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from shared.config import Settings
 from shared.dicom.io import write_instance
 from shared.dicom.original_attributes import ORIGINAL_ATTRIBUTES_SEQUENCE, OriginalAttributesPolicy, format_dt
 from shared.morph import apply_actions
@@ -131,15 +130,6 @@ def test_existing_items_are_kept_and_the_sequence_itself_never_recorded():
     [modified] = items[1].ModifiedAttributesSequence
     assert modified.PatientID == "A" and ORIGINAL_ATTRIBUTES_SEQUENCE not in modified
     assert any(e.tag.is_private for e in modified)
-
-
-def test_from_settings_ruleset_overrides_global():
-    on, off = Settings(log_original_attributes=True), Settings()
-    assert OriginalAttributesPolicy.from_settings(off, modified_at=WHEN) is None
-    assert OriginalAttributesPolicy.from_settings(off, modified_at=WHEN, ruleset_flag=True) is not None
-    assert OriginalAttributesPolicy.from_settings(on, modified_at=WHEN, ruleset_flag=False) is None
-    policy = OriginalAttributesPolicy.from_settings(on, modified_at=WHEN)
-    assert policy.modifying_system == "AXIOM FLOW" and policy.reason == "COERCE"
 
 
 def test_format_dt():

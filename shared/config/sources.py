@@ -1,0 +1,92 @@
+"""Inputs: DICOM listeners, the STOW-RS endpoint, and the pollers' sources (one model
+per ``type``, polled by :mod:`shared.sources`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from shared.config.base import Doc
+from shared.config.peers import TLS, HealthcareStore, HttpAuth, SecretRef
+
+
+class Listener(Doc):
+    id: str
+    ae_title: str = Field(default="AXIOM", max_length=16)
+    host: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=0, le=65535)
+    max_pdu: int = Field(default=131072, ge=0)
+    tls: TLS | None = None
+
+
+class StowInput(Doc):
+    """The STOW-RS endpoint (PS3.18 section 10.5) of ``axiom-flow serve`` and the
+    ``stow`` function. Clients send an API key in the X-API-Key header (or as a Bearer
+    token); the keys come from a secret holding one key per line."""
+
+    enabled: bool = True
+    id: str = "stow"
+    api_keys: SecretRef | None = None  # None: STOW-RS refuses every request
+    max_request_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1024)
+
+
+class SourceBase(Doc):
+    id: str
+    enabled: bool = True
+    interval_s: float = Field(default=300.0, ge=1)
+    # Each run asks for studies from (watermark - lookback_days) on, so a study that
+    # gains instances, or arrives, up to this many days behind the newest one seen is
+    # still found; instances already ingested are skipped without being retrieved.
+    lookback_days: int = Field(default=7, ge=0, le=3650)
+
+
+class OrthancChanges(Doc):
+    """Orthanc's REST change log (``GET /changes``), when the peer is an Orthanc: each
+    run also looks at the studies that received instances since the previous run,
+    whatever their StudyDate. ``url`` is Orthanc's REST root, e.g. http://pacs:8042."""
+
+    url: str = Field(pattern=r"^https?://")
+    auth: HttpAuth = Field(default_factory=HttpAuth)
+
+
+class DicomWebSource(SourceBase):
+    """Poll a DICOMweb server: QIDO-RS (PS3.18 10.6) for studies, paged; WADO-RS to
+    retrieve each new study's instances."""
+
+    type: Literal["dicomweb_poller"]
+    url: str = Field(pattern=r"^https?://")
+    auth: HttpAuth = Field(default_factory=HttpAuth)
+    query: dict[str, str] = Field(default_factory=dict)  # QIDO parameters, e.g. {ModalitiesInStudy: CT}
+    page_size: int = Field(default=100, ge=1, le=10000)
+    timeout_s: float = Field(default=60.0, gt=0)
+    orthanc_changes: OrthancChanges | None = None  # only when the server is an Orthanc
+
+
+class DimseSource(SourceBase):
+    """Poll a PACS by C-FIND (Study Root, STUDY then SERIES level) and retrieve by
+    C-MOVE to one of our own listeners, or by C-GET (PS3.4 Annex C)."""
+
+    type: Literal["dimse_poller"]
+    ae_title: str = Field(max_length=16)
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae: str = Field(default="AXIOM", max_length=16)
+    query: dict[str, str] = Field(default_factory=dict)  # C-FIND keys, e.g. {ModalitiesInStudy: CT}
+    retrieve: Literal["move", "get"] = "move"
+    move_destination: str | None = Field(default=None, max_length=16)  # our AE title known to the PACS
+    timeout_s: float = Field(default=60.0, gt=0)
+    tls: TLS | None = None
+    orthanc_changes: OrthancChanges | None = None  # only when the PACS is an Orthanc
+
+
+class HealthcareSource(HealthcareStore, SourceBase):
+    """Poll a Healthcare API DICOM store by QIDO-RS and retrieve full instances."""
+
+    type: Literal["healthcare"]
+    query: dict[str, str] = Field(default_factory=dict)
+    page_size: int = Field(default=100, ge=1, le=10000)
+    timeout_s: float = Field(default=60.0, gt=0)
+
+
+Source = Annotated[Union[DicomWebSource, DimseSource, HealthcareSource], Field(discriminator="type")]
