@@ -34,7 +34,7 @@ from scp_gateway.gateway import Gateway
 from scp_gateway.receive import sweep_spool
 from shared import logs
 from shared.config import Listener, Settings
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
 
 log = logging.getLogger("scp_gateway")
 

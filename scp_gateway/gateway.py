@@ -33,7 +33,7 @@ from shared.config import Listener
 from shared.destinations.tlsctx import server_context
 from shared.dicom import reactor
 from shared.dicom.io import part10_layout
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
 from shared.messages import IngestMetadata
 from shared.secrets import Secrets
 from shared.sources.dimse import source_for_move

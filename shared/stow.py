@@ -9,7 +9,7 @@ The body is parsed as it arrives (``multipart``'s push parser, a streaming parse
 no dependencies) and every part goes straight to its own temporary file, so memory use
 does not grow with the request. Only when the whole body has arrived intact is each
 part checked (a complete DICOM Part 10 file, PS3.18 10.5.1 / PS3.10 7.1; the Study
-Instance UID of the URL, when given) and handed to :class:`shared.ingest.Ingestor`,
+Instance UID of the URL, when given) and handed to :class:`shared.inputs.ingest.Ingestor`,
 which stores it durably before the response is sent. A request whose multipart framing
 is broken, or that goes over ``stow.max_request_bytes``, stores nothing (400 / 413):
 the client cannot tell which parts got through, so none do.
@@ -56,7 +56,7 @@ from multipart import MultipartError, MultipartSegment, PushMultipartParser, par
 from shared.config import AppConfig, StowInput
 from shared.dicom.io import read_instance
 from shared.errors import Unprocessable
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
 from shared.messages import IngestMetadata
 from shared.secrets import SecretError, Secrets
 

@@ -37,7 +37,7 @@ from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteD
 from shared.config import AppConfig, to_documents
 from shared.destinations import Senders
 from shared.http import HostCheck, HttpServer, create_app
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
 from shared.logs import install as install_log_safety
 from shared.messages import DeadLetter, Delivery, ObjectFinalized, Plan
 from shared.runtime.configcache import CachedConfig

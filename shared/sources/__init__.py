@@ -63,7 +63,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
 from shared.ports import DocumentStore
 from shared.secrets import Secrets
 from shared.sources.orthanc import OrthancChanges

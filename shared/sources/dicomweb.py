@@ -33,7 +33,7 @@ from pydicom.filereader import read_file_meta_info
 from shared.dicom.io import check_complete
 from shared.errors import Unprocessable
 from shared.httpauth import httpx_auth
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
 from shared.messages import IngestMetadata
 from shared.sources import Done, Failed, InstanceRef, StudyHit
 

@@ -46,7 +46,7 @@ from pynetdicom.sop_class import (
 )
 
 from shared.dicom import reactor
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
 from shared.messages import IngestMetadata
 from shared.sources import Done, Failed, InstanceRef, StudyHit
 

@@ -45,7 +45,7 @@ import httpx
 
 from shared.config import HttpAuth
 from shared.httpauth import httpx_auth
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
 from shared.messages import IngestMetadata
 from shared.ports import DocumentStore
 from shared.secrets import Secrets

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from shared.config import AppConfig
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
 from shared.ports import DocumentStore
 from shared.secrets import Secrets
 from shared.sources import PollResult, poll_source

@@ -18,7 +18,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from shared.config import parse_config
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
 from shared.messages import BlobRef
 from shared.runtime.local import TOPIC_INGEST, EmbeddedRuntime
 from shared.secrets import Secrets

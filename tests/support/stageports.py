@@ -9,7 +9,7 @@ from shared import stages
 from shared.adapters.local_blobs import LocalBlobStore
 from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteDocumentStore
 from shared.config import parse_config
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
 from shared.messages import IngestMetadata
 
 
