@@ -30,8 +30,8 @@ import signal
 import tempfile
 import threading
 
-from scp_gateway.gateway import Gateway
-from scp_gateway.receive import sweep_spool
+from shared.inputs.cstore.gateway import Gateway
+from shared.inputs.cstore.receive import sweep_spool
 from shared import logs
 from shared.config import Listener, Settings
 from shared.inputs.ingest import Ingestor

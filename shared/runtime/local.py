@@ -29,7 +29,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from scp_gateway.gateway import Gateway
+from shared.inputs.cstore.gateway import Gateway
 from shared import stages
 from shared.adapters.local_blobs import LocalBlobStore
 from shared.adapters.local_queue import DEAD_LETTER_TOPIC, LocalQueue, Subscription

@@ -9,9 +9,9 @@ instance and retries; so does a C-STORE that arrives while free space under the
 receive directory is below ``settings.min_free_bytes``. A C-STORE whose data set is
 empty is answered 0xA900 (Data Set does not match SOP Class): there is nothing to keep.
 
-How many connections a listener takes and for how long: ``scp_gateway/server.py``;
+How many connections a listener takes and for how long: ``shared/inputs/cstore/server.py``;
 the guards on how pynetdicom receives (PDU length, temporary files, a full disk):
-``scp_gateway/receive.py``.
+``shared/inputs/cstore/receive.py``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
-from scp_gateway import receive
-from scp_gateway.server import ConnectionLimits, FreeSpace, GatewayServer
+from shared.inputs.cstore import receive
+from shared.inputs.cstore.server import ConnectionLimits, FreeSpace, GatewayServer
 from shared.config import Listener
 from shared.destinations.tlsctx import server_context
 from shared.dicom import reactor
