@@ -31,7 +31,7 @@ import functions_framework
 from shared import stages
 from shared.messages import DeadLetter, Delivery, ObjectFinalized, Plan
 from shared.runtime import gcp
-from shared.sources import ingest_healthcare_notification, poll_by_id
+from shared.inputs.pollers import ingest_healthcare_notification, poll_by_id
 from shared.inputs.stow.store import stow_http_function
 
 logging.basicConfig(level=os.environ.get("AXIOM_LOG_LEVEL", "INFO"),

@@ -42,7 +42,7 @@ from shared.logs import install as install_log_safety
 from shared.messages import DeadLetter, Delivery, ObjectFinalized, Plan
 from shared.runtime.configcache import CachedConfig
 from shared.secrets import Secrets
-from shared.sources.scheduler import SourceScheduler
+from shared.inputs.pollers.scheduler import SourceScheduler
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from shared.inputs.ingest import Ingestor
 from shared.messages import BlobRef
 from shared.runtime.local import TOPIC_INGEST, EmbeddedRuntime
 from shared.secrets import Secrets
-from shared.sources import poll_source, source_status
-from shared.sources.scheduler import SourceScheduler
+from shared.inputs.pollers import poll_source, source_status
+from shared.inputs.pollers.scheduler import SourceScheduler
 from tests.support.dicomgen import make_ct_study
 from tests.support.orthanc import Orthanc
 from tests.support.procs import DCMTK_ENV, free_port, require, wait_for

@@ -36,7 +36,7 @@ from shared.dicom.io import part10_layout
 from shared.inputs.ingest import Ingestor
 from shared.messages import IngestMetadata
 from shared.secrets import Secrets
-from shared.sources.dimse import source_for_move
+from shared.inputs.pollers.dimse import source_for_move
 
 log = logging.getLogger(__name__)
 

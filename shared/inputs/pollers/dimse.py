@@ -48,7 +48,7 @@ from pynetdicom.sop_class import (
 from shared.dicom import reactor
 from shared.inputs.ingest import Ingestor
 from shared.messages import IngestMetadata
-from shared.sources import Done, Failed, InstanceRef, StudyHit
+from shared.inputs.pollers import Done, Failed, InstanceRef, StudyHit
 
 log = logging.getLogger(__name__)
 

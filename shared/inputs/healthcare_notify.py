@@ -1,6 +1,6 @@
 """Google Cloud Healthcare API DICOM stores as inputs.
 
-* Poller (``HealthcareSource``): the DICOMweb poller (:mod:`shared.sources.dicomweb`)
+* Poller (``HealthcareSource``): the DICOMweb poller (:mod:`shared.inputs.pollers.dicomweb`)
   against the store's DICOMweb base
   ``{endpoint}/projects/P/locations/L/datasets/D/dicomStores/S/dicomWeb``, with bearer
   tokens from Application Default Credentials (``shared.httpauth.GoogleAuth``). Full
@@ -49,8 +49,8 @@ from shared.inputs.ingest import Ingestor
 from shared.messages import IngestMetadata
 from shared.ports import DocumentStore
 from shared.secrets import Secrets
-from shared.sources import InstanceRef
-from shared.sources.dicomweb import DicomWebBackend, DicomWebClient, RetrieveError, part_metadata
+from shared.inputs.pollers import InstanceRef
+from shared.inputs.pollers.dicomweb import DicomWebBackend, DicomWebClient, RetrieveError, part_metadata
 
 log = logging.getLogger(__name__)
 

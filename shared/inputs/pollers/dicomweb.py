@@ -35,7 +35,7 @@ from shared.errors import Unprocessable
 from shared.httpauth import httpx_auth
 from shared.inputs.ingest import Ingestor
 from shared.messages import IngestMetadata
-from shared.sources import Done, Failed, InstanceRef, StudyHit
+from shared.inputs.pollers import Done, Failed, InstanceRef, StudyHit
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def part_metadata(path: Path) -> tuple[str, str]:
 
 
 class DicomWebBackend:
-    """QIDO/WADO for the poll loop in :mod:`shared.sources` (DICOMweb and Healthcare)."""
+    """QIDO/WADO for the poll loop in :mod:`shared.inputs.pollers` (DICOMweb and Healthcare)."""
 
     def __init__(self, client: DicomWebClient, *, source_id: str, source_type: str, query: dict[str, str],
                  page_size: int, ingestor: Ingestor, now: datetime):

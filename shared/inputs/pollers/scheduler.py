@@ -19,8 +19,8 @@ from shared.config import AppConfig
 from shared.inputs.ingest import Ingestor
 from shared.ports import DocumentStore
 from shared.secrets import Secrets
-from shared.sources import PollResult, poll_source
-from shared.sources.state import LOCKS, SourceState
+from shared.inputs.pollers import PollResult, poll_source
+from shared.inputs.pollers.state import LOCKS, SourceState
 
 log = logging.getLogger(__name__)
 

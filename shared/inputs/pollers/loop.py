@@ -3,7 +3,7 @@
 ``poll_source(source, ingestor=..., docs=..., secrets=..., now=...)`` runs one poll of
 one configured source (``shared.config.Source``) and returns a :class:`PollResult`.
 Both runtimes call it unchanged: the embedded runtime from
-:class:`shared.sources.scheduler.SourceScheduler`, the GCP runtime from a scheduled
+:class:`shared.inputs.pollers.scheduler.SourceScheduler`, the GCP runtime from a scheduled
 function (Cloud Scheduler -> Pub/Sub -> function, one job per source).
 
 One run, whatever the peer:
@@ -12,7 +12,7 @@ One run, whatever the peer:
    ``StudyDate >= watermark - lookback_days`` unless the configured query sets
    StudyDate itself;
 2. when the source has ``orthanc_changes``, read Orthanc's change log since the
-   previous run (:mod:`shared.sources.orthanc`) and ask the peer, by Study Instance
+   previous run (:mod:`shared.inputs.pollers.orthanc`) and ask the peer, by Study Instance
    UID and with the source's query keys, about each study that received instances
    and that the date query did not return; likewise for every study an earlier run
    left unfinished;
@@ -20,7 +20,7 @@ One run, whatever the peer:
    change log names them);
 4. for each other study, list its instances (QIDO-RS ``/studies/X/instances``, or
    C-FIND SERIES then IMAGE) and drop those already ingested from this source
-   (``source_studies``, see :mod:`shared.sources.state`; counted as ``already_had``);
+   (``source_studies``, see :mod:`shared.inputs.pollers.state`; counted as ``already_had``);
 5. retrieve the rest (WADO-RS, C-MOVE or C-GET), each through the Ingestor, recording
    every instance once it is durably ingested;
 6. advance the watermark to the newest StudyDate processed by the date query, but
@@ -51,7 +51,7 @@ What a poller can see:
   change log, and by queries that set StudyDate themselves; a date-bounded query
   cannot match them.
 * Healthcare API stores: the date query with its lookback; their own change signal is
-  the store's Pub/Sub notification, handled by :mod:`shared.sources.healthcare`.
+  the store's Pub/Sub notification, handled by :mod:`shared.inputs.healthcare_notify`.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ from typing import Callable, Iterable, Protocol
 from shared.inputs.ingest import Ingestor
 from shared.ports import DocumentStore
 from shared.secrets import Secrets
-from shared.sources.orthanc import OrthancChanges
-from shared.sources.state import COUNTERS, SourceBusy, SourceLease, SourceState, StudyRecord, cap_watermark, lookback
+from shared.inputs.pollers.orthanc import OrthancChanges
+from shared.inputs.pollers.state import COUNTERS, SourceBusy, SourceLease, SourceState, StudyRecord, cap_watermark, lookback
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def poll_source(source, *, ingestor: Ingestor, docs: DocumentStore, secrets: Sec
 
 def source_status(docs: DocumentStore, source_ids: Iterable[str] | None = None) -> dict[str, dict]:
     """Per-source state for the status API (counters, last error, watermark...)."""
-    from shared.sources.state import STATE
+    from shared.inputs.pollers.state import STATE
 
     if source_ids is None:
         source_ids = list(docs.list(STATE))
@@ -199,15 +199,15 @@ def source_status(docs: DocumentStore, source_ids: Iterable[str] | None = None) 
 
 def _backend(source, *, ingestor, secrets, now, tmp_dir) -> Backend:
     if source.type == "dicomweb_poller":
-        from shared.sources.dicomweb import DicomWebBackend
+        from shared.inputs.pollers.dicomweb import DicomWebBackend
 
         return DicomWebBackend.for_source(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir)
     if source.type == "healthcare":
-        from shared.sources.healthcare import healthcare_backend
+        from shared.inputs.healthcare_notify import healthcare_backend
 
         return healthcare_backend(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir)
     if source.type == "dimse_poller":
-        from shared.sources.dimse import DimseBackend
+        from shared.inputs.pollers.dimse import DimseBackend
 
         return DimseBackend(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir)
     raise ValueError(f"unknown source type {source.type!r}")
@@ -351,8 +351,8 @@ def _error(result: PollResult, message: str) -> None:
 
 
 def handle_healthcare_notification(*args, **kwargs):
-    """See :func:`shared.sources.healthcare.handle_healthcare_notification`."""
-    from shared.sources.healthcare import handle_healthcare_notification as handler
+    """See :func:`shared.inputs.healthcare_notify.handle_healthcare_notification`."""
+    from shared.inputs.healthcare_notify import handle_healthcare_notification as handler
 
     return handler(*args, **kwargs)
 
@@ -373,7 +373,7 @@ def poll_by_id(ports, source_id: str, secrets: Secrets | None = None) -> PollRes
 
 def ingest_healthcare_notification(ports, data: bytes, attributes: dict, secrets: Secrets | None = None):
     """A Healthcare API DICOM store notification -> the instance, ingested once."""
-    from shared.sources.healthcare import DEFAULT_ENDPOINT, handle_healthcare_notification, source_for_store
+    from shared.inputs.healthcare_notify import DEFAULT_ENDPOINT, handle_healthcare_notification, source_for_store
 
     config = ports.config()
     source_id = source_for_store(config.sources, attributes.get("storeName", ""))
