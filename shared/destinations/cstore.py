@@ -20,7 +20,7 @@ from pynetdicom import AE, _config, build_context
 from pynetdicom.status import code_to_category
 
 from shared.config import CStoreDestination
-from shared.destinations.tlsctx import client_context
+from shared.dicom.tls import client_context
 from shared.dicom import reactor
 from shared.errors import DeliveryRefused, RetryLater
 from shared.logs import describe_error

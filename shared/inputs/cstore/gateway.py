@@ -30,7 +30,7 @@ from pynetdicom.sop_class import Verification
 from shared.inputs.cstore import receive
 from shared.inputs.cstore.server import ConnectionLimits, FreeSpace, GatewayServer
 from shared.config import Listener
-from shared.destinations.tlsctx import server_context
+from shared.dicom.tls import server_context
 from shared.dicom import reactor
 from shared.dicom.io import part10_layout
 from shared.inputs.ingest import Ingestor

@@ -84,7 +84,7 @@ class DimseBackend:
         self.tmp_dir = tmp_dir
         self._tls = None
         if source.tls:
-            from shared.destinations.tlsctx import client_context  # only when configured
+            from shared.dicom.tls import client_context  # only when configured
 
             self._tls = (client_context(source.tls, secrets), source.host)
         self._assoc = None
