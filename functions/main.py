@@ -29,10 +29,11 @@ import os
 import functions_framework
 
 from shared import stages
+from shared.inputs.healthcare_notify import ingest_healthcare_notification
+from shared.inputs.pollers import poll_by_id
+from shared.inputs.stow.store import stow_http_function
 from shared.messages import DeadLetter, Delivery, ObjectFinalized, Plan
 from shared.runtime import gcp
-from shared.inputs.pollers import ingest_healthcare_notification, poll_by_id
-from shared.inputs.stow.store import stow_http_function
 
 logging.basicConfig(level=os.environ.get("AXIOM_LOG_LEVEL", "INFO"),
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -30,10 +30,10 @@ import signal
 import tempfile
 import threading
 
-from shared.inputs.cstore.gateway import Gateway
-from shared.inputs.cstore.receive import sweep_spool
 from shared import logs
 from shared.config import Listener, Settings
+from shared.inputs.cstore.gateway import Gateway
+from shared.inputs.cstore.receive import sweep_spool
 from shared.inputs.ingest import Ingestor
 
 log = logging.getLogger("scp_gateway")

@@ -20,8 +20,8 @@ from pynetdicom import AE, _config, build_context
 from pynetdicom.status import code_to_category
 
 from shared.config import CStoreDestination
-from shared.dicom.tls import client_context
 from shared.dicom import reactor
+from shared.dicom.tls import client_context
 from shared.errors import DeliveryRefused, RetryLater
 from shared.logs import describe_error
 from shared.messages import Delivery

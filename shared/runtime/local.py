@@ -29,7 +29,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-from shared.inputs.cstore.gateway import Gateway
 from shared import stages
 from shared.adapters.local_blobs import LocalBlobStore
 from shared.adapters.local_queue import DEAD_LETTER_TOPIC, LocalQueue, Subscription
@@ -37,12 +36,13 @@ from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteD
 from shared.config import AppConfig, to_documents
 from shared.destinations import Senders
 from shared.http import HostCheck, HttpServer, create_app
+from shared.inputs.cstore.gateway import Gateway
 from shared.inputs.ingest import Ingestor
+from shared.inputs.pollers.scheduler import SourceScheduler
 from shared.logs import install as install_log_safety
 from shared.messages import DeadLetter, Delivery, ObjectFinalized, Plan
 from shared.runtime.configcache import CachedConfig
 from shared.secrets import Secrets
-from shared.inputs.pollers.scheduler import SourceScheduler
 
 log = logging.getLogger(__name__)
 

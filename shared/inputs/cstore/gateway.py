@@ -27,16 +27,16 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
-from shared.inputs.cstore import receive
-from shared.inputs.cstore.server import ConnectionLimits, FreeSpace, GatewayServer
 from shared.config import Listener
-from shared.dicom.tls import server_context
 from shared.dicom import reactor
 from shared.dicom.io import part10_layout
+from shared.dicom.tls import server_context
+from shared.inputs.attribution import source_for_move
+from shared.inputs.cstore import receive
+from shared.inputs.cstore.server import ConnectionLimits, FreeSpace, GatewayServer
 from shared.inputs.ingest import Ingestor
 from shared.messages import IngestMetadata
 from shared.secrets import Secrets
-from shared.inputs.pollers.dimse import source_for_move
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from shared.dicom.io import check_complete
 from shared.errors import Unprocessable
 from shared.httpauth import httpx_auth
 from shared.inputs.ingest import Ingestor
+from shared.inputs.pollers.types import Done, Failed, InstanceRef, StudyHit
 from shared.messages import IngestMetadata
-from shared.inputs.pollers import Done, Failed, InstanceRef, StudyHit
 
 log = logging.getLogger(__name__)
 

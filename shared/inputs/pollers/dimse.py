@@ -47,8 +47,8 @@ from pynetdicom.sop_class import (
 
 from shared.dicom import reactor
 from shared.inputs.ingest import Ingestor
+from shared.inputs.pollers.types import Done, Failed, InstanceRef, StudyHit
 from shared.messages import IngestMetadata
-from shared.inputs.pollers import Done, Failed, InstanceRef, StudyHit
 
 log = logging.getLogger(__name__)
 
@@ -339,16 +339,3 @@ class DimseBackend:
         if sop in wanted:
             done(wanted[sop])
         return STATUS_SUCCESS
-
-
-def source_for_move(sources, *, peer_ae: str, move_originator_ae: str | None) -> str | None:
-    """For the gateway: the id of the DIMSE poller whose C-MOVE made ``peer_ae`` send
-    this instance (C-STORE sub-operations carry Move Originator AE Title (0000,1030),
-    PS3.7 9.1.1.1), or None for an ordinary C-STORE."""
-    if not move_originator_ae:
-        return None
-    for s in sources:
-        if (getattr(s, "type", None) == "dimse_poller" and s.enabled and s.retrieve == "move"
-                and s.calling_ae.strip() == move_originator_ae.strip() and s.ae_title.strip() == peer_ae.strip()):
-            return s.id
-    return None

@@ -1,4 +1,4 @@
-"""Pollers: find studies on a peer and bring their instances into the pipeline.
+"""The poll loop: find studies on a peer and bring their instances into the pipeline.
 
 ``poll_source(source, ingestor=..., docs=..., secrets=..., now=...)`` runs one poll of
 one configured source (``shared.config.Source``) and returns a :class:`PollResult`.
@@ -58,79 +58,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Iterable
 
 from shared.inputs.ingest import Ingestor
-from shared.ports import DocumentStore
-from shared.secrets import Secrets
 from shared.inputs.pollers.orthanc import OrthancChanges
 from shared.inputs.pollers.state import COUNTERS, SourceBusy, SourceLease, SourceState, StudyRecord, cap_watermark, lookback
+from shared.inputs.pollers.types import Backend, InstanceRef, PollResult, StudyHit
+from shared.ports import DocumentStore
+from shared.secrets import Secrets
 
 log = logging.getLogger(__name__)
-
-__all__ = ["PollResult", "StudyHit", "InstanceRef", "poll_source", "source_status", "handle_healthcare_notification"]
-
-
-@dataclass(frozen=True)
-class StudyHit:
-    study_uid: str
-    study_date: str = ""  # YYYYMMDD, "" when the peer has none
-    count: int | None = None  # NumberOfStudyRelatedInstances, None when not returned
-
-
-@dataclass(frozen=True)
-class InstanceRef:
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str = ""
-
-
-Done = Callable[[InstanceRef], None]
-Failed = Callable[[InstanceRef, str], None]
-
-
-class Backend(Protocol):
-    def find_studies(self, since: str | None) -> Iterable[StudyHit]: ...
-
-    def find_study(self, study_uid: str) -> StudyHit | None:
-        """The study ``study_uid`` if the peer has it and it matches the source's query."""
-
-    def list_instances(self, hit: StudyHit) -> list[InstanceRef]: ...
-
-    def retrieve(self, hit: StudyHit, refs: list[InstanceRef], *, whole_study: bool, done: Done,
-                 failed: Failed) -> None:
-        """Retrieve and ingest ``refs``; call ``done`` once each is durably ingested,
-        ``failed`` for each that is not. Raising fails whatever is not done."""
-
-    def close(self) -> None: ...
-
-
-@dataclass
-class PollResult:
-    source_id: str
-    type: str
-    studies_seen: int = 0  # studies the query returned
-    found: int = 0  # studies with work to do
-    queued: int = 0  # instances to retrieve
-    retrieved: int = 0  # instances ingested
-    already_had: int = 0  # instances listed again but already ingested: not retrieved
-    failed: int = 0  # instances (or unlisted studies) not retrieved
-    skipped: bool = False  # another run of this source held the lease
-    errors: list[str] = field(default_factory=list)
-    watermark: str | None = None
-    duration_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors and not self.failed
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 MAX_ERRORS = 20
 
@@ -350,13 +289,6 @@ def _error(result: PollResult, message: str) -> None:
         result.errors.append(message)
 
 
-def handle_healthcare_notification(*args, **kwargs):
-    """See :func:`shared.inputs.healthcare_notify.handle_healthcare_notification`."""
-    from shared.inputs.healthcare_notify import handle_healthcare_notification as handler
-
-    return handler(*args, **kwargs)
-
-
 # --- entry points shared by the runtimes ------------------------------------------------
 
 
@@ -369,16 +301,3 @@ def poll_by_id(ports, source_id: str, secrets: Secrets | None = None) -> PollRes
         raise KeyError(f"no source {source_id!r} in the config")
     return poll_source(source, ingestor=Ingestor(ports.blobs, config.settings.ingest_bucket), docs=ports.docs,
                        secrets=secrets or Secrets())
-
-
-def ingest_healthcare_notification(ports, data: bytes, attributes: dict, secrets: Secrets | None = None):
-    """A Healthcare API DICOM store notification -> the instance, ingested once."""
-    from shared.inputs.healthcare_notify import DEFAULT_ENDPOINT, handle_healthcare_notification, source_for_store
-
-    config = ports.config()
-    source_id = source_for_store(config.sources, attributes.get("storeName", ""))
-    source = next((s for s in config.sources if s.id == source_id), None)
-    return handle_healthcare_notification(
-        data, attributes, ingestor=Ingestor(ports.blobs, config.settings.ingest_bucket), docs=ports.docs,
-        secrets=secrets or Secrets(), source_id=source_id,
-        endpoint=getattr(source, "endpoint", None) or DEFAULT_ENDPOINT)

@@ -17,10 +17,11 @@ from typing import Callable
 
 from shared.config import AppConfig
 from shared.inputs.ingest import Ingestor
+from shared.inputs.pollers.loop import poll_source
+from shared.inputs.pollers.state import LOCKS, SourceState
+from shared.inputs.pollers.types import PollResult
 from shared.ports import DocumentStore
 from shared.secrets import Secrets
-from shared.inputs.pollers import PollResult, poll_source
-from shared.inputs.pollers.state import LOCKS, SourceState
 
 log = logging.getLogger(__name__)
 
