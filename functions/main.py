@@ -31,7 +31,7 @@ import functions_framework
 from shared import stages
 from shared.inputs.healthcare_notify import ingest_healthcare_notification
 from shared.inputs.pollers import poll_by_id
-from shared.inputs.stow.store import stow_http_function
+from shared.inputs.stow.http import stow_http_function
 from shared.messages import DeadLetter, Delivery, ObjectFinalized, Plan
 from shared.runtime import gcp
 

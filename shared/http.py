@@ -188,7 +188,7 @@ def create_app(ports, status: Callable[[], dict], *, secrets: Secrets | None = N
 
     stow_bp = None
     if stow:
-        from shared.inputs.stow.store import stow_blueprint
+        from shared.inputs.stow.http import stow_blueprint
 
         stow_bp = stow_blueprint(ports, secrets)
         app.register_blueprint(stow_bp)
