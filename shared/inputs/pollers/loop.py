@@ -142,7 +142,7 @@ def _backend(source, *, ingestor, secrets, now, tmp_dir) -> Backend:
 
         return DicomWebBackend.for_source(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir)
     if source.type == "healthcare":
-        from shared.inputs.healthcare_notify import healthcare_backend
+        from shared.inputs.pollers.healthcare import healthcare_backend
 
         return healthcare_backend(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir)
     if source.type == "dimse_poller":
