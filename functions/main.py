@@ -29,10 +29,11 @@ import functions_framework
 from shared import exceptions, stages
 from shared.adapters import pubsub
 from shared.adapters.pubsub import Push
+from shared.inputs.healthcare_notify import ingest_healthcare_notification
+from shared.inputs.pollers import poll_by_id
+from shared.inputs.stow.http import stow_http_function
 from shared.messages import Delivery, Plan
 from shared.runtime import gcp
-from shared.sources import ingest_healthcare_notification, poll_by_id
-from shared.stow import stow_http_function
 
 logging.basicConfig(level=os.environ.get("AXIOM_LOG_LEVEL", "INFO"),
                     format="%(asctime)s %(levelname)s %(name)s: %(message)s")

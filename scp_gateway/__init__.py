@@ -1,2 +1,2 @@
-"""The DICOM SCP gateway: C-ECHO and C-STORE listeners that write each received
-instance durably to the ingest store before answering Success."""
+"""The GCP container's entry point for the C-STORE gateway (``python -m scp_gateway``);
+the listeners themselves are :mod:`shared.inputs.cstore`."""

@@ -30,12 +30,12 @@ import signal
 import tempfile
 import threading
 
-from scp_gateway.gateway import Gateway
-from scp_gateway.receive import sweep_spool
 from shared import logs
 from shared.config import Listener, Settings
 from shared.dicom import reactor
-from shared.ingest import Ingestor
+from shared.inputs.cstore.gateway import Gateway
+from shared.inputs.cstore.receive import sweep_spool
+from shared.inputs.ingest import Ingestor
 
 log = logging.getLogger("scp_gateway")
 

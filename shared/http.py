@@ -1,5 +1,5 @@
 """HTTP endpoints served by ``axiom-flow serve`` (and, per endpoint, by Cloud
-Functions): health, status, exception records, and STOW-RS (``shared/stow.py``);
+Functions): health, status, exception records, and STOW-RS (``shared/inputs/stow/``);
 the config API in a later issue. Also the server that serves them (:class:`HttpServer`).
 
 Host check (DNS rebinding). The control routes (``/status``, ``/exceptions``, retry)
@@ -184,7 +184,7 @@ def create_app(ports, status: Callable[[], dict], *, stow: bool = True,
 
     stow_bp = None
     if stow:
-        from shared.stow import stow_blueprint
+        from shared.inputs.stow.http import stow_blueprint
 
         stow_bp = stow_blueprint(ports)
         app.register_blueprint(stow_bp)

@@ -1,5 +1,5 @@
 """Inputs: DICOM listeners, the STOW-RS endpoint, and the pollers' sources (one model
-per ``type``, polled by :mod:`shared.sources`)."""
+per ``type``, polled by :mod:`shared.inputs.pollers`)."""
 
 from __future__ import annotations
 

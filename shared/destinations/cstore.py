@@ -23,7 +23,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.status import code_to_category
 
 from shared.config import CStoreDestination
-from shared.destinations.tlsctx import client_context
+from shared.dicom.tls import client_context
 from shared.errors import DeliveryRefused, RetryLater
 from shared.logs import describe_error
 from shared.messages import Delivery

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import uuid
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
 from shared.config import DicomWebDestination, HealthcareDestination
+from shared.dicomweb.multipart import MalformedMultipart, boundary_of, new_boundary, read_parts, related_content_type, write_parts
 from shared.errors import DeliveryRefused, RetryLater
 from shared.httpauth import GoogleAuth, httpx_auth
 from shared.messages import Delivery
@@ -33,16 +32,6 @@ REFERENCED_SOP_INSTANCE_UID, FAILURE_REASON = "00081155", "00081197"
 # and 0x0111 Duplicate SOP Instance as servers report it in STOW-RS responses).
 DUPLICATE_REASONS = {0x0111}
 RETRYABLE_REASONS = {0xA700, 0x0110, 0x0212}  # out of resources, processing failure
-
-
-def _multipart(items: list[tuple[Path, Delivery]], boundary: str) -> Iterator[bytes]:
-    for path, _ in items:
-        yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(256 * 1024):
-                yield chunk
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
 
 
 def _sequence(body: dict, tag: str) -> list[dict]:
@@ -121,13 +110,12 @@ class DicomWebSender:
     # --- one STOW-RS request --------------------------------------------------------
 
     def _post(self, items: list[tuple[Path, Delivery]]) -> dict[str, Future]:
-        boundary = uuid.uuid4().hex
+        boundary = new_boundary()
         try:
             response = self.client.post(
                 f"{self.url}/studies",
-                content=_multipart(items, boundary),
-                headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                         "Accept": "application/dicom+json"},
+                content=write_parts((path for path, _ in items), boundary),
+                headers={"Content-Type": related_content_type(boundary), "Accept": "application/dicom+json"},
             )
         except httpx.HTTPError as exc:
             raise RetryLater(f"STOW-RS to {self.dest.id} failed: {type(exc).__name__}: {exc}") from exc
@@ -182,12 +170,14 @@ class DicomWebSender:
             raise RetryLater(f"could not compare with {self.dest.id}'s copy: {exc}") from exc
         if response.status_code != 200:
             raise RetryLater(f"could not compare with {self.dest.id}'s copy: HTTP {response.status_code}")
-        from email.parser import BytesParser
-        from email.policy import HTTP
-
-        message = BytesParser(policy=HTTP).parsebytes(
-            b"Content-Type: " + response.headers["content-type"].encode() + b"\r\n\r\n" + response.content)
-        parts = [p.get_payload(decode=True) for p in message.iter_parts()] if message.is_multipart() else [response.content]
+        ctype = response.headers.get("content-type", "")
+        if ctype.lower().startswith("multipart/"):
+            try:
+                parts = [part.data for part in read_parts(response.content, boundary_of(ctype))]
+            except MalformedMultipart as exc:
+                raise RetryLater(f"could not compare with {self.dest.id}'s copy: {exc}") from None
+        else:
+            parts = [response.content]
         return any(content_digest(part, ignore_last_modification_time=delivery.original_attributes_added)
                    == delivery.sha256 for part in parts)
 

@@ -30,7 +30,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-from scp_gateway.gateway import Gateway
 from shared import exceptions, stages
 from shared.adapters.local_blobs import LocalBlobStore
 from shared.adapters.local_queue import LocalQueue, Subscription
@@ -40,7 +39,9 @@ from shared.config import AppConfig, to_documents
 from shared.destinations import Senders
 from shared.dicom import reactor
 from shared.http import HostCheck, HttpServer, create_app
-from shared.ingest import Ingestor
+from shared.inputs.cstore.gateway import Gateway
+from shared.inputs.ingest import Ingestor
+from shared.inputs.pollers.scheduler import SourceScheduler
 from shared.logs import install as install_log_safety
 from shared.messages import (
     TOPIC_DEAD_LETTER,
@@ -55,7 +56,6 @@ from shared.messages import (
 )
 from shared.ports import Ports
 from shared.runtime.configcache import CachedConfig
-from shared.sources.scheduler import SourceScheduler
 
 log = logging.getLogger(__name__)
 

@@ -264,8 +264,8 @@ def orthanc_store(tmp_path_factory):
 def test_concurrent_notification_deliveries_ingest_once_on_firestore(docs, blobs, orthanc_store, tmp_path):
     """The GCP runtime's pair (Firestore claims, GCS ingest bucket): two deliveries of
     each notification at the same moment put one object in the ingest bucket."""
-    from shared.ingest import Ingestor
-    from shared.sources.healthcare import NOTIFIED
+    from shared.inputs.healthcare_notify import NOTIFIED
+    from shared.inputs.ingest import Ingestor
     from tests.integration.test_healthcare_notify import assert_each_ingested_once, resource_name
     from tests.integration.test_pollers import make_study, upload
 

@@ -16,7 +16,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.filereader import read_file_meta_info
 
-from scp_gateway.server import ConnectionLimits
+from shared.inputs.cstore.server import ConnectionLimits
 from tests.support.dicomgen import make_ct_study
 from tests.support.invariant import sop_uids
 from tests.support.procs import AxiomServer, storescu, wait_for

@@ -23,8 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydicom import dcmread
 
 import shared.httpauth
-from shared.sources import handle_healthcare_notification
-from shared.sources.healthcare import NOTIFIED, NotificationBusy, notification_marker, parse_instance_resource
+from shared.inputs.healthcare_notify import (
+    NOTIFIED,
+    NotificationBusy,
+    handle_healthcare_notification,
+    notification_marker,
+    parse_instance_resource,
+)
 from tests.integration import test_pollers as pollers
 from tests.integration.test_pollers import TS_SAMPLES, assert_exactly_once, ingested, ingestor, make_study, poll, upload
 

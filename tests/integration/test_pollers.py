@@ -19,11 +19,11 @@ from pydicom.uid import generate_uid
 
 from shared.adapters.secrets import LocalSecrets
 from shared.config import parse_config
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
+from shared.inputs.pollers import poll_source, source_status
+from shared.inputs.pollers.scheduler import SourceScheduler
 from shared.messages import TOPIC_INGEST, BlobRef
 from shared.runtime.local import EmbeddedRuntime
-from shared.sources import poll_source, source_status
-from shared.sources.scheduler import SourceScheduler
 from tests.support.dicomgen import make_ct_study
 from tests.support.orthanc import Orthanc
 from tests.support.procs import DCMTK_ENV, free_port, require, wait_for

@@ -560,7 +560,7 @@ def _stow_answer(case: FuzzCase, response) -> Answer:
 
 # --- accounting ------------------------------------------------------------------------
 
-_UNSAFE = re.compile(r"[^0-9A-Za-z.]")  # as the Ingestor names objects (shared/ingest.py)
+_UNSAFE = re.compile(r"[^0-9A-Za-z.]")  # as the Ingestor names objects (shared/inputs/ingest.py)
 
 
 def _object_uid(name: str) -> str:

@@ -11,7 +11,7 @@ from shared.adapters.secrets import LocalSecrets
 from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteDocumentStore
 from shared.config import parse_config
 from shared.destinations import Senders
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
 from shared.messages import IngestMetadata
 from shared.ports import Ports
 

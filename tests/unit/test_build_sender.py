@@ -9,7 +9,7 @@ import pytest
 
 from shared.config import Destination, parse_config
 from shared.destinations import SENDERS, build_sender
-from shared.secrets import Secrets
+from shared.adapters.secrets import LocalSecrets
 from tests.support.procs import REPO
 
 DESTINATIONS = {
@@ -31,7 +31,7 @@ def test_every_configured_destination_type_has_a_sender():
                                           ("dicomweb", "DicomWebSender"), ("healthcare", "DicomWebSender")])
 def test_each_type_builds_its_sender(tmp_path, kind, sender):
     dest = parse_config({"destinations": [{"id": "d", "type": kind, **DESTINATIONS[kind]}]}).destination("d")
-    built = build_sender(dest, secrets=Secrets(), base_dir=tmp_path)
+    built = build_sender(dest, secrets=LocalSecrets(), base_dir=tmp_path)
     try:
         assert type(built).__name__ == sender and built.dest is dest
     finally:
@@ -46,13 +46,13 @@ import sys
 from pathlib import Path
 from shared.config import parse_config
 from shared.destinations import build_sender
-from shared.secrets import Secrets
+from shared.adapters.secrets import LocalSecrets
 config = parse_config({{"destinations": [{{"id": "fs", "type": "filesystem", "path": "out"}},
     {{"id": "pacs", "type": "cstore", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}}]}})
 senders = ("shared.destinations.cstore", "shared.destinations.dicomweb", "shared.destinations.gcs")
-build_sender(config.destination("fs"), secrets=Secrets(), base_dir=Path({str(tmp_path)!r}))
+build_sender(config.destination("fs"), secrets=LocalSecrets(), base_dir=Path({str(tmp_path)!r}))
 print(*[m in sys.modules for m in senders])
-build_sender(config.destination("pacs"), secrets=Secrets(), base_dir=Path({str(tmp_path)!r}))
+build_sender(config.destination("pacs"), secrets=LocalSecrets(), base_dir=Path({str(tmp_path)!r}))
 print(*[m in sys.modules for m in senders])
 """
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True).stdout

@@ -62,7 +62,7 @@ def gcs_notification(ports, blob, event_type="OBJECT_FINALIZE") -> tuple[bytes, 
 
 
 def received(ports, path=CT):
-    from shared.ingest import Ingestor
+    from shared.inputs.ingest import Ingestor
 
     return Ingestor(ports.blobs, "ingest").ingest_file(path, IngestMetadata(source_type="cstore", calling_ae="MOD1"))
 
@@ -161,7 +161,7 @@ def test_poll_runs_the_named_source_and_records_its_outcome(ports):
     ports.reconfigure({**config({"id": "all", "destinations": ["archive"]}), "sources": [
         {"id": "pacs", "type": "dicomweb_poller", "url": f"http://127.0.0.1:{free_port()}/dicom-web", "timeout_s": 2}]})
     assert push("poll", json.dumps({"source_id": "pacs"}).encode()).status_code == 200
-    from shared.sources import source_status
+    from shared.inputs.pollers import source_status
 
     status = source_status(ports.docs, ["pacs"])["pacs"]
     assert status["runs"] == 1 and "Connection refused" in status["last_error"]

@@ -4,7 +4,7 @@ config fields that drive them."""
 import pytest
 
 from shared.config import ConfigError, parse_config
-from shared.sources.state import MAX_STUDIES, SourceState, lookback
+from shared.inputs.pollers.state import MAX_STUDIES, SourceState, lookback
 
 
 def test_lookback_bound():

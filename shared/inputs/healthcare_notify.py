@@ -1,20 +1,15 @@
-"""Google Cloud Healthcare API DICOM stores as inputs.
+"""Google Cloud Healthcare API DICOM store notifications as an input (the store polled
+as a source is :mod:`shared.inputs.pollers.healthcare`).
 
-* Poller (``HealthcareSource``): the DICOMweb poller (:mod:`shared.sources.dicomweb`)
-  against the store's DICOMweb base
-  ``{endpoint}/projects/P/locations/L/datasets/D/dicomStores/S/dicomWeb``, with bearer
-  tokens from Application Default Credentials (``shared.httpauth.GoogleAuth``). Full
-  instances are retrieved (WADO-RS instance resource, ``transfer-syntax=*``), never
-  metadata only.
-* Notifications: a store's ``notificationConfig`` / ``notificationConfigs[]`` publishes
-  one Pub/Sub message per stored instance: data = the instance resource name
-  ``projects/P/locations/L/datasets/D/dicomStores/S/dicomWeb/studies/X/series/Y/instances/Z``;
-  with ``notificationConfigs[]`` the attributes add ``action`` (StoreInstances,
-  ImportDicomData, ...), ``storeName``, ``studyInstanceUID``, ``seriesInstanceUID``,
-  ``sopInstanceUID``, ``versionId``, ``lastUpdatedTime``, ``modality``... The resource
-  name is already the WADO-RS path of the instance below the endpoint, so the URL is
-  ``{endpoint}/{resource name}``. :func:`handle_healthcare_notification` retrieves it
-  and ingests it with source type ``healthcare``.
+A store's ``notificationConfig`` / ``notificationConfigs[]`` publishes one Pub/Sub
+message per stored instance: data = the instance resource name
+``projects/P/locations/L/datasets/D/dicomStores/S/dicomWeb/studies/X/series/Y/instances/Z``;
+with ``notificationConfigs[]`` the attributes add ``action`` (StoreInstances,
+ImportDicomData, ...), ``storeName``, ``studyInstanceUID``, ``seriesInstanceUID``,
+``sopInstanceUID``, ``versionId``, ``lastUpdatedTime``, ``modality``... The resource
+name is already the WADO-RS path of the instance below the endpoint, so the URL is
+``{endpoint}/{resource name}``. :func:`handle_healthcare_notification` retrieves it
+and ingests it with source type ``healthcare``.
 
 Notifications are ingested once: Pub/Sub delivers at least once, and may deliver the
 same message twice at the same moment (a redelivery after an ack deadline, two
@@ -43,13 +38,13 @@ from typing import Mapping
 
 import httpx
 
-from shared.config import HttpAuth
-from shared.httpauth import httpx_auth
-from shared.ingest import Ingestor
+from shared.inputs.attribution import source_for_store
+from shared.inputs.ingest import Ingestor
+from shared.inputs.pollers.dicomweb import DicomWebClient, RetrieveError, part_metadata
+from shared.inputs.pollers.healthcare import google_auth
+from shared.inputs.pollers.types import InstanceRef
 from shared.messages import IngestMetadata
 from shared.ports import DocumentStore, Secrets
-from shared.sources import InstanceRef
-from shared.sources.dicomweb import DicomWebBackend, DicomWebClient, RetrieveError, part_metadata
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +56,9 @@ RESOURCE_NAME = re.compile(
     r"^(?P<store>projects/[^/]+/locations/[^/]+/datasets/[^/]+/dicomStores/[^/]+)"
     r"/dicomWeb/studies/(?P<study>[^/]+)/series/(?P<series>[^/]+)/instances/(?P<instance>[^/]+)$"
 )
-STORE_NAME = re.compile(r"^projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/datasets/(?P<dataset>[^/]+)"
-                        r"/dicomStores/(?P<dicom_store>[^/]+)$")
 # Actions whose notification is not a new or changed instance to retrieve.
 IGNORED_ACTIONS = frozenset({"SetBlobSettings", "SetBlobStorageSettings", "DeleteInstance", "DeleteSeries",
                              "DeleteStudy", "DeleteInstances", "Delete"})
-
-
-def google_auth() -> tuple[httpx.Auth | None, dict[str, str]]:
-    """The ADC bearer-token auth shared by every Healthcare API request (it reads no secret)."""
-    return httpx_auth(HttpAuth(type="google"), secrets=None)
-
-
-def healthcare_backend(source, *, ingestor: Ingestor, secrets: Secrets, now: datetime,
-                       tmp_dir: Path | None = None) -> DicomWebBackend:
-    auth, headers = google_auth()
-    return DicomWebBackend.for_source(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir,
-                                      base_url=source.dicomweb_url, auth=auth, headers=headers)
 
 
 @dataclass(frozen=True)
@@ -104,19 +85,6 @@ def parse_instance_resource(name: str) -> InstanceResource:
     if not m:
         raise ValueError(f"not a DICOM instance resource name: {name[:300]!r}")
     return InstanceResource(m["store"], m["study"], m["series"], m["instance"])
-
-
-def source_for_store(sources, store: str) -> str | None:
-    """The id of the configured HealthcareSource for ``store`` (a store resource name),
-    if any: notifications then carry the same source id as the poller would."""
-    m = STORE_NAME.match(store)
-    if not m:
-        return None
-    for s in sources:
-        if (getattr(s, "type", None) == "healthcare" and s.project == m["project"] and s.location == m["location"]
-                and s.dataset == m["dataset"] and s.dicom_store == m["dicom_store"]):
-            return s.id
-    return None
 
 
 def notification_marker(resource_name: str, version: str) -> str:
@@ -250,3 +218,15 @@ def _retrieve_and_ingest(resource: InstanceResource, *, ingestor: Ingestor, dico
     finally:
         path.unlink(missing_ok=True)
     return ref
+
+
+def ingest_healthcare_notification(ports, data: bytes, attributes: dict):
+    """A Healthcare API DICOM store notification -> the instance, ingested once (the
+    Pub/Sub-triggered function's body)."""
+    config = ports.config()
+    source_id = source_for_store(config.sources, attributes.get("storeName", ""))
+    source = next((s for s in config.sources if s.id == source_id), None)
+    return handle_healthcare_notification(
+        data, attributes, ingestor=Ingestor(ports.blobs, config.settings.ingest_bucket), docs=ports.docs,
+        secrets=ports.secrets, source_id=source_id,
+        endpoint=getattr(source, "endpoint", None) or DEFAULT_ENDPOINT)

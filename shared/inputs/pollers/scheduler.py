@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Callable
 
 from shared.config import AppConfig
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
+from shared.inputs.pollers.loop import poll_source
+from shared.inputs.pollers.state import LOCKS, SourceState
+from shared.inputs.pollers.types import PollResult
 from shared.ports import DocumentStore, Secrets
-from shared.sources import PollResult, poll_source
-from shared.sources.state import LOCKS, SourceState
 
 log = logging.getLogger(__name__)
 

@@ -45,9 +45,9 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
+from shared.inputs.pollers.types import Done, Failed, InstanceRef, StudyHit
 from shared.messages import IngestMetadata
-from shared.sources import Done, Failed, InstanceRef, StudyHit
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class DimseBackend:
         self.tmp_dir = tmp_dir
         self._tls = None
         if source.tls:
-            from shared.destinations.tlsctx import client_context  # only when configured
+            from shared.dicom.tls import client_context  # only when configured
 
             self._tls = (client_context(source.tls, secrets), source.host)
         self._assoc = None
@@ -336,16 +336,3 @@ class DimseBackend:
         if sop in wanted:
             done(wanted[sop])
         return STATUS_SUCCESS
-
-
-def source_for_move(sources, *, peer_ae: str, move_originator_ae: str | None) -> str | None:
-    """For the gateway: the id of the DIMSE poller whose C-MOVE made ``peer_ae`` send
-    this instance (C-STORE sub-operations carry Move Originator AE Title (0000,1030),
-    PS3.7 9.1.1.1), or None for an ordinary C-STORE."""
-    if not move_originator_ae:
-        return None
-    for s in sources:
-        if (getattr(s, "type", None) == "dimse_poller" and s.enabled and s.retrieve == "move"
-                and s.calling_ae.strip() == move_originator_ae.strip() and s.ae_title.strip() == peer_ae.strip()):
-            return s.id
-    return None

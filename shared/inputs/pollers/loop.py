@@ -1,9 +1,9 @@
-"""Pollers: find studies on a peer and bring their instances into the pipeline.
+"""The poll loop: find studies on a peer and bring their instances into the pipeline.
 
 ``poll_source(source, ingestor=..., docs=..., secrets=..., now=...)`` runs one poll of
 one configured source (``shared.config.Source``) and returns a :class:`PollResult`.
 Both runtimes call it unchanged: the embedded runtime from
-:class:`shared.sources.scheduler.SourceScheduler`, the GCP runtime from a scheduled
+:class:`shared.inputs.pollers.scheduler.SourceScheduler`, the GCP runtime from a scheduled
 function (Cloud Scheduler -> Pub/Sub -> function, one job per source).
 
 One run, whatever the peer:
@@ -12,7 +12,7 @@ One run, whatever the peer:
    ``StudyDate >= watermark - lookback_days`` unless the configured query sets
    StudyDate itself;
 2. when the source has ``orthanc_changes``, read Orthanc's change log since the
-   previous run (:mod:`shared.sources.orthanc`) and ask the peer, by Study Instance
+   previous run (:mod:`shared.inputs.pollers.orthanc`) and ask the peer, by Study Instance
    UID and with the source's query keys, about each study that received instances
    and that the date query did not return; likewise for every study an earlier run
    left unfinished;
@@ -20,7 +20,7 @@ One run, whatever the peer:
    change log names them);
 4. for each other study, list its instances (QIDO-RS ``/studies/X/instances``, or
    C-FIND SERIES then IMAGE) and drop those already ingested from this source
-   (``source_studies``, see :mod:`shared.sources.state`; counted as ``already_had``);
+   (``source_studies``, see :mod:`shared.inputs.pollers.state`; counted as ``already_had``);
 5. retrieve the rest (WADO-RS, C-MOVE or C-GET), each through the Ingestor, recording
    every instance once it is durably ingested;
 6. advance the watermark to the newest StudyDate processed by the date query, but
@@ -51,85 +51,24 @@ What a poller can see:
   change log, and by queries that set StudyDate themselves; a date-bounded query
   cannot match them.
 * Healthcare API stores: the date query with its lookback; their own change signal is
-  the store's Pub/Sub notification, handled by :mod:`shared.sources.healthcare`.
+  the store's Pub/Sub notification, handled by :mod:`shared.inputs.healthcare_notify`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Iterable
 
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
+from shared.inputs.pollers.orthanc import OrthancChanges
+from shared.inputs.pollers.state import COUNTERS, SourceBusy, SourceLease, SourceState, StudyRecord, cap_watermark, lookback
+from shared.inputs.pollers.types import Backend, InstanceRef, PollResult, StudyHit
 from shared.ports import DocumentStore, Secrets
-from shared.sources.orthanc import OrthancChanges
-from shared.sources.state import COUNTERS, SourceBusy, SourceLease, SourceState, StudyRecord, cap_watermark, lookback
 
 log = logging.getLogger(__name__)
-
-__all__ = ["PollResult", "StudyHit", "InstanceRef", "poll_source", "source_status", "handle_healthcare_notification"]
-
-
-@dataclass(frozen=True)
-class StudyHit:
-    study_uid: str
-    study_date: str = ""  # YYYYMMDD, "" when the peer has none
-    count: int | None = None  # NumberOfStudyRelatedInstances, None when not returned
-
-
-@dataclass(frozen=True)
-class InstanceRef:
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str = ""
-
-
-Done = Callable[[InstanceRef], None]
-Failed = Callable[[InstanceRef, str], None]
-
-
-class Backend(Protocol):
-    def find_studies(self, since: str | None) -> Iterable[StudyHit]: ...
-
-    def find_study(self, study_uid: str) -> StudyHit | None:
-        """The study ``study_uid`` if the peer has it and it matches the source's query."""
-
-    def list_instances(self, hit: StudyHit) -> list[InstanceRef]: ...
-
-    def retrieve(self, hit: StudyHit, refs: list[InstanceRef], *, whole_study: bool, done: Done,
-                 failed: Failed) -> None:
-        """Retrieve and ingest ``refs``; call ``done`` once each is durably ingested,
-        ``failed`` for each that is not. Raising fails whatever is not done."""
-
-    def close(self) -> None: ...
-
-
-@dataclass
-class PollResult:
-    source_id: str
-    type: str
-    studies_seen: int = 0  # studies the query returned
-    found: int = 0  # studies with work to do
-    queued: int = 0  # instances to retrieve
-    retrieved: int = 0  # instances ingested
-    already_had: int = 0  # instances listed again but already ingested: not retrieved
-    failed: int = 0  # instances (or unlisted studies) not retrieved
-    skipped: bool = False  # another run of this source held the lease
-    errors: list[str] = field(default_factory=list)
-    watermark: str | None = None
-    duration_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors and not self.failed
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 MAX_ERRORS = 20
 
@@ -189,7 +128,7 @@ def poll_source(source, *, ingestor: Ingestor, docs: DocumentStore, secrets: Sec
 
 def source_status(docs: DocumentStore, source_ids: Iterable[str] | None = None) -> dict[str, dict]:
     """Per-source state for the status API (counters, last error, watermark...)."""
-    from shared.sources.state import STATE
+    from shared.inputs.pollers.state import STATE
 
     if source_ids is None:
         source_ids = list(docs.list(STATE))
@@ -198,15 +137,15 @@ def source_status(docs: DocumentStore, source_ids: Iterable[str] | None = None) 
 
 def _backend(source, *, ingestor, secrets, now, tmp_dir) -> Backend:
     if source.type == "dicomweb_poller":
-        from shared.sources.dicomweb import DicomWebBackend
+        from shared.inputs.pollers.dicomweb import DicomWebBackend
 
         return DicomWebBackend.for_source(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir)
     if source.type == "healthcare":
-        from shared.sources.healthcare import healthcare_backend
+        from shared.inputs.pollers.healthcare import healthcare_backend
 
         return healthcare_backend(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir)
     if source.type == "dimse_poller":
-        from shared.sources.dimse import DimseBackend
+        from shared.inputs.pollers.dimse import DimseBackend
 
         return DimseBackend(source, ingestor=ingestor, secrets=secrets, now=now, tmp_dir=tmp_dir)
     raise ValueError(f"unknown source type {source.type!r}")
@@ -349,13 +288,6 @@ def _error(result: PollResult, message: str) -> None:
         result.errors.append(message)
 
 
-def handle_healthcare_notification(*args, **kwargs):
-    """See :func:`shared.sources.healthcare.handle_healthcare_notification`."""
-    from shared.sources.healthcare import handle_healthcare_notification as handler
-
-    return handler(*args, **kwargs)
-
-
 # --- entry points shared by the runtimes ------------------------------------------------
 
 
@@ -368,16 +300,3 @@ def poll_by_id(ports, source_id: str) -> PollResult:
         raise KeyError(f"no source {source_id!r} in the config")
     return poll_source(source, ingestor=Ingestor(ports.blobs, config.settings.ingest_bucket), docs=ports.docs,
                        secrets=ports.secrets)
-
-
-def ingest_healthcare_notification(ports, data: bytes, attributes: dict):
-    """A Healthcare API DICOM store notification -> the instance, ingested once."""
-    from shared.sources.healthcare import DEFAULT_ENDPOINT, handle_healthcare_notification, source_for_store
-
-    config = ports.config()
-    source_id = source_for_store(config.sources, attributes.get("storeName", ""))
-    source = next((s for s in config.sources if s.id == source_id), None)
-    return handle_healthcare_notification(
-        data, attributes, ingestor=Ingestor(ports.blobs, config.settings.ingest_bucket), docs=ports.docs,
-        secrets=ports.secrets, source_id=source_id,
-        endpoint=getattr(source, "endpoint", None) or DEFAULT_ENDPOINT)

@@ -5,11 +5,11 @@ Instances are retrieved one by one from
 ``{base}/studies/{st}/series/{se}/instances/{sop}`` with
 ``Accept: multipart/related; type="application/dicom"; transfer-syntax=*`` (``*``: the
 transfer syntax the server stored, PS3.18 8.7.3.5.2), so pixel data arrives as it was
-stored, never transcoded. Each multipart body is parsed as it streams in, straight to
-a temporary file (memory does not grow with instance size), checked (complete Part 10
-structure, the SOP Instance UID asked for) and handed to the Ingestor. Per instance
-rather than per study: a failure costs one instance, the ingested ones are recorded
-one by one, and a study that later gains instances retrieves only the new ones.
+stored, never transcoded. Each multipart body is parsed as it streams in
+(:mod:`shared.dicomweb.multipart`), straight to a temporary file (memory does not grow
+with instance size), checked (complete Part 10 structure, the SOP Instance UID asked
+for) and handed to the Ingestor. Per instance rather than per study: a failure costs
+one instance, the ingested ones are recorded one by one, and a study that later gains instances retrieves only the new ones.
 
 Servers that refuse ``transfer-syntax=*`` (406/400) are asked again without the
 parameter; the server then picks the transfer syntax (PS3.18 says: as stored if the
@@ -20,8 +20,6 @@ as a warning in the log.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -31,11 +29,12 @@ import httpx
 from pydicom.filereader import read_file_meta_info
 
 from shared.dicom.io import check_complete
+from shared.dicomweb.multipart import DICOM, MalformedMultipart, Part, boundary_of, discard, spool_parts
 from shared.errors import Unprocessable
 from shared.httpauth import httpx_auth
-from shared.ingest import Ingestor
+from shared.inputs.ingest import Ingestor
+from shared.inputs.pollers.types import Done, Failed, InstanceRef, StudyHit
 from shared.messages import IngestMetadata
-from shared.sources import Done, Failed, InstanceRef, StudyHit
 
 log = logging.getLogger(__name__)
 
@@ -68,110 +67,6 @@ def _int(value) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-# --- multipart/related, streamed ------------------------------------------------------
-
-
-def boundary_of(content_type: str) -> str:
-    for param in content_type.split(";")[1:]:
-        name, _, value = param.strip().partition("=")
-        if name.strip().lower() == "boundary":
-            return value.strip().strip('"')
-    raise RetrieveError(f"multipart response without a boundary: {content_type!r}")
-
-
-class MultipartWriter:
-    """Parses a multipart/related body (RFC 2046 5.1) fed in chunks, writing each part's
-    body to its own temporary file. ``parts`` lists (path, headers)."""
-
-    def __init__(self, boundary: str, tmp_dir: Path | None):
-        self.delimiter = b"\r\n--" + boundary.encode("latin-1")
-        self.tmp_dir = tmp_dir
-        self.parts: list[tuple[Path, dict[str, str]]] = []
-        self._buf = b"\r\n"  # so the first delimiter (at the very start) matches too
-        self._state = "preamble"
-        self._out = None
-
-    def feed(self, chunk: bytes) -> None:
-        self._buf += chunk
-        while self._step():
-            pass
-
-    def _step(self) -> bool:
-        buf = self._buf
-        if self._state == "preamble":
-            i = buf.find(self.delimiter)
-            if i < 0:
-                self._buf = buf[-len(self.delimiter):]
-                return False
-            self._buf = buf[i + len(self.delimiter):]
-            self._state = "after-delimiter"
-            return True
-        if self._state == "after-delimiter":
-            if len(buf) < 2:
-                return False
-            if buf[:2] == b"--":
-                self._state = "done"
-                self._buf = b""
-                return False
-            eol = buf.find(b"\r\n")
-            if eol < 0:
-                return False
-            self._buf = buf[eol + 2:]  # skips transport padding
-            self._state = "headers"
-            return True
-        if self._state == "headers":
-            end = buf.find(b"\r\n\r\n")
-            if buf.startswith(b"\r\n"):
-                end, skip = 0, 2
-            elif end < 0:
-                if len(buf) > 64 * 1024:
-                    raise RetrieveError("multipart part headers too long")
-                return False
-            else:
-                skip = 4
-            headers = {}
-            for line in buf[:end].decode("latin-1").split("\r\n"):
-                name, sep, value = line.partition(":")
-                if sep:
-                    headers[name.strip().lower()] = value.strip()
-            self._buf = buf[end + skip:]
-            fd, name = tempfile.mkstemp(suffix=".dcm", prefix="wado-", dir=self.tmp_dir)
-            self._out = os.fdopen(fd, "wb")
-            self.parts.append((Path(name), headers))
-            self._state = "body"
-            return True
-        if self._state == "body":
-            i = buf.find(self.delimiter)
-            if i < 0:
-                keep = len(self.delimiter) - 1
-                if len(buf) > keep:
-                    self._out.write(buf[:-keep])
-                    self._buf = buf[-keep:]
-                return False
-            self._out.write(buf[:i])
-            self._out.close()
-            self._out = None
-            self._buf = buf[i + len(self.delimiter):]
-            self._state = "after-delimiter"
-            return True
-        return False  # done: ignore the epilogue
-
-    def finish(self) -> list[tuple[Path, dict[str, str]]]:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
-        if self._state != "done":
-            raise RetrieveError("multipart response ended before its closing delimiter (truncated transfer)")
-        return self.parts
-
-    def discard(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
-        for path, _ in self.parts:
-            path.unlink(missing_ok=True)
 
 
 # --- client --------------------------------------------------------------------------
@@ -234,15 +129,15 @@ class DicomWebClient:
             ctype = r.headers.get("content-type", "")
             if not ctype.lower().startswith("multipart/related"):
                 raise RetrieveError(f"WADO-RS answered {ctype or 'no content type'}, not multipart/related")
-            writer = MultipartWriter(boundary_of(ctype), self.tmp_dir)
             try:
-                for chunk in r.iter_bytes(1024 * 1024):
-                    writer.feed(chunk)
-                parts = writer.finish()
-                return [_check_part(path, headers, expect_sop_uid if len(parts) == 1 else None)
-                        for path, headers in parts]
+                parts = spool_parts(r.iter_bytes(1024 * 1024), boundary_of(ctype), tmp_dir=self.tmp_dir,
+                                    prefix="wado-")
+            except MalformedMultipart as exc:
+                raise RetrieveError(f"WADO-RS response: {exc}") from None
+            try:
+                return [_check_part(part, expect_sop_uid if len(parts) == 1 else None) for part in parts]
             except BaseException:
-                writer.discard()
+                discard(parts)
                 raise
 
     def retrieve_instance(self, ref: InstanceRef) -> Path:
@@ -254,13 +149,12 @@ class DicomWebClient:
         return paths[0]
 
 
-def _check_part(path: Path, headers: dict[str, str], expect_sop_uid: str | None) -> Path:
-    ctype = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
-    if ctype != "application/dicom":
-        raise RetrieveError(f"multipart part is {ctype}, not application/dicom")
-    length = headers.get("content-length")
-    if length and length.isdigit() and int(length) != path.stat().st_size:
-        raise RetrieveError(f"part declared {length} bytes, received {path.stat().st_size}")
+def _check_part(part: Part, expect_sop_uid: str | None) -> Path:
+    """The part's file, once it is the complete Part 10 file asked for. (A part's
+    Content-Length, when it has one, was checked as it was read.)"""
+    path = part.path
+    if part.content_type not in (None, DICOM):
+        raise RetrieveError(f"multipart part is {part.content_type}, not {DICOM}")
     try:
         check_complete(path)
         meta = read_file_meta_info(path)
@@ -283,7 +177,7 @@ def part_metadata(path: Path) -> tuple[str, str]:
 
 
 class DicomWebBackend:
-    """QIDO/WADO for the poll loop in :mod:`shared.sources` (DICOMweb and Healthcare)."""
+    """QIDO/WADO for the poll loop in :mod:`shared.inputs.pollers` (DICOMweb and Healthcare)."""
 
     def __init__(self, client: DicomWebClient, *, source_id: str, source_type: str, query: dict[str, str],
                  page_size: int, ingestor: Ingestor, now: datetime):

@@ -9,9 +9,9 @@ instance and retries; so does a C-STORE that arrives while free space under the
 receive directory is below ``settings.min_free_bytes``. A C-STORE whose data set is
 empty is answered 0xA900 (Data Set does not match SOP Class): there is nothing to keep.
 
-How many connections a listener takes and for how long: ``scp_gateway/server.py``;
+How many connections a listener takes and for how long: ``shared/inputs/cstore/server.py``;
 the guards on how pynetdicom receives (PDU length, temporary files, a full disk):
-``scp_gateway/receive.py``.
+``shared/inputs/cstore/receive.py``.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
-from scp_gateway import receive
-from scp_gateway.server import ConnectionLimits, FreeSpace, GatewayServer
 from shared.config import Listener
-from shared.destinations.tlsctx import server_context
 from shared.dicom.io import part10_layout
-from shared.ingest import Ingestor
+from shared.dicom.tls import server_context
+from shared.inputs.attribution import source_for_move
+from shared.inputs.cstore import receive
+from shared.inputs.cstore.server import ConnectionLimits, FreeSpace, GatewayServer
+from shared.inputs.ingest import Ingestor
 from shared.messages import IngestMetadata
 from shared.ports import Secrets
-from shared.sources.dimse import source_for_move
 
 log = logging.getLogger(__name__)
 

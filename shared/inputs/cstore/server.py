@@ -19,7 +19,7 @@ locked every modality out. Here (:class:`ConnectionLimits`):
   (presentation), local-limit-exceeded (PS3.8 9.3.4).
 
 When an association ends, the data sets it received and no handler took are removed
-(:func:`scp_gateway.receive.discard_spool_files`).
+(:func:`shared.inputs.cstore.receive.discard_spool_files`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 from pynetdicom import evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from scp_gateway import receive
+from shared.inputs.cstore import receive
 
 log = logging.getLogger(__name__)
 
