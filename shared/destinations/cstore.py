@@ -10,7 +10,6 @@ syntax) and reused for following instances, up to the destination's
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from pathlib import Path
@@ -19,10 +18,10 @@ import pynetdicom
 from pydicom import dcmread
 from pydicom.uid import UID
 from pynetdicom import AE, _config, build_context
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.status import code_to_category
 
 from shared.config import CStoreDestination
+from shared.dicom import reactor
 from shared.dicom.tls import client_context
 from shared.errors import DeliveryRefused, RetryLater
 from shared.logs import describe_error
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 _STORED = {"Success", "Warning"}
 IDLE_S = 5.0  # an association unused this long is released
 _chunked_send_checked = False
-_keeper_missing: list[str] | None = None  # what _keep_responses needs and pynetdicom lacks; None: not checked
 
 
 def _send_files_as_stored() -> None:
@@ -51,43 +49,6 @@ def _send_files_as_stored() -> None:
                     " decoded and re-encoded by pydicom, not as stored", pynetdicom.__version__)
         return
     _config.STORE_SEND_CHUNKED_DATASET = True
-
-
-def _keeper_internals_missing(assoc) -> list[str]:
-    global _keeper_missing
-    if _keeper_missing is None:
-        missing = [] if callable(getattr(assoc, "_serve_request", None)) else ["Association._serve_request"]
-        if not isinstance(getattr(getattr(assoc, "dimse", None), "msg_queue", None), queue.Queue):
-            missing.append("Association.dimse.msg_queue")
-        if not isinstance(getattr(C_STORE, "is_valid_request", None), property):
-            missing.append("C_STORE.is_valid_request")
-        if missing:
-            log.warning("pynetdicom %s lacks %s: C-STORE responses the reactor takes first are dropped, as shipped"
-                        " (see docs/upstream/reactor-takes-response.md)", pynetdicom.__version__, ", ".join(missing))
-        _keeper_missing = missing
-    return _keeper_missing
-
-
-def _keep_responses(assoc) -> None:
-    """Work around a race in pynetdicom 3.0: ``send_c_store`` pauses the association's
-    reactor thread, but the reactor can pass its checkpoint just before the pause and
-    then take the C-STORE response off the DIMSE queue and drop it as "unexpected". The
-    sender waits out the DIMSE timeout, the association is aborted and the instance,
-    which the peer did store, is sent again. On our outgoing associations every message
-    that is not a request is a response to us, so the reactor puts it back for the
-    sender instead of dropping it. Where pynetdicom lacks what this relies on, one
-    warning and pynetdicom's own handling (docs/upstream/reactor-takes-response.md)."""
-    if _keeper_internals_missing(assoc):
-        return
-    serve_request = assoc._serve_request
-
-    def serve(msg, context_id):
-        if not msg.is_valid_request:
-            assoc.dimse.msg_queue.put((context_id, msg))
-            return
-        serve_request(msg, context_id)
-
-    assoc._serve_request = serve
 
 
 class CStoreSender:
@@ -162,7 +123,7 @@ class CStoreSender:
             rejected = assoc.rejected_contexts
             assoc.release()
             raise DeliveryRefused(self._refusal(key, rejected))
-        _keep_responses(assoc)
+        reactor.keep_responses(assoc)  # a response the reactor takes first goes back to us
         return assoc
 
     def _refusal(self, key: tuple[str, str], rejected) -> str:

@@ -35,6 +35,7 @@ import pynetdicom.association
 import pynetdicom.dul
 from pynetdicom import AE
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import DIMSEPrimitive
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
@@ -214,3 +215,44 @@ def install() -> bool:
         pynetdicom.dul.time = pynetdicom.association.time = _Clock()
         _installed = True
         return True
+
+
+_keeper_missing: list[str] | None = None  # what keep_responses needs and pynetdicom lacks; None: not checked
+
+
+def _keeper_internals_missing(assoc: Association) -> list[str]:
+    global _keeper_missing
+    if _keeper_missing is None:
+        missing = [] if callable(getattr(assoc, "_serve_request", None)) else ["Association._serve_request"]
+        if not isinstance(getattr(getattr(assoc, "dimse", None), "msg_queue", None), queue.Queue):
+            missing.append("Association.dimse.msg_queue")
+        if not isinstance(getattr(DIMSEPrimitive, "is_valid_request", None), property):
+            missing.append("DIMSEPrimitive.is_valid_request")
+        if missing:
+            log.warning("pynetdicom %s lacks %s: responses the reactor takes first are dropped, as shipped"
+                        " (see docs/upstream/reactor-takes-response.md)", pynetdicom.__version__, ", ".join(missing))
+        _keeper_missing = missing
+    return _keeper_missing
+
+
+def keep_responses(assoc: Association) -> None:
+    """Work around a race in pynetdicom 3.0 on an association we requested: a
+    ``send_c_*`` pauses the association's reactor thread, but the reactor can pass its
+    checkpoint just before the pause and then take the response off the DIMSE queue and
+    drop it as "unexpected". The sender waits out the DIMSE timeout and the association
+    is aborted (a C-STORE the peer did store is sent again; a C-FIND or C-MOVE fails).
+    On our outgoing associations every message that is not a request is a response to
+    us, so the reactor puts it back for the sender instead of dropping it; requests (the
+    C-STOREs of a C-GET) are served as before. Where pynetdicom lacks what this relies
+    on, one warning and pynetdicom's own handling (docs/upstream/reactor-takes-response.md)."""
+    if _keeper_internals_missing(assoc):
+        return
+    serve_request = assoc._serve_request
+
+    def serve(msg, context_id):
+        if isinstance(msg, DIMSEPrimitive) and not msg.is_valid_request:
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve_request(msg, context_id)
+
+    assoc._serve_request = serve

@@ -7,9 +7,9 @@ import typing
 
 import pytest
 
+from shared.adapters.secrets import LocalSecrets
 from shared.config import Destination, parse_config
 from shared.destinations import SENDERS, build_sender
-from shared.adapters.secrets import LocalSecrets
 from tests.support.procs import REPO
 
 DESTINATIONS = {

@@ -39,9 +39,6 @@ from shared.ports import Secrets
 
 log = logging.getLogger(__name__)
 
-_config.STORE_RECV_CHUNKED_DATASET = True
-receive.install()  # PDU length, temporary files, full disk
-
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATA_SET_MISMATCH = 0xA900
@@ -150,6 +147,10 @@ class Gateway:
     def __init__(self, listeners: list[Listener], ingestor: Ingestor, *, secrets: Secrets,
                  sources: Callable[[], list] = lambda: [], min_free_bytes: int = 0,
                  spool_dir: Path | str | None = None, limits: ConnectionLimits = ConnectionLimits()):
+        # process-wide, before the first association: received data sets stream to spool
+        # files, and the receive guards (PDU length, temporary files, a full disk)
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        receive.install()
         self.listeners = listeners
         self.ingestor = ingestor
         self.secrets = secrets

@@ -45,6 +45,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from shared.dicom import reactor
 from shared.inputs.ingest import Ingestor
 from shared.inputs.pollers.types import Done, Failed, InstanceRef, StudyHit
 from shared.messages import IngestMetadata
@@ -107,6 +108,7 @@ class DimseBackend:
         if not assoc.is_established:
             raise DimseError(f"association with {s.ae_title}@{s.host}:{s.port} was not established"
                              f" ({'rejected' if assoc.is_rejected else 'aborted' if assoc.is_aborted else 'failed'})")
+        reactor.keep_responses(assoc)  # a response the reactor takes first goes back to us
         return assoc
 
     def _query_assoc(self):

@@ -93,18 +93,6 @@ class SourceScheduler:
                 self._running.pop(source.id, None)
                 self._next_due[source.id] = time.monotonic() + source.interval_s
 
-    def run_now(self, source_id: str, timeout: float | None = None) -> PollResult | None:
-        """Poll ``source_id`` now (or wait for its run in flight) and return the result;
-        the next timed run is then one interval later."""
-        source = next((s for s in self.config_getter().sources if s.id == source_id), None)
-        if source is None:
-            raise KeyError(source_id)
-        with self._lock:
-            future = self._running.get(source_id)
-            if future is None:
-                future = self._running[source_id] = self._pool.submit(self._run, source)
-        return future.result(timeout)
-
     def status(self) -> dict[str, dict]:
         """Per configured source: counters, last error, last run, watermark, and whether
         a run is in flight (for the status API)."""

@@ -1,6 +1,7 @@
-"""The C-STORE response keeper (shared.destinations.cstore._keep_responses) on real
-pynetdicom associations: what the reactor would drop as "unexpected" goes back to the
-sender; requests still reach pynetdicom's own handling."""
+"""The response keeper (shared.dicom.reactor.keep_responses, on the C-STORE sender's and
+the DIMSE poller's associations) on real pynetdicom associations: what the reactor
+would drop as "unexpected" goes back to the sender; requests still reach pynetdicom's
+own handling."""
 
 import logging
 
@@ -11,7 +12,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from shared.destinations import cstore
+from shared.dicom import reactor
 
 WAIT_S = 2.0
 
@@ -63,7 +64,7 @@ def _store_response(message_id: int) -> C_STORE:
 
 def test_a_response_the_reactor_takes_goes_back_to_the_sender(associate):
     assoc = associate()
-    cstore._keep_responses(assoc)
+    reactor.keep_responses(assoc)
     context_id = _context_id(assoc, CTImageStorage)
     rsp = _store_response(message_id=7)
     assoc._serve_request(rsp, context_id)  # as the reactor does with what it took off the queue
@@ -92,7 +93,7 @@ def test_a_request_still_goes_to_pynetdicoms_handling(associate):
         return 0x0000
 
     assoc = associate([(evt.EVT_C_ECHO, on_echo)])
-    cstore._keep_responses(assoc)
+    reactor.keep_responses(assoc)
     req = C_ECHO()
     req.MessageID = 41
     req.AffectedSOPClassUID = Verification
@@ -103,12 +104,12 @@ def test_a_request_still_goes_to_pynetdicoms_handling(associate):
 
 
 def test_a_pynetdicom_without_serve_request_keeps_its_own_handling(monkeypatch, caplog):
-    monkeypatch.setattr(cstore, "_keeper_missing", None)
+    monkeypatch.setattr(reactor, "_keeper_missing", None)
     monkeypatch.delattr(Association, "_serve_request")
     assoc = Association(AE(), "requestor")
-    with caplog.at_level(logging.WARNING, logger=cstore.log.name):
-        cstore._keep_responses(assoc)
-        cstore._keep_responses(Association(AE(), "requestor"))
+    with caplog.at_level(logging.WARNING, logger=reactor.log.name):
+        reactor.keep_responses(assoc)
+        reactor.keep_responses(Association(AE(), "requestor"))
     assert "_serve_request" not in vars(assoc)
-    warnings = [r.getMessage() for r in caplog.records if r.name == cstore.log.name]
+    warnings = [r.getMessage() for r in caplog.records if r.name == reactor.log.name]
     assert len(warnings) == 1 and "Association._serve_request" in warnings[0]
