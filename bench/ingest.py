@@ -11,7 +11,8 @@ What is measured, per run (each run uses a fresh receiver and a fresh output dir
   blob + SQLite publish), so this is the time until all are safe.
 * drain time (axiom-flow only, informative): from the same start until the pipeline is
   idle (match -> morph -> route delivered every instance to the filesystem
-  destination), observed by polling ``/status`` every 0.2 s.
+  destination), observed by polling ``/status`` every 0.2 s; and the CPU seconds
+  axiom-flow's processes used over it (from /proc).
 
 Both receivers write to the same local disk. ``storescp`` runs bit-preserving (``+B``)
 with ``TCP_NODELAY=1`` (see tests/support/procs.py). The reported figure per receiver is
@@ -98,11 +99,13 @@ def run_axiom(work: Path, files: list[Path], sop_uids: set[str], max_pdu: int, r
     try:
         server.start()
         os.sync()
+        cpu0 = cpu_seconds(server.proc.pid)
         t0 = time.perf_counter()
         proc = storescu(port, files, called_ae="AXIOM", extra=["--max-pdu", str(max_pdu)], check=False)
         elapsed = time.perf_counter() - t0
         status = server.wait_idle(timeout=drain_timeout)
         drained = time.perf_counter() - t0
+        cpu = cpu_seconds(server.proc.pid) - cpu0
     finally:
         server.stop()
     check_storescu(proc, len(files), "axiom-flow")
@@ -120,7 +123,7 @@ def run_axiom(work: Path, files: list[Path], sop_uids: set[str], max_pdu: int, r
         problems.append(f"status {status}")
     if problems:
         raise SystemExit(f"axiom-flow run {run}: " + "; ".join(problems) + f" (log: {server.log_path})")
-    return {"ingest_s": elapsed, "drain_s": drained}
+    return {"ingest_s": elapsed, "drain_s": drained, "cpu_s": cpu}
 
 
 def bench_arguments(doc: str, *, repeat: int, what: str) -> argparse.ArgumentParser:
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             r = run_axiom(work, files, sop_uids, args.max_pdu, run, args.drain_timeout, None)
             ax_runs.append(r)
             print(f"  run {run + 1}: axiom-flow ingest {r['ingest_s']:.2f}s  {args.count / r['ingest_s']:.1f} inst/s"
-                  f"  (drained {r['drain_s']:.2f}s)", flush=True)
+                  f"  (drained {r['drain_s']:.2f}s; CPU {r['cpu_s']:.1f}s)", flush=True)
 
         def summary(label: str, runs: list[dict]) -> float:
             med = statistics.median(r["ingest_s"] for r in runs)
