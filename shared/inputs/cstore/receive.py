@@ -30,7 +30,8 @@ relies on; otherwise it logs one warning and leaves pynetdicom as shipped:
    answers it; data set fragments the peer sends after that abort the association.
 
 What of pynetdicom this relies on is listed by :func:`_missing_internals`; upstream
-reports: docs/upstream/ (unbounded-pdu-read.md, received-data-set-files.md).
+reports: docs/upstream/ (unbounded-pdu-read.md, spool-files-left-behind.md, full-disk-aborts.md,
+data-set-never-sent.md).
 """
 
 from __future__ import annotations
