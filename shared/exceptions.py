@@ -47,10 +47,10 @@ def record_exception(ports: Ports, *, stage: str, reason: str, status: str,
     return record_id
 
 
-def quarantine(ports: Ports, blob: BlobRef, reason: str, *, stage: str, **refs) -> BlobRef:
+def quarantine(ports: Ports, blob: BlobRef, reason: str, *, stage: str) -> BlobRef:
     """Copy a bad input to the quarantine bucket, record why, remove it from ingest."""
     target = ports.blobs.copy(blob, ports.config().settings.quarantine_bucket, blob.name)
-    record_exception(ports, stage=stage, reason=reason, status="quarantined", blob=blob, quarantined_as=target, **refs)
+    record_exception(ports, stage=stage, reason=reason, status="quarantined", blob=blob, quarantined_as=target)
     ports.blobs.delete(blob)
     return target
 

@@ -18,8 +18,11 @@ from pydicom.data import get_testdata_file
 
 from shared import exceptions
 from shared.adapters.pubsub import DLQ_DELIVERY_COUNT, DLQ_SUBSCRIPTION, TOPIC_ATTRIBUTE, TYPE_ATTRIBUTE
+from shared.inputs.ingest import Ingestor
+from shared.inputs.pollers import source_status
 from shared.messages import TOPIC_DELIVER, TOPIC_INGEST, TOPIC_PLANNED, Delivery, IngestMetadata, Plan
 from shared.runtime import gcp
+from tests.support.procs import free_port
 from tests.support.stageports import build_ports, config
 
 MAIN = str(Path(__file__).parents[2] / "functions" / "main.py")
@@ -62,8 +65,6 @@ def gcs_notification(ports, blob, event_type="OBJECT_FINALIZE") -> tuple[bytes, 
 
 
 def received(ports, path=CT):
-    from shared.inputs.ingest import Ingestor
-
     return Ingestor(ports.blobs, "ingest").ingest_file(path, IngestMetadata(source_type="cstore", calling_ae="MOD1"))
 
 
@@ -98,8 +99,6 @@ def test_morph_then_route_deliver_the_changed_instance(ports, tmp_path):
 def test_route_gives_up_on_the_attempt_pubsub_counts(ports):
     """A peer that is down: before the destination's last attempt the function fails
     (Pub/Sub redelivers); at Pub/Sub's deliveryAttempt == max_attempts it records."""
-    from tests.support.procs import free_port
-
     ports.reconfigure(config({"id": "all", "destinations": ["pacs"]}, destinations=[
         {"id": "pacs", "type": "cstore", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port(), "timeout_s": 2,
          "retry": {"max_attempts": 3}}]))
@@ -156,13 +155,9 @@ def test_release_held_sends_deliveries_held_for_a_destination_enabled_again(port
 
 
 def test_poll_runs_the_named_source_and_records_its_outcome(ports):
-    from tests.support.procs import free_port
-
     ports.reconfigure({**config({"id": "all", "destinations": ["archive"]}), "sources": [
         {"id": "pacs", "type": "dicomweb_poller", "url": f"http://127.0.0.1:{free_port()}/dicom-web", "timeout_s": 2}]})
     assert push("poll", json.dumps({"source_id": "pacs"}).encode()).status_code == 200
-    from shared.inputs.pollers import source_status
-
     status = source_status(ports.docs, ["pacs"])["pacs"]
     assert status["runs"] == 1 and "Connection refused" in status["last_error"]
 
