@@ -148,7 +148,7 @@ def run(work: Path, dest: str, instance: Path, uid: str, length: int, timeout: f
                 if status.get("exceptions") or time.monotonic() > deadline:
                     raise SystemExit(f"{dest}: not delivered: {status} (log: {server.log_path})")
                 time.sleep(0.2)
-        _check_arrived(work, dest, peer, uid, length)
+        _check_arrived(work, dest, uid, length)
         return rss
     finally:
         server.stop()
@@ -156,18 +156,19 @@ def run(work: Path, dest: str, instance: Path, uid: str, length: int, timeout: f
             peer.stop()
 
 
-def _check_arrived(work: Path, dest: str, peer, uid: str, length: int) -> None:
-    if dest == "dicomweb":
-        import httpx
+def _check_arrived(work: Path, dest: str, uid: str, length: int) -> None:
+    """One file at the destination (Orthanc keeps each instance as a plain file in its
+    storage directory) with the instance's UID and the whole Pixel Data."""
+    folder = work / {"filesystem": "out", "cstore": "storescp", "dicomweb": "orthanc/storage"}[dest]
+    files = [p for p in folder.rglob("*") if p.is_file() and p.stat().st_size > length]
+    if len(files) != 1 or _pixel_data_length(files[0]) != length or _sop_instance_uid(files[0]) != uid:
+        raise SystemExit(f"{dest}: expected one file of {uid} with {length} bytes of Pixel Data, found {files}")
 
-        r = httpx.post(f"{peer.url}/tools/find", json={"Level": "Instance", "Query": {"SOPInstanceUID": uid}}, timeout=30)
-        if r.json() == []:
-            raise SystemExit("dicomweb: the instance is not in Orthanc")
-        return
-    folder = work / ("out" if dest == "filesystem" else "storescp")
-    files = [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".log")]
-    if len(files) != 1 or _pixel_data_length(files[0]) != length:
-        raise SystemExit(f"{dest}: expected one file with {length} bytes of Pixel Data, found {files}")
+
+def _sop_instance_uid(path: Path) -> str:
+    from pydicom import dcmread
+
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def main(argv: list[str] | None = None) -> int:
