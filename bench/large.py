@@ -3,15 +3,17 @@ instance of ``--size-mb`` goes through it, per destination type.
 
     .venv/bin/python bench/large.py [--size-mb 1024 4096] [--dest filesystem cstore dicomweb]
 
-The instance is an Enhanced CT (1.2.840.10008.5.1.4.1.1.2.1), 512 x 512 16-bit frames of
-zeros, Explicit VR Little Endian, generated at run time and written in chunks (its pixel
-data is never in this process's memory either). ``storescu`` sends it into a fresh
+The instance is an Enhanced CT (1.2.840.10008.5.1.4.1.1.2.1) of 512 x 512 16-bit frames
+holding a repeated pseudo-random block, Explicit VR Little Endian
+(``tests.support.dicomgen.make_large_instance``), generated at run time and written in
+chunks (its pixel data is never in this process's memory either). ``storescu`` sends it into a fresh
 ``axiom-flow serve`` whose one rule sets one tag (so morph writes a new object) and sends
 it to the destination under test: a folder (``filesystem``), a dcmtk ``storescp``
 (``cstore``), or Orthanc's STOW-RS (``dicomweb``). The resident set size of the serve
 process and of each of its children is sampled every 0.1 s from /proc until the
 instance is delivered: the peak of their sum and of the largest one are printed. A run
-fails if the instance is not delivered, or if the delivered Pixel Data differs in length.
+fails if the instance is not delivered, or if the delivered Pixel Data differs (length and
+sha256).
 
 The last line is ``large_peak_rss_mb=<max over runs>``.
 """
@@ -19,7 +21,6 @@ The last line is ``large_peak_rss_mb=<max over runs>``.
 from __future__ import annotations
 
 import argparse
-import struct
 import sys
 import threading
 import time
@@ -28,44 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
-
 from bench.ingest import bench_workdir  # noqa: E402
+from tests.support.dicomgen import LARGE_FRAME, make_large_instance, pixel_data_digest  # noqa: E402
 from tests.support.orthanc import Orthanc  # noqa: E402
 from tests.support.procs import AxiomServer, StoreSCP, free_port, storescu  # noqa: E402
-
-ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
-FRAME = 512 * 512 * 2
-CHUNK = 8 * 1024 * 1024
-
-
-def make_large_instance(path: Path, size_mb: int) -> tuple[str, int]:
-    """Write an Enhanced CT of about ``size_mb`` MB of zero frames; (SOP Instance UID,
-    Pixel Data length)."""
-    frames = max(1, size_mb * 1024 * 1024 // FRAME)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ENHANCED_CT
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = ENHANCED_CT, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID, ds.PatientName, ds.Modality = "LARGE-1", "Large^Instance", "CT"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = 512, 512, frames
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.save_as(path, enforce_file_format=True)
-    length = frames * FRAME
-    zeros = bytes(CHUNK)
-    with open(path, "ab") as fh:  # (7FE0,0010) OW, explicit length, appended without a buffer
-        fh.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, length))
-        left = length
-        while left:
-            n = min(left, CHUNK)
-            fh.write(zeros[:n])
-            left -= n
-    return str(ds.SOPInstanceUID), length
 
 
 def tree_rss_mb(pid: int) -> list[float]:
@@ -108,19 +75,7 @@ class PeakRss:
         self._thread.join()
 
 
-def _pixel_data_length(path: Path) -> int:
-    """The Pixel Data length field, from the element headers of a mapped file (its
-    values are not read)."""
-    import mmap
-
-    from shared.dicom.io import part10_layout, top_level_spans
-
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        offset, syntax = part10_layout(data)
-        return next((length for tag, _, _, length, _ in top_level_spans(data, offset, syntax) if tag == 0x7FE00010), 0)
-
-
-def run(work: Path, dest: str, instance: Path, uid: str, length: int, timeout: float) -> PeakRss:
+def run(work: Path, dest: str, instance: Path, uid: str, pixels: tuple[int, str], timeout: float) -> PeakRss:
     peer = None
     if dest == "filesystem":
         destination = {"id": "dest", "type": "filesystem", "path": str(work / "out")}
@@ -148,7 +103,7 @@ def run(work: Path, dest: str, instance: Path, uid: str, length: int, timeout: f
                 if status.get("exceptions") or time.monotonic() > deadline:
                     raise SystemExit(f"{dest}: not delivered: {status} (log: {server.log_path})")
                 time.sleep(0.2)
-        _check_arrived(work, dest, uid, length)
+        _check_arrived(work, dest, uid, pixels)
         return rss
     finally:
         server.stop()
@@ -156,12 +111,13 @@ def run(work: Path, dest: str, instance: Path, uid: str, length: int, timeout: f
             peer.stop()
 
 
-def _check_arrived(work: Path, dest: str, uid: str, length: int) -> None:
+def _check_arrived(work: Path, dest: str, uid: str, pixels: tuple[int, str]) -> None:
     """One file at the destination (Orthanc keeps each instance as a plain file in its
-    storage directory) with the instance's UID and the whole Pixel Data."""
+    storage directory) with the instance's UID and the sent Pixel Data (length, sha256)."""
+    length = pixels[0]
     folder = work / {"filesystem": "out", "cstore": "storescp", "dicomweb": "orthanc/storage"}[dest]
     files = [p for p in folder.rglob("*") if p.is_file() and p.stat().st_size > length]
-    if len(files) != 1 or _pixel_data_length(files[0]) != length or _sop_instance_uid(files[0]) != uid:
+    if len(files) != 1 or pixel_data_digest(files[0]) != pixels or _sop_instance_uid(files[0]) != uid:
         raise SystemExit(f"{dest}: expected one file of {uid} with {length} bytes of Pixel Data, found {files}")
 
 
@@ -186,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
             instance = work / f"large-{size}.dcm"
             t = time.perf_counter()
             uid, length = make_large_instance(instance, size)
-            print(f"generated {instance.stat().st_size / 2**20:.0f} MB ({length // FRAME} frames) in "
+            pixels = pixel_data_digest(instance)
+            print(f"generated {instance.stat().st_size / 2**20:.0f} MB ({length // LARGE_FRAME} frames) in "
                   f"{time.perf_counter() - t:.1f}s", flush=True)
             for dest in args.dest:
                 t = time.perf_counter()
-                rss = run(work / f"{size}-{dest}", dest, instance, uid, length, args.timeout)
+                rss = run(work / f"{size}-{dest}", dest, instance, uid, pixels, args.timeout)
                 peaks.append(rss.peak)
                 print(f"  {size} MB -> {dest:<10} peak RSS {rss.peak:7.0f} MB all processes, {rss.largest:7.0f} MB"
                       f" the largest  ({time.perf_counter() - t:.0f}s)", flush=True)

@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from shared.config import AppConfig
@@ -32,6 +33,10 @@ def diff_datasets(before: Dataset, after: Dataset, prefix: str = "") -> list[dic
     """Element-by-element differences, descending into sequences item by item."""
     out = []
     for tag in sorted(set(before.keys()) | set(after.keys())):
+        if tag in before and tag in after:
+            raw = before.get_item(tag, keep_deferred=True)
+            if isinstance(raw, RawDataElement) and raw == after.get_item(tag, keep_deferred=True):
+                continue  # never read, so never changed: a large value is not read to say so
         old, new = before.get(tag), after.get(tag)
         name = prefix + (old or new).keyword if (old or new).keyword else prefix + f"({tag.group:04X},{tag.element:04X})"
         if old is not None and new is not None and old.VR == "SQ" and new.VR == "SQ" and len(old.value) == len(new.value):
@@ -68,7 +73,8 @@ def dry_run(config: AppConfig, path: Path, ingest: IngestMetadata, *, at: dateti
     result["held_destinations"] = held
     result["outcome"] = "route" if len(held) < len(decision.destination_ids) else "hold"
     result["actions"] = decision.actions
-    morphed = copy.deepcopy(ds)
+    buffer = getattr(ds, "buffer", None)  # the mapped file: both read their unread values from it
+    morphed = copy.deepcopy(ds, {id(buffer): buffer} if buffer is not None else None)
     try:
         apply_actions(morphed, decision.actions, services or MorphServices.from_config(config),
                       original_attributes=None)

@@ -80,6 +80,14 @@ def describe_error(exc: BaseException, *, typed: bool = False) -> str:
     return f"{type(exc).__name__} raised at {where}" if where else type(exc).__name__
 
 
+def size_text(n: int) -> str:
+    """A byte count as people read it in a reason: 1.5 GB, 256 MB, 12 KB."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"
+
+
 def redact(text: str) -> str:
     """``text`` with quoted parts withheld and cut to :data:`MAX_MESSAGE` characters:
     for messages of libraries that quote the values they complain about."""

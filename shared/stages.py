@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import tempfile
 import threading
 from collections import OrderedDict
@@ -22,9 +21,9 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from shared.config import AppConfig
-from shared.dicom.io import content_digest, read_instance, write_instance
+from shared.dicom.io import Buffer, content_digest, mapped, read_instance, unmap
 from shared.dicom.original_attributes import ORIGINAL_ATTRIBUTES_SEQUENCE, OriginalAttributesPolicy
-from shared.dicom.splice import write_spliced
+from shared.dicom.splice import write_morphed
 from shared.errors import DeliveryRefused, RetryLater, Unprocessable
 from shared.exceptions import hold_delivery, quarantine, record_exception
 from shared.logs import describe_error
@@ -71,7 +70,7 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
     ingest = IngestMetadata.from_blob_metadata(event.metadata or ports.blobs.metadata(event.blob))
     try:
         with ports.blobs.local_path(event.blob) as path:
-            data = path.read_bytes()
+            data = mapped(path)  # the header is read in place: memory does not grow with the instance
             ds = read_instance(path, data=data)
         problems = validate_instance(ds, config.settings)
         if problems:
@@ -109,17 +108,18 @@ class ParsedInstances:
 
     Where both stages run in one process (the embedded runtime), morph would otherwise
     read and parse the same immutable ingest object again. An entry is taken once (morph
-    changes the dataset); the newest are kept up to ``max_bytes`` of file data (the
-    parsed dataset adds little: its large values stay in those bytes). A miss (another process, a retry, a long
-    backlog) just means reading the object."""
+    changes the dataset); the newest are kept up to ``max_bytes`` of mapped files (of
+    which only the headers are in memory; the parsed dataset's large values stay in the
+    file). A miss (another process, a retry, a long backlog) just means reading the
+    object."""
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024):
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, str, str | None], tuple[bytes, Dataset]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, str | None], tuple[Buffer, Dataset]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def put(self, blob: BlobRef, data: bytes, ds: Dataset) -> None:
+    def put(self, blob: BlobRef, data: Buffer, ds: Dataset) -> None:
         if len(data) > self.max_bytes:
             return
         with self._lock:
@@ -129,7 +129,7 @@ class ParsedInstances:
                 _, (old, _) = self._entries.popitem(last=False)
                 self._bytes -= len(old)
 
-    def take(self, blob: BlobRef) -> tuple[bytes, Dataset] | None:
+    def take(self, blob: BlobRef) -> tuple[Buffer, Dataset] | None:
         with self._lock:
             entry = self._entries.pop((blob.bucket, blob.name, blob.generation), None)
             if entry is not None:
@@ -149,12 +149,11 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
     config = ports.config()
     # with actions, this read is the received object's last (the morphed one is delivered)
     with ports.blobs.local_path(plan.blob, last_read=bool(plan.actions)) as path:
+        parsed = PARSED.take(plan.blob)
+        # match checked this object completely; it is immutable since
+        data, ds = parsed if parsed is not None else (mapped(path), None)
         try:
-            parsed = PARSED.take(plan.blob)
-            if parsed is not None:
-                data, ds = parsed
-            else:  # match checked this object completely; it is immutable since.
-                data = path.read_bytes()
+            if ds is None:
                 ds = read_instance(path, check=False, data=data)
             added = False
             if plan.actions:
@@ -171,20 +170,21 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
                 os.close(fd)
                 out = Path(tmp)
                 try:
-                    # copy the unchanged elements' bytes; pydicom re-encodes when that cannot apply
-                    if write_spliced(path, ds, None, out, data=data, hashed=False) is None:
-                        _write_changed(ds, out)
-                    sha = content_digest(out.read_bytes(), ignore_last_modification_time=added)
+                    # the unchanged elements' bytes are copied from the received object
+                    write_morphed(path, ds, out, data=data, hashed=False)
+                    sha = content_digest(out, ignore_last_modification_time=added)
                     blob = ports.blobs.put_file(config.settings.processed_bucket,
                                                 processed_name(plan.ingest, uids[0], sha), out, move=True)
                 finally:
                     out.unlink(missing_ok=True)
             else:  # nothing to change: deliver the received bytes as they are
-                sha = content_digest(data)
+                sha = content_digest(path)
                 blob = plan.blob
         except Unprocessable as exc:  # bad input: retrying cannot help, quarantined at first sight
             quarantine(ports, plan.blob, str(exc), stage="morph")
             return []
+        finally:
+            unmap(data)  # now: a mapped page stays in memory, whatever the store does after its last read
     deliveries = []
     for dest_id in plan.destination_ids:
         delivery = Delivery(
@@ -205,18 +205,6 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
         ports.bus.publish(TOPIC_DELIVER, delivery)
         deliveries.append(delivery)
     return deliveries
-
-
-def _write_changed(ds: Dataset, out: Path) -> None:
-    """Write a changed instance with pydicom. pydicom refuses to encode some data sets
-    it read (a value that does not fit its VR, ...): that is the input, and retrying
-    cannot change it."""
-    try:
-        write_instance(ds, out, hashed=False)
-    except Unprocessable:
-        raise
-    except (ValueError, TypeError, OverflowError, struct.error) as exc:
-        raise Unprocessable(f"the changed instance cannot be encoded: {describe_error(exc)}") from None
 
 
 def _original_attributes_items(ds: Dataset) -> int:

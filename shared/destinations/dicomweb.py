@@ -17,7 +17,15 @@ from pathlib import Path
 import httpx
 
 from shared.config import DicomWebDestination, HealthcareDestination
-from shared.dicomweb.multipart import MalformedMultipart, boundary_of, new_boundary, read_parts, related_content_type, write_parts
+from shared.dicomweb.multipart import (
+    MalformedMultipart,
+    boundary_of,
+    new_boundary,
+    parts_length,
+    read_parts,
+    related_content_type,
+    write_parts,
+)
 from shared.errors import DeliveryRefused, RetryLater
 from shared.httpauth import GoogleAuth, httpx_auth
 from shared.messages import Delivery
@@ -111,11 +119,13 @@ class DicomWebSender:
 
     def _post(self, items: list[tuple[Path, Delivery]]) -> dict[str, Future]:
         boundary = new_boundary()
+        paths = [path for path, _ in items]
         try:
             response = self.client.post(
                 f"{self.url}/studies",
-                content=write_parts((path for path, _ in items), boundary),
-                headers={"Content-Type": related_content_type(boundary), "Accept": "application/dicom+json"},
+                content=write_parts(paths, boundary),  # streamed from the files
+                headers={"Content-Type": related_content_type(boundary), "Accept": "application/dicom+json",
+                         "Content-Length": str(parts_length(paths, boundary))},
             )
         except httpx.HTTPError as exc:
             raise RetryLater(f"STOW-RS to {self.dest.id} failed: {type(exc).__name__}: {exc}") from exc

@@ -7,10 +7,14 @@ and the transfer syntax of the file is kept (PS3.10 section 7.1 file meta)."""
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
 import struct
 import zlib
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom import hooks as pydicom_hooks
@@ -22,17 +26,59 @@ from pydicom.uid import UID
 from pydicom.valuerep import STANDARD_VR
 
 from shared.errors import Unprocessable
-from shared.logs import describe_error
+from shared.logs import describe_error, size_text
 
 REQUIRED = ("SOPClassUID", "SOPInstanceUID")
-# values at least this long stay in the source bytes until used (pydicom defer_size)
+# values at least this long stay in the source file until used (pydicom defer_size)
 DEFER_BYTES = 64 * 1024
+# values are copied and hashed through a buffer of this size, never whole
+COPY_CHUNK = 1024 * 1024
+# the most a deflated data set may inflate to: it is parsed in memory (PS3.5 A.5)
+MAX_INFLATED_BYTES = 256 * 1024 * 1024
+
+# the bytes-like objects instances are read from: a mapped file, or bytes in memory
+Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+
+def mapped(path: Path | str) -> Buffer:
+    """The file's bytes for reading in place: a read-only memory map, so only the pages
+    actually read (element headers) are loaded, and an instance of any size costs
+    its header in memory. Values are copied out with :func:`copy_range`, never through
+    the map. The map closes when the last reference to it goes (a dataset parsed from
+    it keeps it for its deferred values); it stays valid if the file is removed."""
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return b""  # a map cannot be empty
+        data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    data.madvise(mmap.MADV_RANDOM)  # header reads jump over values: no read-ahead
+    return data
+
+
+def unmap(data: Buffer) -> None:
+    """Close a map from :func:`mapped` now rather than when its last reference goes
+    (a page that is mapped stays in memory). Values of a dataset parsed from it that
+    were never read cannot be read afterwards."""
+    if isinstance(data, mmap.mmap):
+        data.close()
+
+
+def copy_range(source: BinaryIO, start: int, end: int) -> Iterator[memoryview]:
+    """The bytes ``start:end`` of ``source`` in chunks of at most :data:`COPY_CHUNK`,
+    read into one reused buffer (use each chunk before asking for the next)."""
+    buffer = memoryview(bytearray(min(COPY_CHUNK, max(end - start, 0))))
+    source.seek(start)
+    while start < end:
+        n = source.readinto(buffer[:min(len(buffer), end - start)])
+        if not n:
+            raise Unprocessable("truncated: the file ended while it was being copied")
+        yield buffer[:n]
+        start += n
 
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
+        for chunk in copy_range(fh, 0, os.fstat(fh.fileno()).st_size):
             h.update(chunk)
     return h.hexdigest()
 
@@ -72,7 +118,7 @@ class _Walker:
     explicit VR must be one PS3.5 section 6.2 defines (nobody downstream can read a
     value whose VR is unknown; its length field may not even be where we assume)."""
 
-    def __init__(self, data: bytes, implicit: bool, little: bool):
+    def __init__(self, data: Buffer, implicit: bool, little: bool):
         self.data = data
         self.implicit = implicit
         order = "<" if little else ">"
@@ -178,7 +224,7 @@ class _Walker:
 _META_HEADER = struct.Struct("<HH2sHL")  # tag, VR, 16-bit length; 32-bit length for OB/UN...
 
 
-def part10_layout(data: bytes) -> tuple[int | None, UID | None]:
+def part10_layout(data: Buffer) -> tuple[int | None, UID | None]:
     """Where the dataset starts and its transfer syntax, from a Part 10 file's meta
     group (PS3.10 section 7.1: preamble, "DICM", group 0002 in explicit VR little
     endian headed by its group length). (None, None) for anything else."""
@@ -207,7 +253,7 @@ def part10_layout(data: bytes) -> tuple[int | None, UID | None]:
     return end, syntax
 
 
-def top_level_spans(data: bytes, offset: int, syntax: UID) -> list[Span]:
+def top_level_spans(data: Buffer, offset: int, syntax: UID) -> list[Span]:
     """The top-level elements of the (not deflated) dataset that starts at ``offset``,
     as :data:`Span` s in file order, checked as :func:`check_complete` checks them
     (PS3.5 section 7.1 element encoding; 7.5 nested items are walked and checked,
@@ -230,7 +276,7 @@ def _check_part10_prefix(head: bytes) -> None:
         raise Unprocessable("not a DICOM Part 10 file: no 'DICM' prefix at byte 128 (PS3.10 7.1)")
 
 
-def check_complete(path: Path, data: bytes | None = None) -> None:
+def check_complete(path: Path, data: Buffer | None = None) -> None:
     """Raise :class:`Unprocessable` if the file ends inside a data element or its
     structure is broken.
 
@@ -240,9 +286,12 @@ def check_complete(path: Path, data: bytes | None = None) -> None:
     without decoding or copying values: each value must be as long as its header says,
     undefined-length values must end in their delimiter, and no partial element header
     may be left at the end. A cut exactly between two top-level elements is
-    syntactically a shorter valid dataset and is left to IOD validation."""
+    syntactically a shorter valid dataset and is left to IOD validation.
+
+    ``data``: the file's bytes (:func:`mapped`), if the caller has them. A deflated
+    data set is inflated in memory, up to :data:`MAX_INFLATED_BYTES`."""
     if data is None:
-        data = Path(path).read_bytes()
+        data = mapped(path)
     _check_part10_prefix(data)
     offset, syntax = part10_layout(data)
     if offset is None:  # unusual file meta: let pydicom read it
@@ -250,18 +299,27 @@ def check_complete(path: Path, data: bytes | None = None) -> None:
         offset = 132 + 12 + int(meta.FileMetaInformationGroupLength)
         syntax = UID(meta.TransferSyntaxUID)
     if syntax.is_deflated:
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        try:
-            data = inflater.decompress(memoryview(data)[offset:])
-        except zlib.error as exc:
-            raise Unprocessable(f"deflated dataset is corrupt: {exc}") from None
-        if not inflater.eof:
-            raise Unprocessable("truncated or corrupt: the deflated dataset ends before its end marker")
-        offset = 0
+        data, offset = inflate(memoryview(data)[offset:]), 0
     if offset > len(data):
         raise Unprocessable("truncated or corrupt: the file ends inside its file meta information")
     _Walker(data, syntax.is_implicit_VR, syntax.is_little_endian).elements(
         offset, len(data), implicit=syntax.is_implicit_VR)
+
+
+def inflate(deflated: Buffer) -> bytes:
+    """A deflated data set (PS3.5 A.5), inflated; raises :class:`Unprocessable` if it
+    is corrupt or would inflate beyond :data:`MAX_INFLATED_BYTES`."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        data = inflater.decompress(deflated, MAX_INFLATED_BYTES + 1)
+    except zlib.error as exc:
+        raise Unprocessable(f"deflated dataset is corrupt: {exc}") from None
+    if len(data) > MAX_INFLATED_BYTES:
+        raise Unprocessable(f"the deflated data set inflates to more than {size_text(MAX_INFLATED_BYTES)}, the most "
+                            "this router inflates in memory; send it in a transfer syntax that is not deflated")
+    if not inflater.eof:
+        raise Unprocessable("truncated or corrupt: the deflated dataset ends before its end marker")
+    return data
 
 
 class UndecodableValue(Unprocessable, ValueError):
@@ -289,7 +347,7 @@ pydicom_hooks.hooks.register_callback("raw_element_value", _decode_value)
 
 
 def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool = True,
-                  data: bytes | None = None) -> Dataset:
+                  data: Buffer | None = None) -> Dataset:
     """Parse a Part 10 file; anything that is not a complete DICOM file raises
     :class:`Unprocessable` with the reason.
 
@@ -301,11 +359,12 @@ def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool =
     is converted so a corrupt file fails here. ``check=False`` skips the structure
     check for a file already checked (an immutable ingest object).
 
-    A full read parses the file's bytes in memory (``data`` if the caller has them
-    already): pydicom asks a file for its position before every element, and on a file
-    that is a system call each time, on bytes it is not. Values of ``DEFER_BYTES`` or
-    more (Pixel Data) stay in those bytes until first used (pydicom's ``defer_size``):
-    copying them out cost a third of the parse, and a splice never needs them."""
+    A full read parses the mapped file (:func:`mapped`; ``data`` if the caller has
+    it already): pydicom asks a file for its position before every element, and on a
+    file that is a system call each time, on a map it is not. Values of
+    ``DEFER_BYTES`` or more (Pixel Data) are not read (pydicom's ``defer_size``): they
+    stay in the file until first used, and a splice never uses them, so the dataset
+    costs the header's memory whatever the instance's size."""
     try:
         if stop_before_pixels:
             with open(path, "rb") as fh:
@@ -313,12 +372,13 @@ def read_instance(path: Path, *, stop_before_pixels: bool = False, check: bool =
             source = path
         else:
             if data is None:
-                data = Path(path).read_bytes()
+                data = mapped(path)
             if check:
                 check_complete(path, data)
             else:
                 _check_part10_prefix(data)
-            source = BytesIO(data)
+            source = data if isinstance(data, mmap.mmap) else BytesIO(data)
+            source.seek(0)
         ds = dcmread(source, stop_before_pixels=stop_before_pixels,
                      defer_size=None if stop_before_pixels else DEFER_BYTES)
         if stop_before_pixels:
@@ -358,7 +418,7 @@ _ATTRIBUTE_MODIFICATION_DATETIME = 0x04000562
 _DATA_SET_TRAILING_PADDING = 0xFFFCFFFC
 
 
-def content_digest(data: bytes, *, ignore_last_modification_time: bool = False) -> str:
+def content_digest(source: Path | str | bytes, *, ignore_last_modification_time: bool = False) -> str:
     """The SHA-256 that says whether two copies of an instance are the same instance.
 
     It hashes the encoded data set, everything after the file meta (PS3.10 section 7.1),
@@ -376,23 +436,30 @@ def content_digest(data: bytes, *, ignore_last_modification_time: bool = False) 
       digest.
 
     The same data set re-encoded in another transfer syntax is another digest. A file
-    without standard file meta is hashed whole; a deflated one after its file meta."""
+    without standard file meta is hashed whole; a deflated one after its file meta.
+
+    ``source``: a file (its element headers are read in place, its values hashed in
+    chunks: memory does not grow with its size) or the instance's bytes."""
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as fh:
+            return _content_digest(mapped(source), fh, ignore_last_modification_time)
+    return _content_digest(source, BytesIO(source), ignore_last_modification_time)
+
+
+def _content_digest(data: Buffer, reader: BinaryIO, modification_time: bool) -> str:
     offset, syntax = part10_layout(data)
     digest = hashlib.sha256()
-    view = memoryview(data)
-    if offset is None:
-        digest.update(view)
-        return digest.hexdigest()
-    pos = offset
-    for start, end in ([] if syntax.is_deflated else _unstable_ranges(data, offset, syntax,
-                                                                      ignore_last_modification_time)):
-        digest.update(view[pos:start])
+    pos, skipped = offset or 0, []
+    if offset is not None and not syntax.is_deflated:
+        skipped = _unstable_ranges(data, offset, syntax, modification_time)
+    for start, end in [*skipped, (len(data), len(data))]:
+        for chunk in copy_range(reader, pos, start):
+            digest.update(chunk)
         pos = end
-    digest.update(view[pos:])
     return digest.hexdigest()
 
 
-def _unstable_ranges(data: bytes, offset: int, syntax: UID, modification_time: bool) -> list[tuple[int, int]]:
+def _unstable_ranges(data: Buffer, offset: int, syntax: UID, modification_time: bool) -> list[tuple[int, int]]:
     """Byte ranges (header included) :func:`content_digest` leaves out, in file order."""
     try:
         spans = top_level_spans(data, offset, syntax)
@@ -409,7 +476,7 @@ def _unstable_ranges(data: bytes, offset: int, syntax: UID, modification_time: b
     return ranges
 
 
-def _last_item_element(data: bytes, syntax: UID, sequence: Span, tag: int) -> Span | None:
+def _last_item_element(data: Buffer, syntax: UID, sequence: Span, tag: int) -> Span | None:
     """The element ``tag`` of the last item of a top-level ``sequence`` (PS3.5 section
     7.5), or None."""
     _, _, pos, length, end = sequence

@@ -18,6 +18,12 @@ The result is what ``write_instance`` writes (checked element by element in
 ``tests/unit/test_splice.py``; in practice byte for byte), and None whenever the fast
 path does not apply, so the caller falls back to ``write_instance``.
 
+:func:`write_morphed` is what morph calls: the splice where it applies, else pydicom
+writes every element except the large binary values it never read (Pixel Data ...),
+whose bytes are copied from the source at their place (:func:`reencode_chunks`). Either
+way values are copied file to file in chunks (:func:`shared.dicom.io.copy_range`): the
+memory a write needs is the header's, whatever the instance's size.
+
 Which elements changed is not taken on trust: pydicom keeps an element it has not
 converted as the ``RawDataElement`` it read, with the file offset of its value. An
 element is copied only if it is such a raw element whose offset, length and bytes are
@@ -30,19 +36,31 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Collection
+import struct
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from pydicom.charset import default_encoding
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 
-from shared.dicom.io import part10_layout, top_level_spans
+from shared.dicom.io import Buffer, copy_range, mapped, part10_layout, top_level_spans, write_instance
 from shared.errors import Unprocessable
+from shared.logs import describe_error, size_text
 
-__all__ = ["write_spliced", "splice_chunks"]
+__all__ = ["write_morphed", "write_spliced", "splice_chunks", "reencode_chunks", "MAX_VALUES_IN_MEMORY"]
+
+# Encoded bytes, or the byte range (start, end) of the source file to copy.
+Chunk = bytes | tuple[int, int]
+# The most value bytes a write may read into memory when they cannot be copied from the
+# source by position (another encoding, a deflated source): beyond it, the instance is
+# refused rather than a process sized for its header running out of memory.
+MAX_VALUES_IN_MEMORY = 256 * 1024 * 1024
+# Value representations of binary values: their bytes do not depend on the character set.
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +69,55 @@ _SPECIFIC_CHARACTER_SET = 0x00080005
 _UNDEFINED = 0xFFFFFFFF
 
 
+def write_morphed(src_path: Path, ds: Dataset, out_path: Path, *, data: Buffer | None = None,
+                  hashed: bool = True) -> str:
+    """Write ``ds`` (read from ``src_path``, then changed by morph) to ``out_path``,
+    copying the source's bytes wherever they are still the dataset's; return the
+    written file's sha256 (or, with ``hashed=False``, an empty string).
+
+    Raises :class:`Unprocessable` when pydicom cannot encode the changed dataset (a
+    value that does not fit its VR: the input, which retrying cannot change), or when
+    writing it would read more than :data:`MAX_VALUES_IN_MEMORY` of values into memory."""
+    if data is None:
+        data = mapped(src_path)
+    try:
+        chunks = _fast(splice_chunks, src_path, ds, None, data=data)
+        if chunks is None:
+            chunks = reencode_chunks(src_path, ds, data=data)
+        if chunks is not None:
+            return write_chunks(src_path, chunks, out_path, hashed=hashed)
+        _refuse_large_reads(ds, data)
+        return write_instance(ds, out_path, hashed=hashed)
+    except Unprocessable:
+        raise
+    except (ValueError, TypeError, OverflowError, struct.error) as exc:
+        raise Unprocessable(f"the changed instance cannot be encoded: {describe_error(exc)}") from None
+
+
+def write_chunks(src_path: Path, chunks: Iterable[Chunk], out_path: Path, *, hashed: bool = True) -> str:
+    """Write ``chunks`` to ``out_path``, source ranges copied in bounded pieces; return
+    the sha256 of what was written (hashed while writing), or with ``hashed=False`` an
+    empty string."""
+    digest = hashlib.sha256() if hashed else None
+    with open(src_path, "rb") as src, open(out_path, "wb") as fh:
+        for chunk in chunks:
+            for piece in (copy_range(src, *chunk) if isinstance(chunk, tuple) else (chunk,)):
+                fh.write(piece)
+                if digest is not None:
+                    digest.update(piece)
+    return digest.hexdigest() if digest is not None else ""
+
+
+def _fast(build, *args, **kwargs) -> list[Chunk] | None:
+    try:
+        return build(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - a fast path: never the reason a morph fails
+        log.warning("splice of %s failed; writing with pydicom", args[0], exc_info=True)
+        return None
+
+
 def write_spliced(src_path: Path, ds: Dataset, changed_top_level_tags: Collection[int] | None,
-                  out_path: Path, *, data: bytes | None = None, hashed: bool = True) -> str | None:
+                  out_path: Path, *, data: Buffer | None = None, hashed: bool = True) -> str | None:
     """Write ``ds`` (read from ``src_path`` with pydicom, then changed in place) to
     ``out_path`` by copying the source's bytes for every unchanged top-level element;
     return the sha256 of the written file, hashed while writing (with ``hashed=False``,
@@ -70,29 +135,19 @@ def write_spliced(src_path: Path, ds: Dataset, changed_top_level_tags: Collectio
     in its own transfer syntax; Specific Character Set changed; Pixel Data gone or
     re-encoded differently; a source whose structure or tag order is broken; any
     element pydicom cannot encode."""
-    try:
-        chunks = splice_chunks(Path(src_path), ds, changed_top_level_tags, data=data)
-    except Exception:  # noqa: BLE001 - a fast path: never the reason a morph fails
-        log.warning("splice of %s failed; writing with pydicom", src_path, exc_info=True)
-        return None
+    chunks = _fast(splice_chunks, Path(src_path), ds, changed_top_level_tags, data=data)
     if chunks is None:
         return None
-    digest = hashlib.sha256() if hashed else None
-    with open(out_path, "wb") as fh:
-        for chunk in chunks:
-            fh.write(chunk)
-            if digest is not None:
-                digest.update(chunk)
-    return digest.hexdigest() if digest is not None else ""
+    return write_chunks(src_path, chunks, out_path, hashed=hashed)
 
 
 def splice_chunks(src_path: Path, ds: Dataset, changed_top_level_tags: Collection[int] | None = None,
-                  *, data: bytes | None = None) -> list[bytes | memoryview] | None:
-    """The output file of :func:`write_spliced` as a list of byte chunks (slices of the
-    source file and newly encoded elements), or None when the fast path does not
+                  *, data: Buffer | None = None) -> list[Chunk] | None:
+    """The output file of :func:`write_spliced` as a list of :data:`Chunk` (ranges of
+    the source file and newly encoded elements), or None when the fast path does not
     apply."""
     if data is None:
-        data = src_path.read_bytes()
+        data = mapped(src_path)
     offset, syntax = part10_layout(data)
     if offset is None or syntax.is_deflated or syntax.is_private or not syntax.is_transfer_syntax:
         return None
@@ -128,7 +183,7 @@ def splice_chunks(src_path: Path, ds: Dataset, changed_top_level_tags: Collectio
         write_file_meta_info(meta_buffer, meta, enforce_standard=False)
     except (ValueError, TypeError, AttributeError):
         return None
-    chunks: list[bytes | memoryview] = [bytes(preamble), b"DICM", meta_buffer.getvalue()]
+    chunks: list[Chunk] = [bytes(preamble), b"DICM", meta_buffer.getvalue()]
 
     # tag -> DataElement | RawDataElement, read without converting; int keys, as a
     # lookup by int in a dict keyed by BaseTag calls BaseTag.__eq__ in Python
@@ -147,13 +202,12 @@ def splice_chunks(src_path: Path, ds: Dataset, changed_top_level_tags: Collectio
     if _PIXEL_DATA in source_tags and _PIXEL_DATA not in elements:
         return None  # read without pixel data (or it was removed): never write that by splicing
 
-    view = memoryview(data)
     run_start = run_end = -1  # the source range being copied
 
     def emit(encoded: bytes) -> None:
         nonlocal run_start, run_end
         if run_start >= 0:
-            chunks.append(view[run_start:run_end])
+            chunks.append((run_start, run_end))
             run_start = run_end = -1
         if encoded:
             chunks.append(encoded)
@@ -178,14 +232,14 @@ def splice_chunks(src_path: Path, ds: Dataset, changed_top_level_tags: Collectio
             # a value pydicom deferred (None with a length) is checked by position only
             raw_value = elem.value
             if elem.value_tell != value or elem.length != length or (
-                    raw_value is not None and not data.startswith(raw_value, value)):
+                    raw_value is not None and data[value:value + len(raw_value)] != raw_value):
                 return None  # the walk and pydicom's read disagree: do not guess
             same = True
         else:
             encoded = _encode(elem, implicit, little, encodings)
             if encoded is None:
                 return None
-            same = encoded == view[start:end]
+            same = end - start == len(encoded) and encoded == data[start:end]
             if not same and tag in (_SPECIFIC_CHARACTER_SET, _PIXEL_DATA):
                 return None
         if same:
@@ -205,6 +259,97 @@ def splice_chunks(src_path: Path, ds: Dataset, changed_top_level_tags: Collectio
         emit(encoded)
     emit(b"")
     return chunks
+
+
+def reencode_chunks(src_path: Path, ds: Dataset, *, data: Buffer | None = None) -> list[Chunk] | None:
+    """``ds`` as ``write_instance`` writes it, except that the binary values pydicom
+    deferred and never read (Pixel Data, overlays, ...: :data:`DEFER_BYTES` or more)
+    are copied from the source at their place instead of being read into memory; None
+    when there are none, or when their source bytes would not be the output's (another
+    encoding, a deflated source, a source pydicom and the walk disagree on).
+
+    Binary values are copied only: a deferred text value or sequence is read (pydicom
+    re-encodes text when the character set changes), costing its own size."""
+    deferred = {tag: elem for tag, elem in _deferred(ds).items() if _is_binary(tag, elem.VR)}
+    if not deferred:
+        return None
+    if data is None:
+        data = mapped(src_path)
+    offset, syntax = part10_layout(data)
+    meta = getattr(ds, "file_meta", None)
+    if (offset is None or syntax.is_deflated or meta is None or meta.get("TransferSyntaxUID") != syntax
+            or tuple(ds.original_encoding) != (syntax.is_implicit_VR, syntax.is_little_endian)):
+        return None
+    source = {span[0]: span for span in top_level_spans(data, offset, syntax)}
+    for tag, elem in deferred.items():
+        span = source.get(int(tag))
+        if span is None or span[2] != elem.value_tell or span[3] != elem.length:
+            return None  # the walk and pydicom's read disagree: do not guess
+    for tag in deferred:
+        del ds._dict[tag]  # pydicom writes what is left; the dataset is restored below
+    try:
+        _refuse_large_reads(ds, data)
+        buffer = DicomBytesIO()
+        complete = ds.preamble is not None and "FileMetaInformationVersion" in meta
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.save_as(buffer, enforce_file_format=not complete)
+    finally:
+        ds._dict.update(deferred)
+    written = buffer.getvalue()
+    written_offset, _ = part10_layout(written)
+    chunks: list[Chunk] = [written[:written_offset]]
+    pending = sorted(int(tag) for tag in deferred)
+    for tag, start, _, _, end in top_level_spans(written, written_offset, syntax):
+        while pending and pending[0] < tag:
+            span = source[pending.pop(0)]
+            chunks.append((span[1], span[4]))
+        chunks.append(written[start:end])
+    chunks += [(source[tag][1], source[tag][4]) for tag in pending]
+    return chunks
+
+
+def _refuse_large_reads(ds: Dataset, data: Buffer) -> None:
+    """Raise :class:`Unprocessable` if pydicom, writing ``ds``, would read more than
+    :data:`MAX_VALUES_IN_MEMORY` of values it deferred."""
+    unread = _unread_bytes(ds, data)
+    if unread > MAX_VALUES_IN_MEMORY:
+        raise Unprocessable(
+            f"the changed instance cannot be written without reading {size_text(unread)} of its values into "
+            f"memory (they cannot be copied from the received file as they are), more than the "
+            f"{size_text(MAX_VALUES_IN_MEMORY)} allowed")
+
+
+def _unread_bytes(ds: Dataset, data: Buffer) -> int:
+    """How many bytes of values pydicom would read to write ``ds`` (an undefined
+    length measured by the walk; the whole file if it cannot be walked)."""
+    deferred = _deferred(ds)
+    if not any(elem.length == _UNDEFINED for elem in deferred.values()):
+        return sum(elem.length for elem in deferred.values())
+    offset, syntax = part10_layout(data)
+    try:
+        spans = {span[0]: span for span in top_level_spans(data, offset, syntax)}
+    except (Unprocessable, ValueError, TypeError, AttributeError):
+        return len(data)
+    return sum(spans[int(tag)][4] - spans[int(tag)][2] if int(tag) in spans else len(data) for tag in deferred)
+
+
+def _is_binary(tag: int, vr: str | None) -> bool:
+    """Whether the element's value is binary (its VR as read; for implicit VR, every VR
+    the data dictionary allows, as in "OB or OW", and UN for an unknown tag)."""
+    if vr is None:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return True  # unknown (private): pydicom reads and writes it as UN, bytes as they are
+    return all(v in _BINARY_VRS for v in vr.split(" or "))
+
+
+def _deferred(ds: Dataset) -> dict:
+    """Top-level elements whose value pydicom has not read (deferred: ``value`` None),
+    by their tag as the dataset keys them."""
+    return {tag: elem for tag, elem in ds._dict.items()
+            if type(elem) is RawDataElement and elem.value is None and elem.length}
 
 
 def _is_group_length(tag: int) -> bool:

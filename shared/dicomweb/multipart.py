@@ -75,18 +75,31 @@ def related_content_type(boundary: str, part_type: str = DICOM) -> str:
     return f'multipart/related; type="{part_type}"; boundary={_checked(boundary)}'
 
 
+def _framing(boundary: str, content_type: str) -> tuple[bytes, bytes]:
+    """A part's head and the closing delimiter (RFC 2046 5.1.1)."""
+    delimiter = b"--" + _checked(boundary).encode("ascii")
+    return delimiter + b"\r\nContent-Type: " + content_type.encode("ascii") + b"\r\n\r\n", delimiter + b"--\r\n"
+
+
+def parts_length(paths: Iterable[Path], boundary: str, content_type: str = DICOM) -> int:
+    """The length of :func:`write_parts`' body, from the files' sizes: sent as
+    Content-Length, so the server can take the body without chunked decoding (Orthanc
+    stores a 1 GB chunked body more than ten times slower)."""
+    head, end = _framing(boundary, content_type)
+    return sum(len(head) + Path(path).stat().st_size + 2 for path in paths) + len(end)
+
+
 def write_parts(paths: Iterable[Path], boundary: str, content_type: str = DICOM) -> Iterator[bytes]:
     """The body of a multipart/related message whose parts are the files ``paths``,
     in chunks, each file read as it is sent."""
-    delimiter = b"--" + _checked(boundary).encode("ascii")
-    head = delimiter + b"\r\nContent-Type: " + content_type.encode("ascii") + b"\r\n\r\n"
+    head, end = _framing(boundary, content_type)
     for path in paths:
         yield head
         with open(path, "rb") as fh:
             while chunk := fh.read(WRITE_CHUNK):
                 yield chunk
         yield b"\r\n"
-    yield delimiter + b"--\r\n"
+    yield end
 
 
 def spool_parts(chunks: Iterable[bytes], boundary: str, *, max_bytes: int | None = None,

@@ -39,3 +39,64 @@ def make_ct_study(out_dir: Path, count: int, *, rows: int = 512, columns: int = 
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+LARGE_FRAME = 512 * 512 * 2
+
+
+def make_large_instance(path: Path, size_mb: int, *, charset: str | None = None,
+                        patient_name: str = "Large^Instance") -> tuple[str, int]:
+    """Write an Enhanced CT of about ``size_mb`` MB: 512 x 512 16-bit frames,
+    Explicit VR Little Endian, its Pixel Data a pseudo-random block repeated at an odd
+    period (a shifted or truncated copy changes its digest), appended in chunks so it is
+    never in memory. Returns (SOP Instance UID, Pixel Data length)."""
+    import random
+    import struct
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    frames = max(1, size_mb * 1024 * 1024 // LARGE_FRAME)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ENHANCED_CT
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.SOPClassUID, ds.SOPInstanceUID = ENHANCED_CT, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName, ds.Modality = "LARGE-1", patient_name, "CT"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 512, 512, frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.save_as(path, enforce_file_format=True)
+    length = frames * LARGE_FRAME
+    block = random.Random(length).randbytes(8 * 1024 * 1024 + 7)
+    with open(path, "ab") as fh:  # (7FE0,0010) OW, explicit length (PS3.5 7.1.2)
+        fh.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, length))
+        left = length
+        while left:
+            n = min(left, len(block))
+            fh.write(block[:n])
+            left -= n
+    return str(ds.SOPInstanceUID), length
+
+
+def pixel_data_digest(path: Path) -> tuple[int, str]:
+    """(length, sha256) of a Part 10 file's Pixel Data value, read in chunks from its
+    element headers' positions; (0, "") without Pixel Data."""
+    import hashlib
+
+    from shared.dicom.io import copy_range, mapped, part10_layout, top_level_spans
+
+    data = mapped(path)
+    offset, syntax = part10_layout(data)
+    for tag, _, value, length, end in top_level_spans(data, offset, syntax):
+        if tag == 0x7FE00010:
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for chunk in copy_range(fh, value, end):
+                    digest.update(chunk)
+            return end - value, digest.hexdigest()
+    return 0, ""

@@ -13,6 +13,7 @@ from shared.dicomweb.multipart import (
     MalformedMultipart,
     MultipartTooLarge,
     boundary_of,
+    parts_length,
     read_parts,
     related_content_type,
     spool_parts,
@@ -41,7 +42,10 @@ def files(tmp_path: Path, bodies: list[bytes]) -> list[Path]:
 
 
 def written(tmp_path: Path, bodies=BODIES, boundary=BOUNDARY) -> bytes:
-    return b"".join(write_parts(files(tmp_path, bodies), boundary))
+    paths = files(tmp_path, bodies)
+    body = b"".join(write_parts(paths, boundary))
+    assert parts_length(paths, boundary) == len(body)  # the Content-Length sent with it
+    return body
 
 
 def chunked(body: bytes, cuts) -> list[bytes]:
