@@ -15,6 +15,12 @@ instance is delivered: the peak of their sum and of the largest one are printed.
 fails if the instance is not delivered, or if the delivered Pixel Data differs (length and
 sha256).
 
+Each size runs in two shapes of ``serve``: ``default`` (this machine's default: on two
+cores, the gateway's process and two children, each a Python interpreter of its own
+with an idle RSS of ~90 MB) and ``one`` (``--pipeline-processes 0``: everything in one
+process). The idle RSS of the tree before the instance arrives is printed too: what a
+large instance adds is the peak minus it.
+
 The last line is ``large_peak_rss_mb=<max over runs>``.
 """
 
@@ -22,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,49 +38,11 @@ from bench.ingest import bench_workdir  # noqa: E402
 from tests.support.dicomgen import LARGE_FRAME, make_large_instance, pixel_data_digest  # noqa: E402
 from tests.support.orthanc import Orthanc  # noqa: E402
 from tests.support.procs import AxiomServer, StoreSCP, free_port, storescu  # noqa: E402
+from tests.support.procstats import PeakRss  # noqa: E402
 
 
-def tree_rss_mb(pid: int) -> list[float]:
-    """Resident set size of ``pid`` and of each of its descendants, MB (Linux /proc)."""
-    sizes = []
-    pending = [pid]
-    while pending:
-        p = pending.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    sizes.append(int(line.split()[1]) / 1024)
-            for task in Path(f"/proc/{p}/task").iterdir():
-                pending += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError):
-            continue
-    return sizes
-
-
-class PeakRss:
-    """Peaks of the whole tree's RSS (``peak``) and of its largest process (``largest``)."""
-
-    def __init__(self, pid: int, every_s: float = 0.1):
-        self.pid, self.every_s, self.peak, self.largest = pid, every_s, 0.0, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            sizes = tree_rss_mb(self.pid) or [0.0]
-            self.peak, self.largest = max(self.peak, sum(sizes)), max(self.largest, max(sizes))
-            self._stop.wait(self.every_s)
-
-    def __enter__(self) -> "PeakRss":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def run(work: Path, dest: str, instance: Path, uid: str, pixels: tuple[int, str], timeout: float) -> PeakRss:
+def run(work: Path, dest: str, instance: Path, uid: str, pixels: tuple[int, str], timeout: float,
+        shape: str) -> PeakRss:
     peer = None
     if dest == "filesystem":
         destination = {"id": "dest", "type": "filesystem", "path": str(work / "out")}
@@ -90,9 +57,11 @@ def run(work: Path, dest: str, instance: Path, uid: str, pixels: tuple[int, str]
     config = {"destinations": [destination],
               "rulesets": [{"id": "large", "rules": [{"id": "all", "destinations": ["dest"], "actions": [
                   {"action": "set", "tag": "InstitutionName", "value": "AXIOM LARGE"}]}]}]}
-    server = AxiomServer(work / "axiom", config, dicom_port=port)
+    env = {"AXIOM_PIPELINE_PROCESSES": "0", "AXIOM_ROUTE_PROCESSES": "0"} if shape == "one" else {}
+    server = AxiomServer(work / "axiom", config, dicom_port=port, env=env)
     try:
         server.start()
+        time.sleep(3)  # the child processes finish importing: the idle RSS is theirs too
         with PeakRss(server.proc.pid) as rss:
             storescu(port, [instance], extra=["--max-pdu", "131072"], timeout=timeout)
             deadline = time.monotonic() + timeout
@@ -132,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-mb", type=int, nargs="+", default=[1024, 4096])
     ap.add_argument("--dest", nargs="+", choices=("filesystem", "cstore", "dicomweb"),
                     default=["filesystem", "cstore", "dicomweb"])
+    ap.add_argument("--shape", nargs="+", choices=("default", "one"), default=["default", "one"],
+                    help="serve's default processes on this machine, or everything in one process "
+                         "(--pipeline-processes 0)")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--timeout", type=float, default=1800.0)
@@ -145,12 +117,14 @@ def main(argv: list[str] | None = None) -> int:
             pixels = pixel_data_digest(instance)
             print(f"generated {instance.stat().st_size / 2**20:.0f} MB ({length // LARGE_FRAME} frames) in "
                   f"{time.perf_counter() - t:.1f}s", flush=True)
-            for dest in args.dest:
-                t = time.perf_counter()
-                rss = run(work / f"{size}-{dest}", dest, instance, uid, pixels, args.timeout)
-                peaks.append(rss.peak)
-                print(f"  {size} MB -> {dest:<10} peak RSS {rss.peak:7.0f} MB all processes, {rss.largest:7.0f} MB"
-                      f" the largest  ({time.perf_counter() - t:.0f}s)", flush=True)
+            for shape in args.shape:
+                for dest in args.dest:
+                    t = time.perf_counter()
+                    rss = run(work / f"{size}-{shape}-{dest}", dest, instance, uid, pixels, args.timeout, shape)
+                    peaks.append(rss.peak)
+                    print(f"  {size} MB -> {dest:<10} {shape:>7} shape: peak RSS {rss.peak:5.0f} MB all processes "
+                          f"(idle {rss.idle:3.0f}), {rss.largest:4.0f} MB the largest "
+                          f"({time.perf_counter() - t:.0f}s)", flush=True)
             instance.unlink()
     print(f"large_peak_rss_mb={max(peaks):.0f}")
     return 0

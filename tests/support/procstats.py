@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -132,3 +133,45 @@ def _status_kb(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise LookupError(field)
+
+
+def tree_rss_mb(pid: int) -> list[float]:
+    """Resident set size of ``pid`` and of each of its descendants, MB (Linux /proc)."""
+    sizes = []
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes.append(int(line.split()[1]) / 1024)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return sizes
+
+
+class PeakRss:
+    """Peaks of the whole tree's RSS (``peak``) and of its largest process (``largest``),
+    MB, sampled every ``every_s``; ``idle`` is the tree's RSS when sampling began."""
+
+    def __init__(self, pid: int, every_s: float = 0.1):
+        self.pid, self.every_s, self.peak, self.largest = pid, every_s, 0.0, 0.0
+        self.idle = sum(tree_rss_mb(pid))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            sizes = tree_rss_mb(self.pid) or [0.0]
+            self.peak, self.largest = max(self.peak, sum(sizes)), max(self.largest, max(sizes))
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
