@@ -1,7 +1,7 @@
 """Large instances: the peak memory of ``axiom-flow serve`` (all its processes) while one
 instance of ``--size-mb`` goes through it, per destination type.
 
-    .venv/bin/python bench/large.py [--size-mb 1024 4096] [--dest filesystem cstore dicomweb]
+    .venv/bin/python bench/large.py [--size-mb 1024 4096] [--dest filesystem cstore dicomweb] [--shape default one]
 
 The instance is an Enhanced CT (1.2.840.10008.5.1.4.1.1.2.1) of 512 x 512 16-bit frames
 holding a repeated pseudo-random block, Explicit VR Little Endian
@@ -27,6 +27,7 @@ The last line is ``large_peak_rss_mb=<max over runs>``.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -120,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             for shape in args.shape:
                 for dest in args.dest:
                     t = time.perf_counter()
-                    rss = run(work / f"{size}-{shape}-{dest}", dest, instance, uid, pixels, args.timeout, shape)
+                    run_dir = work / f"{size}-{shape}-{dest}"
+                    rss = run(run_dir, dest, instance, uid, pixels, args.timeout, shape)
+                    if not args.keep:  # three copies of the instance: a 4 GB run needs its disk back
+                        shutil.rmtree(run_dir, ignore_errors=True)
                     peaks.append(rss.peak)
                     print(f"  {size} MB -> {dest:<10} {shape:>7} shape: peak RSS {rss.peak:5.0f} MB all processes "
                           f"(idle {rss.idle:3.0f}), {rss.largest:4.0f} MB the largest "

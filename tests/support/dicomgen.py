@@ -56,7 +56,8 @@ def make_large_instance(path: Path, size_mb: int, *, charset: str | None = None,
 
     from pydicom.dataset import Dataset, FileMetaDataset
 
-    frames = max(1, size_mb * 1024 * 1024 // LARGE_FRAME)
+    # a defined length is at most 0xFFFFFFFE (PS3.5 7.1.1): 4 GB is one frame short of 4 GiB
+    frames = min(max(1, size_mb * 1024 * 1024 // LARGE_FRAME), 0xFFFFFFFE // LARGE_FRAME)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ENHANCED_CT
