@@ -19,7 +19,6 @@ The last line is ``large_peak_rss_mb=<max over runs>``.
 from __future__ import annotations
 
 import argparse
-import struct
 import sys
 import threading
 import time
@@ -28,44 +27,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
-
 from bench.ingest import bench_workdir  # noqa: E402
+from tests.support.large import FRAME, make_large_instance, pixel_data_length, sop_instance_uid  # noqa: E402
 from tests.support.orthanc import Orthanc  # noqa: E402
 from tests.support.procs import AxiomServer, StoreSCP, free_port, storescu  # noqa: E402
-
-ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
-FRAME = 512 * 512 * 2
-CHUNK = 8 * 1024 * 1024
-
-
-def make_large_instance(path: Path, size_mb: int) -> tuple[str, int]:
-    """Write an Enhanced CT of about ``size_mb`` MB of zero frames; (SOP Instance UID,
-    Pixel Data length)."""
-    frames = max(1, size_mb * 1024 * 1024 // FRAME)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ENHANCED_CT
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = ENHANCED_CT, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID, ds.PatientName, ds.Modality = "LARGE-1", "Large^Instance", "CT"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = 512, 512, frames
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.save_as(path, enforce_file_format=True)
-    length = frames * FRAME
-    zeros = bytes(CHUNK)
-    with open(path, "ab") as fh:  # (7FE0,0010) OW, explicit length, appended without a buffer
-        fh.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, length))
-        left = length
-        while left:
-            n = min(left, CHUNK)
-            fh.write(zeros[:n])
-            left -= n
-    return str(ds.SOPInstanceUID), length
 
 
 def tree_rss_mb(pid: int) -> list[float]:
@@ -106,18 +71,6 @@ class PeakRss:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def _pixel_data_length(path: Path) -> int:
-    """The Pixel Data length field, from the element headers of a mapped file (its
-    values are not read)."""
-    import mmap
-
-    from shared.dicom.io import part10_layout, top_level_spans
-
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        offset, syntax = part10_layout(data)
-        return next((length for tag, _, _, length, _ in top_level_spans(data, offset, syntax) if tag == 0x7FE00010), 0)
 
 
 def run(work: Path, dest: str, instance: Path, uid: str, length: int, timeout: float) -> PeakRss:
@@ -161,14 +114,8 @@ def _check_arrived(work: Path, dest: str, uid: str, length: int) -> None:
     storage directory) with the instance's UID and the whole Pixel Data."""
     folder = work / {"filesystem": "out", "cstore": "storescp", "dicomweb": "orthanc/storage"}[dest]
     files = [p for p in folder.rglob("*") if p.is_file() and p.stat().st_size > length]
-    if len(files) != 1 or _pixel_data_length(files[0]) != length or _sop_instance_uid(files[0]) != uid:
+    if len(files) != 1 or pixel_data_length(files[0]) != length or sop_instance_uid(files[0]) != uid:
         raise SystemExit(f"{dest}: expected one file of {uid} with {length} bytes of Pixel Data, found {files}")
-
-
-def _sop_instance_uid(path: Path) -> str:
-    from pydicom import dcmread
-
-    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def main(argv: list[str] | None = None) -> int:
