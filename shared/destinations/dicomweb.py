@@ -185,7 +185,7 @@ class DicomWebSender:
         url = f"{self.url}/studies/{study}/series/{series}/instances/{delivery.sop_instance_uid}"
         try:
             parts = self._retrieve_to_files(url)
-        except (httpx.HTTPError, MalformedMultipart) as exc:
+        except (httpx.HTTPError, MalformedMultipart, OSError) as exc:  # OSError: our temporary disk
             raise RetryLater(f"could not compare with {self.dest.id}'s copy: {exc}") from None
         try:
             return any(content_digest(part.path, ignore_last_modification_time=delivery.original_attributes_added)
