@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.ingest import bench_workdir  # noqa: E402
-from tests.support.dicomgen import LARGE_FRAME, make_large_instance, pixel_data_digest  # noqa: E402
+from tests.support.large import FRAME, make_large_instance, pixel_data_digest, sop_instance_uid  # noqa: E402
 from tests.support.orthanc import Orthanc  # noqa: E402
 from tests.support.procs import AxiomServer, StoreSCP, free_port, storescu  # noqa: E402
 from tests.support.procstats import PeakRss  # noqa: E402
@@ -87,14 +87,8 @@ def _check_arrived(work: Path, dest: str, uid: str, pixels: tuple[int, str]) -> 
     length = pixels[0]
     folder = work / {"filesystem": "out", "cstore": "storescp", "dicomweb": "orthanc/storage"}[dest]
     files = [p for p in folder.rglob("*") if p.is_file() and p.stat().st_size > length]
-    if len(files) != 1 or pixel_data_digest(files[0]) != pixels or _sop_instance_uid(files[0]) != uid:
+    if len(files) != 1 or pixel_data_digest(files[0]) != pixels or sop_instance_uid(files[0]) != uid:
         raise SystemExit(f"{dest}: expected one file of {uid} with {length} bytes of Pixel Data, found {files}")
-
-
-def _sop_instance_uid(path: Path) -> str:
-    from pydicom import dcmread
-
-    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             uid, length = make_large_instance(instance, size)
             pixels = pixel_data_digest(instance)
-            print(f"generated {instance.stat().st_size / 2**20:.0f} MB ({length // LARGE_FRAME} frames) in "
+            print(f"generated {instance.stat().st_size / 2**20:.0f} MB ({length // FRAME} frames) in "
                   f"{time.perf_counter() - t:.1f}s", flush=True)
             for shape in args.shape:
                 for dest in args.dest:

@@ -10,6 +10,10 @@ client library at the top is fine here; the core never imports it.
 * A :class:`BlobRef` with a generation reads, copies and deletes that generation,
   so a later overwrite of the same name is never mistaken for the referenced bytes.
 * ``STORAGE_EMULATOR_HOST`` (e.g. fake-gcs-server) is honoured by the client itself.
+* Memory does not grow with the object: uploads go in :data:`UPLOAD_CHUNK_BYTES`
+  requests (the library's default reads 100 MB per request into memory), downloads
+  stream to a file (``download_to_filename`` without a chunk size: one request, read
+  in small chunks, checksum verified).
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ from google.api_core import exceptions as gexc
 from google.cloud import storage
 
 from shared.messages import BlobRef
+
+# The resumable upload reads each request's chunk into memory: 8 MiB keeps that
+# bounded (a multiple of 256 KiB, as GCS requires). Objects up to 8 MiB go in one
+# multipart request.
+UPLOAD_CHUNK_BYTES = 8 * 1024 * 1024
 
 
 class GCSBlobStore:
@@ -45,7 +54,7 @@ class GCSBlobStore:
 
     def put_file(self, bucket: str, name: str, path: Path, metadata: dict[str, str] | None = None,
                  *, move: bool = False) -> BlobRef:
-        blob = self.client.bucket(bucket).blob(name)
+        blob = self.client.bucket(bucket).blob(name, chunk_size=UPLOAD_CHUNK_BYTES)
         if metadata:
             blob.metadata = {k: str(v) for k, v in metadata.items()}
         blob.upload_from_filename(str(path), content_type="application/dicom")

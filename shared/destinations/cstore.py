@@ -3,13 +3,16 @@
 
 The file is sent as stored: pynetdicom's chunked send streams the encoded dataset
 without decoding it, and only the instance's own transfer syntax is proposed, so
-nothing is transcoded on the way. Associations are pooled per (SOP class, transfer
+nothing is transcoded on the way. Memory stays bounded whatever the instance's size:
+P-DATA PDUs are at most :data:`MAX_SEND_PDU` long and at most :data:`SEND_QUEUE_PDUS`
+of them wait for the socket (:class:`_SendQueue`). Associations are pooled per (SOP class, transfer
 syntax) and reused for following instances, up to the destination's
 ``max_concurrency`` at once; one that fails is aborted, never reused."""
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from pathlib import Path
@@ -18,6 +21,7 @@ import pynetdicom
 from pydicom import dcmread
 from pydicom.uid import UID
 from pynetdicom import AE, _config, build_context
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.status import code_to_category
 
 from shared.config import CStoreDestination
@@ -33,6 +37,11 @@ log = logging.getLogger(__name__)
 # Warning statuses (PS3.4 B.2.3) still mean the instance was stored.
 _STORED = {"Success", "Warning"}
 IDLE_S = 5.0  # an association unused this long is released
+# A P-DATA PDU is read from the file whole: PDUs are cut at this length at most, even
+# when the peer takes longer ones or any length (maximum length 0, PS3.8 D.1), and
+# no more than SEND_QUEUE_PDUS of them wait for the socket.
+MAX_SEND_PDU = 1024 * 1024
+SEND_QUEUE_PDUS = 4
 _chunked_send_checked = False
 
 
@@ -49,6 +58,46 @@ def _send_files_as_stored() -> None:
                     " decoded and re-encoded by pydicom, not as stored", pynetdicom.__version__)
         return
     _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+class _SendQueue(queue.Queue):
+    """The DUL's queue of primitives to send, bounded for P-DATA. pynetdicom puts every
+    P-DATA PDU of a message on its (unbounded) queue as fast as it reads the file, so
+    a file read in chunks would still pile up in memory while the socket drains. Here
+    a P-DATA put waits while ``maxsize`` PDUs are queued; it fails once the DUL thread
+    has stopped or has taken nothing for ``stall_s``, rather than wait forever. Other
+    primitives (release, abort) never wait."""
+
+    def __init__(self, dul, maxsize: int, stall_s: float):
+        super().__init__(maxsize)
+        self._dul, self._stall_s = dul, stall_s
+
+    def put(self, item, block=True, timeout=None) -> None:
+        with self.not_full:
+            if isinstance(item, P_DATA):
+                deadline = time.monotonic() + self._stall_s
+                while self._qsize() >= self.maxsize:
+                    if self._dul._kill_thread or not self._dul.is_alive():
+                        raise ConnectionError("the association ended while the instance was being sent")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the peer took no data for {self._stall_s:.0f} s")
+                    self.not_full.wait(0.1)
+            self._put(item)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+
+def _bound_sending(assoc, stall_s: float) -> None:
+    """Bound what an established association holds in memory while sending: PDUs of
+    at most MAX_SEND_PDU (a sender may send PDUs shorter than the peer's maximum,
+    PS3.8 9.3.1), at most SEND_QUEUE_PDUS of them queued."""
+    peer = assoc.acceptor
+    if not peer.maximum_length or peer.maximum_length > MAX_SEND_PDU:
+        peer.maximum_length = MAX_SEND_PDU
+    dul = assoc.dul
+    pending, dul.to_provider_queue = dul.to_provider_queue, _SendQueue(dul, SEND_QUEUE_PDUS, stall_s)
+    while not pending.empty():  # nothing is queued once established; keep the order if something is
+        dul.to_provider_queue.put(pending.get_nowait())
 
 
 class CStoreSender:
@@ -124,6 +173,7 @@ class CStoreSender:
             assoc.release()
             raise DeliveryRefused(self._refusal(key, rejected))
         reactor.keep_responses(assoc)  # a response the reactor takes first goes back to us
+        _bound_sending(assoc, self.dest.timeout_s)
         return assoc
 
     def _refusal(self, key: tuple[str, str], rejected) -> str:

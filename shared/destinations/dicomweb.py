@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -18,12 +20,16 @@ import httpx
 
 from shared.config import DicomWebDestination, HealthcareDestination
 from shared.dicomweb.multipart import (
+    AS_SENT,
     MalformedMultipart,
+    Part,
     boundary_of,
+    content_coding,
+    discard,
     new_boundary,
     parts_length,
-    read_parts,
     related_content_type,
+    spool_parts,
     write_parts,
 )
 from shared.errors import DeliveryRefused, RetryLater
@@ -33,6 +39,7 @@ from shared.ports import Secrets
 
 log = logging.getLogger(__name__)
 
+READ_CHUNK = 1024 * 1024  # the peer's copy is read in chunks of this size
 BATCH_WAIT_S = 0.05  # how long the first instance of a batch waits for company
 FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_INSTANCE_UID, FAILURE_REASON = "00081155", "00081197"
@@ -56,6 +63,9 @@ class DicomWebSender:
         self.dest = dest
         if isinstance(dest, HealthcareDestination):
             self.url, auth, headers = dest.dicomweb_url, GoogleAuth(), {}
+            # One instance per request. The API puts no size limit on a Store transaction
+            # (its quotas page, "Resource limits": other DICOM methods take 10 MB), only a
+            # time limit on the request: nothing is refused for its size before sending.
             self.max_items, self.max_bytes = 1, 50 * 1024 * 1024
         else:
             self.url = dest.url.rstrip("/")
@@ -167,29 +177,48 @@ class DicomWebSender:
         raise DeliveryRefused(f"{self.dest.id} refused the instance ({text})")
 
     def _same_as_stored(self, path: Path, delivery: Delivery) -> bool:
-        """Fetch the peer's copy (WADO-RS, PS3.18 10.4, as stored) and compare its
-        content digest with the delivery's (file meta and our modification time aside)."""
+        """Fetch the peer's copy (WADO-RS, PS3.18 10.4, as stored) into temporary files
+        as it streams in, and compare their content digests with the delivery's (file
+        meta and our modification time aside). Memory stays at the read buffer whatever
+        the instance's size; temporary disk is the size of the peer's copy."""
         from shared.dicom.io import content_digest
 
         study, series = _study_series_uids(path)
         # the Instance resource (PS3.18 10.4.1.1.3); there is no /studies/{s}/instances/{i}
         url = f"{self.url}/studies/{study}/series/{series}/instances/{delivery.sop_instance_uid}"
         try:
-            response = self.client.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
-        except httpx.HTTPError as exc:
-            raise RetryLater(f"could not compare with {self.dest.id}'s copy: {exc}") from exc
-        if response.status_code != 200:
-            raise RetryLater(f"could not compare with {self.dest.id}'s copy: HTTP {response.status_code}")
-        ctype = response.headers.get("content-type", "")
-        if ctype.lower().startswith("multipart/"):
+            parts = self._retrieve_to_files(url)
+        except (httpx.HTTPError, MalformedMultipart, OSError) as exc:  # OSError: our temporary disk
+            raise RetryLater(f"could not compare with {self.dest.id}'s copy: {exc}") from None
+        try:
+            return any(content_digest(part.path, ignore_last_modification_time=delivery.original_attributes_added)
+                       == delivery.sha256 for part in parts)
+        finally:
+            discard(parts)
+
+    def _retrieve_to_files(self, url: str) -> list[Part]:
+        """The parts of a WADO-RS response, each in a temporary file (the process's
+        temporary directory; the caller owns the files); a single-part response is one."""
+        accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        with self.client.stream("GET", url, headers={"Accept": accept, **AS_SENT}) as response:
+            if response.status_code != 200:
+                raise httpx.HTTPError(f"HTTP {response.status_code}")
+            if coding := content_coding(response.headers):  # decoding would not be bounded in memory
+                raise httpx.HTTPError(f"answered with Content-Encoding {coding}, though none was accepted")
+            chunks = response.iter_bytes(READ_CHUNK)
+            ctype = response.headers.get("content-type", "")
+            if ctype.lower().startswith("multipart/"):
+                return spool_parts(chunks, boundary_of(ctype), prefix="peer-copy-")
+            fd, name = tempfile.mkstemp(prefix="peer-copy-", suffix=".part")
+            part = Part(path=Path(name))
             try:
-                parts = [part.data for part in read_parts(response.content, boundary_of(ctype))]
-            except MalformedMultipart as exc:
-                raise RetryLater(f"could not compare with {self.dest.id}'s copy: {exc}") from None
-        else:
-            parts = [response.content]
-        return any(content_digest(part, ignore_last_modification_time=delivery.original_attributes_added)
-                   == delivery.sha256 for part in parts)
+                with os.fdopen(fd, "wb") as out:
+                    for chunk in chunks:
+                        out.write(chunk)
+            except BaseException:
+                discard([part])
+                raise
+            return [part]
 
     def close(self) -> None:
         self.client.close()

@@ -88,8 +88,7 @@ class FilesystemSender:
             raise DeliveryRefused(f"the name template of destination {self.dest.id} leaves its folder")
         try:
             if target.exists() and self.dest.on_conflict == "exception":
-                existing = content_digest(target.read_bytes(),
-                                          ignore_last_modification_time=delivery.original_attributes_added)
+                existing = content_digest(target, ignore_last_modification_time=delivery.original_attributes_added)
                 if existing == delivery.sha256:
                     return f"{target} (already there)"
                 raise DeliveryRefused(f"{self.dest.id} already has a different data set under this instance's name "

@@ -18,14 +18,17 @@ class GCSSender:
     def __init__(self, dest: GCSDestination):
         from google.cloud import storage  # only needed when a GCS destination exists
 
+        from shared.adapters.gcs import UPLOAD_CHUNK_BYTES
+
         self.dest = dest
         self.bucket = storage.Client().bucket(dest.bucket)
+        self.chunk_size = UPLOAD_CHUNK_BYTES  # memory bounded whatever the instance's size
 
     def send(self, path: Path, delivery: Delivery) -> str:
         from google.api_core import exceptions as gexc
 
         name = object_name(self.dest.name_template, path)
-        blob = self.bucket.blob(name)
+        blob = self.bucket.blob(name, chunk_size=self.chunk_size)
         blob.metadata = {"axiom-sha256": delivery.sha256, "axiom-sop-instance-uid": delivery.sop_instance_uid}
         try:
             blob.upload_from_filename(str(path), content_type="application/dicom",

@@ -31,6 +31,19 @@ WRITE_CHUNK = 256 * 1024
 _BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
 
 
+# Request headers that ask for a body as sent, without a content coding (RFC 9110
+# 12.5.3). An HTTP client decodes a gzip body into pieces as large as each network
+# chunk expands to, and pixel data of zeros expands a thousandfold: reading in chunks
+# bounds memory only for a body that is not content-coded. (Orthanc gzips by default.)
+AS_SENT = {"Accept-Encoding": "identity"}
+
+
+def content_coding(headers) -> str | None:
+    """The Content-Encoding of a response that should have none (see AS_SENT), or None."""
+    coding = (headers.get("content-encoding") or "identity").strip().lower()
+    return None if coding == "identity" else coding
+
+
 class MalformedMultipart(ValueError):
     """The body is not multipart with the given boundary, or it is cut short."""
 

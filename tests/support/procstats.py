@@ -106,35 +106,6 @@ def echo(port: int, *, called_ae: str = "AXIOM", timeout: float = 30) -> bool:
     return result.returncode == 0
 
 
-class PeakMemory:
-    """Within a ``with`` block, this process's memory growth: ``rss`` (the peak resident
-    set, file pages mapped included, over the RSS at the start: /proc/self/status VmHWM
-    after resetting it through /proc/self/clear_refs) and ``python`` (tracemalloc's peak
-    of Python allocations). Bytes."""
-
-    def __enter__(self) -> "PeakMemory":
-        import tracemalloc
-
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux 4.0+)
-        self._start = _status_kb("VmRSS") * 1024
-        tracemalloc.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import tracemalloc
-
-        _, self.python = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        self.rss = _status_kb("VmHWM") * 1024 - self._start
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise LookupError(field)
-
-
 def tree_rss_mb(pid: int) -> list[float]:
     """Resident set size of ``pid`` and of each of its descendants, MB (Linux /proc)."""
     sizes = []

@@ -5,7 +5,8 @@ Instances are retrieved one by one from
 ``{base}/studies/{st}/series/{se}/instances/{sop}`` with
 ``Accept: multipart/related; type="application/dicom"; transfer-syntax=*`` (``*``: the
 transfer syntax the server stored, PS3.18 8.7.3.5.2), so pixel data arrives as it was
-stored, never transcoded. Each multipart body is parsed as it streams in
+stored, never transcoded, and ``Accept-Encoding: identity`` (a gzip body would be
+inflated in unbounded pieces). Each multipart body is parsed as it streams in
 (:mod:`shared.dicomweb.multipart`), straight to a temporary file (memory does not grow
 with instance size), checked (complete Part 10 structure, the SOP Instance UID asked
 for) and handed to the Ingestor. Per instance rather than per study: a failure costs
@@ -29,7 +30,7 @@ import httpx
 from pydicom.filereader import read_file_meta_info
 
 from shared.dicom.io import check_complete
-from shared.dicomweb.multipart import DICOM, MalformedMultipart, Part, boundary_of, discard, spool_parts
+from shared.dicomweb.multipart import AS_SENT, DICOM, MalformedMultipart, Part, boundary_of, content_coding, discard, spool_parts
 from shared.errors import Unprocessable
 from shared.httpauth import httpx_auth
 from shared.inputs.ingest import Ingestor
@@ -116,7 +117,7 @@ class DicomWebClient:
     def retrieve_url(self, url: str, expect_sop_uid: str | None = None) -> list[Path]:
         """WADO-RS ``url``, each part in a temporary file that the caller owns."""
         accept = ACCEPT_AS_STORED if self._as_stored else ACCEPT_DEFAULT
-        with self.http.stream("GET", url, headers={"Accept": accept}) as r:
+        with self.http.stream("GET", url, headers={"Accept": accept, **AS_SENT}) as r:
             if r.status_code in (400, 406) and self._as_stored:
                 r.read()
                 log.warning("%s refuses transfer-syntax=*; retrieving in the server's chosen transfer syntax",
@@ -126,6 +127,8 @@ class DicomWebClient:
             if r.status_code >= 400:
                 r.read()
                 r.raise_for_status()
+            if coding := content_coding(r.headers):  # decoding would not be bounded in memory
+                raise RetrieveError(f"WADO-RS answered with Content-Encoding {coding}, though none was accepted")
             ctype = r.headers.get("content-type", "")
             if not ctype.lower().startswith("multipart/related"):
                 raise RetrieveError(f"WADO-RS answered {ctype or 'no content type'}, not multipart/related")
