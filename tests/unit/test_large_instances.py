@@ -18,15 +18,15 @@ from shared.dicom import io, splice
 from shared.dicom.io import content_digest, read_instance, write_instance
 from shared.dicom.splice import reencode_chunks, write_morphed
 from shared.errors import Unprocessable
-from tests.support.dicomgen import make_ct_study, make_large_instance, pixel_data_digest
-from tests.support.procstats import PeakMemory
+from tests.support.dicomgen import make_ct_study
+from tests.support.large import PeakMemory, make_large_instance, pixel_data_digest
 from tests.support.stageports import config, ingest
 
 MB = 1024 * 1024
 SIZE_MB = 256
 # what match + morph + the digest of a large instance may add to this process: its
 # header, the copy buffer, the walk's element list, allocator noise
-BOUND = 24 * MB
+BOUND_MB = 24
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_match_and_morph_hold_the_header_not_the_pixel_data(make_ports, large, v
     with PeakMemory() as peak:
         plan = stages.match(ports, event)
         [delivery] = stages.morph(ports, plan)
-    assert peak.python < BOUND and peak.rss < BOUND, (peak.python // MB, peak.rss // MB)
+    assert peak.python_mb < BOUND_MB and peak.rss_mb < BOUND_MB, (peak.python_mb, peak.rss_mb)
 
     out = _processed(ports, delivery)
     got = dcmread(out, stop_before_pixels=True)
@@ -68,7 +68,7 @@ def test_route_to_a_folder_copies_in_bounded_memory(make_ports, large, tmp_path)
     [delivery] = stages.morph(ports, plan)  # no actions: the received object is delivered
     with PeakMemory() as peak:
         assert stages.route(ports, delivery) == "delivered"
-    assert peak.python < BOUND and peak.rss < BOUND, (peak.python // MB, peak.rss // MB)
+    assert peak.python_mb < BOUND_MB and peak.rss_mb < BOUND_MB, (peak.python_mb, peak.rss_mb)
     [out] = (tmp_path / "out").rglob("*.dcm")
     assert pixel_data_digest(out) == pixel_data_digest(large)
 
