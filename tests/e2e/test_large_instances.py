@@ -19,7 +19,7 @@ from tests.support.procstats import PeakRss
 SIZE_MB = 1024
 STOW_KEY = "large-instances-key"
 # the largest process of the runtime, whatever the instance's size: a Python process
-# with pydicom, pynetdicom and the HTTP stack loaded is ~90 MB idle (the goal of issue 13)
+# with pydicom, pynetdicom and the HTTP stack loaded is ~90 MB idle
 LARGEST_PROCESS_MB = 150
 
 

@@ -1,5 +1,5 @@
 """A large instance (256 MB, generated once for the module) into and out
-of fake-gcs-server in memory bounded by a fixed buffer (issue 13): the GCS destination
+of fake-gcs-server in memory bounded by a fixed buffer: the GCS destination
 and the BlobStore upload in chunks (resumable upload) and download to a file. The peak
 of Python's allocations (tracemalloc) stays under ``BOUND_MB``; the object's bytes are
 checked by size and a SHA-256 computed by streaming."""
