@@ -87,10 +87,34 @@ class _SendQueue(queue.Queue):
             self.not_empty.notify()
 
 
+_unbounded_warned = False
+
+
+def _missing_send_internals(assoc) -> list[str]:
+    """What :func:`_bound_sending` relies on of pynetdicom's internals and this
+    association lacks (pinned: pynetdicom 3.0.x; see docs/upstream/README.md)."""
+    dul = getattr(assoc, "dul", None)
+    missing = [] if isinstance(getattr(dul, "to_provider_queue", None), queue.Queue) else [
+        "DULServiceProvider().to_provider_queue"]
+    missing += [] if isinstance(getattr(dul, "_kill_thread", None), bool) else ["DULServiceProvider()._kill_thread"]
+    missing += [] if hasattr(getattr(assoc, "acceptor", None), "maximum_length") else ["Association.acceptor.maximum_length"]
+    return missing
+
+
 def _bound_sending(assoc, stall_s: float) -> None:
     """Bound what an established association holds in memory while sending: PDUs of
     at most MAX_SEND_PDU (a sender may send PDUs shorter than the peer's maximum,
-    PS3.8 9.3.1), at most SEND_QUEUE_PDUS of them queued."""
+    PS3.8 9.3.1), at most SEND_QUEUE_PDUS of them queued. Without the internals this
+    needs, it logs one warning and sends as pynetdicom does (memory then grows with
+    the instance)."""
+    global _unbounded_warned
+    missing = _missing_send_internals(assoc)
+    if missing:
+        if not _unbounded_warned:
+            _unbounded_warned = True
+            log.warning("pynetdicom %s lacks %s: C-STORE sends queue whole instances in memory",
+                        pynetdicom.__version__, ", ".join(missing))
+        return
     peer = assoc.acceptor
     if not peer.maximum_length or peer.maximum_length > MAX_SEND_PDU:
         peer.maximum_length = MAX_SEND_PDU

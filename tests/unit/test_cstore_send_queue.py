@@ -75,3 +75,26 @@ def test_a_put_fails_when_the_peer_takes_nothing_for_the_timeout():
         dul.queue.put(P_DATA())
     assert 0.25 < time.monotonic() - t < 5
     dul._kill_thread = True
+
+
+def test_a_pynetdicom_without_the_internals_relied_on_sends_as_shipped(monkeypatch, caplog):
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+
+    from shared.destinations import cstore
+
+    assoc = Association(AE(), "requestor")
+    assert cstore._missing_send_internals(assoc) == []  # the pinned pynetdicom has them all
+    shipped = assoc.dul.to_provider_queue
+    assoc.acceptor.maximum_length = 0  # a peer that takes PDUs of any length
+    del assoc.dul._kill_thread
+    monkeypatch.setattr(cstore, "_unbounded_warned", False)
+    cstore._bound_sending(assoc, 5.0)
+    assert assoc.dul.to_provider_queue is shipped and assoc.acceptor.maximum_length == 0
+    assert "lacks DULServiceProvider()._kill_thread" in caplog.text
+
+    fenced = Association(AE(), "requestor")
+    fenced.acceptor.maximum_length = 0
+    cstore._bound_sending(fenced, 5.0)
+    assert isinstance(fenced.dul.to_provider_queue, _SendQueue)
+    assert fenced.acceptor.maximum_length == cstore.MAX_SEND_PDU
