@@ -45,10 +45,14 @@ def mapped(path: Path | str) -> Buffer:
     actually read (element headers) are loaded, and an instance of any size costs
     its header in memory. Values are copied out with :func:`copy_range`, never through
     the map. The map closes when the last reference to it goes (a dataset parsed from
-    it keeps it for its deferred values); it stays valid if the file is removed."""
+    it keeps it for its deferred values); it stays valid if the file is removed.
+
+    A file of :data:`COPY_CHUNK` or less is read whole instead: as cheap, and pages
+    that were mapped are not always let go when the last reader asks the page cache to
+    drop them (``shared.adapters.files.drop_cached``)."""
     with open(path, "rb") as fh:
-        if os.fstat(fh.fileno()).st_size == 0:
-            return b""  # a map cannot be empty
+        if os.fstat(fh.fileno()).st_size <= COPY_CHUNK:
+            return fh.read()
         data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     data.madvise(mmap.MADV_RANDOM)  # header reads jump over values: no read-ahead
     return data
