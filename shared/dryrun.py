@@ -26,7 +26,7 @@ def _show(elem) -> Any:
         return f"<sequence of {len(elem.value)} item(s)>"
     if isinstance(elem.value, (bytes, bytearray)):
         return f"<{len(elem.value)} bytes>"
-    return str(elem.value)
+    return "" if elem.value is None else str(elem.value)  # an empty element: present, no value
 
 
 def diff_datasets(before: Dataset, after: Dataset, prefix: str = "") -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from shared.config import (
     Settings,
     TagCondition,
 )
+from shared.dicom import pixel_data
 from shared.dicom.tags import locate, parse_path
 from shared.dicom.values import NUMERIC_VRS, TEMPORAL_VRS, comparison_key
 from shared.memo import PerObject
@@ -379,8 +380,9 @@ _UID_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIns
 def validate_instance(ds: Dataset, settings: Settings) -> list[str]:
     """Problems that stop an instance from being routed: missing required attributes
     (settings.required_attributes), malformed UIDs (PS3.5 section 9.1) or UIDs not
-    encoded as UI, and file meta elements (group 0002) in the data set, where PS3.10
-    section 7.1 does not allow them. None of them names a value.
+    encoded as UI, file meta elements (group 0002) in the data set, where PS3.10
+    section 7.1 does not allow them, and native Pixel Data shorter than its image
+    (:mod:`shared.dicom.pixel_data`). None of them names a value.
 
     Reading a value may raise :class:`shared.dicom.io.UndecodableValue` (an
     :class:`~shared.errors.Unprocessable`) for one that cannot be decoded."""
@@ -407,4 +409,7 @@ def validate_instance(ds: Dataset, settings: Settings) -> list[str]:
     ts = getattr(ds, "file_meta", None) and ds.file_meta.get("TransferSyntaxUID")
     if ts and not UID(str(ts)).is_valid:
         problems.append("TransferSyntaxUID is not a valid UID")
+    truncated = pixel_data.shortfall(ds)
+    if truncated:
+        problems.append(truncated)
     return problems

@@ -60,6 +60,14 @@ def _send_files_as_stored() -> None:
     _config.STORE_SEND_CHUNKED_DATASET = True
 
 
+class _SendStopped(RetryLater, ConnectionError):
+    """The association ended while a P-DATA waited for room (the reason is ours: no values)."""
+
+
+class _SendStalled(RetryLater, TimeoutError):
+    """The peer took nothing while a P-DATA waited for room."""
+
+
 class _SendQueue(queue.Queue):
     """The DUL's queue of primitives to send, bounded for P-DATA. pynetdicom puts every
     P-DATA PDU of a message on its (unbounded) queue as fast as it reads the file, so
@@ -78,9 +86,9 @@ class _SendQueue(queue.Queue):
                 deadline = time.monotonic() + self._stall_s
                 while self._qsize() >= self.maxsize:
                     if self._dul._kill_thread or not self._dul.is_alive():
-                        raise ConnectionError("the association ended while the instance was being sent")
+                        raise _SendStopped("the association ended while the instance was being sent")
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"the peer took no data for {self._stall_s:.0f} s")
+                        raise _SendStalled(f"the peer took no data for {self._stall_s:.0f} s")
                     self.not_full.wait(0.1)
             self._put(item)
             self.unfinished_tasks += 1
