@@ -142,7 +142,7 @@ def _json_error(status: int, message: str) -> Response:
     return response
 
 
-def create_app(ports, status: Callable[[], dict], *, stow: bool = True,
+def create_app(ports, status: Callable[[], dict], *, stow: bool = True, api: bool = True,
                host_check: HostCheck | None = None) -> Flask:
     """The embedded runtime's HTTP app over its :class:`shared.ports.Ports`.
 
@@ -202,7 +202,28 @@ def create_app(ports, status: Callable[[], dict], *, stow: bool = True,
             return None
 
     app.extensions[EARLY_ANSWER] = early
+    if api:
+        _mount_api(app, ports)
     return app
+
+
+def _mount_api(app: Flask, ports) -> None:
+    """Serve the API (:mod:`shared.api`, ASGI) under ``/api/v1`` from this WSGI app:
+    requests for it go to FastAPI through a2wsgi, with their full path."""
+    from a2wsgi import ASGIMiddleware
+
+    from shared.api.app import PREFIX, create_api
+
+    asgi = ASGIMiddleware(create_api(ports))
+    flask_wsgi = app.wsgi_app
+
+    def dispatch(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == PREFIX or path.startswith(PREFIX + "/"):
+            return asgi(environ, start_response)
+        return flask_wsgi(environ, start_response)
+
+    app.wsgi_app = dispatch
 
 
 def early_answer(app: Flask, environ: dict) -> Response | None:

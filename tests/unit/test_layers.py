@@ -16,7 +16,8 @@ PACKAGES = ("shared", "functions", "scp_gateway")
 # the core (layers 1 to CORE_LAYER) decides and changes; it must run with none of these importable
 CORE_LAYER = 4
 NOT_IN_CORE = ("shared.adapters", "shared.runtime", "shared.inputs", "shared.destinations", "shared.stages",
-               "shared.http", "google", "pynetdicom", "httpx", "sqlite3", "flask", "waitress", "functions_framework")
+               "shared.http", "shared.api", "google", "pynetdicom", "httpx", "sqlite3", "flask", "waitress", "fastapi",
+               "starlette", "a2wsgi", "functions_framework")
 
 
 def layers() -> list[tuple[int, tuple[str, ...]]]:

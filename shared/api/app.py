@@ -1,0 +1,31 @@
+"""The API app: FastAPI, one router per resource, the OpenAPI document at
+``/api/v1/openapi.json`` and its interactive page at ``/api/v1/docs``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI, Request
+
+from shared.ports import Ports
+
+PREFIX = "/api/v1"
+# one router per resource, each module's ``router``; a route that checks no permission fails
+# tests/unit/test_api_permissions.py
+ROUTERS: tuple[str, ...] = ("shared.api.me",)
+
+
+def create_api(ports: Ports, *, version: str = "0") -> FastAPI:
+    """The API over ``ports`` (the runtime's), served under :data:`PREFIX`."""
+    import importlib
+
+    api = FastAPI(title="Axiom Flow API", version=version, openapi_url=f"{PREFIX}/openapi.json",
+                  docs_url=f"{PREFIX}/docs", redoc_url=None)
+    api.state.ports = ports
+    for name in ROUTERS:
+        router: APIRouter = importlib.import_module(name).router
+        api.include_router(router, prefix=PREFIX)
+    return api
+
+
+def get_ports(request: Request) -> Ports:
+    """A route dependency: the runtime's ports."""
+    return request.app.state.ports

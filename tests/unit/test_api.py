@@ -1,0 +1,84 @@
+"""The API's frame: served under /api/v1 by serve's HTTP server, its OpenAPI document,
+401 without credentials, and every route checking one permission of the role table
+for every role (the role x route matrix)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from shared.api.app import PREFIX, create_api
+from shared.api.auth import authenticate
+from shared.api.permissions import PERMISSIONS, Permission, Principal, Role
+from shared.http import HttpServer, create_app
+from tests.support.stageports import build_ports
+
+# routes any authenticated caller may use (no permission beyond being someone)
+ANY_PRINCIPAL = {("GET", f"{PREFIX}/me")}
+
+
+@pytest.fixture
+def ports(tmp_path):
+    return build_ports(tmp_path, {})
+
+
+def as_role(api, role: Role) -> TestClient:
+    api.dependency_overrides[authenticate] = lambda: Principal(user_id="u1", email="u1@example.org", role=role,
+                                                               via="api_key")
+    return TestClient(api)
+
+
+def api_routes(api) -> list[tuple[str, str, APIRoute]]:
+    return [(method, route.path, route) for route in api.routes if isinstance(route, APIRoute)
+            for method in sorted(route.methods)]
+
+
+def route_permission(route: APIRoute) -> Permission | None:
+    found = [getattr(dep.call, "permission", None) for dep in route.dependant.dependencies]
+    return next((p for p in found if p is not None), None)
+
+
+def test_every_route_checks_one_permission_or_is_open_to_any_principal(ports):
+    api = create_api(ports)
+    for method, path, route in api_routes(api):
+        assert route_permission(route) is not None or (method, path) in ANY_PRINCIPAL, (method, path)
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_role_by_route_matrix(ports, role):
+    """Each route answers 403 exactly when the role lacks its permission (the route's
+    own answer otherwise: any status but 401 and 403)."""
+    api = create_api(ports)
+    client = as_role(api, role)
+    for method, path, route in api_routes(api):
+        permission = route_permission(route)
+        url = path.replace("{", "").replace("}", "")  # a path parameter named after itself
+        status = client.request(method, url).status_code
+        if permission is None or permission in PERMISSIONS[role]:
+            assert status not in (401, 403), (role, method, path, status)
+        else:
+            assert status == 403, (role, method, path, status)
+
+
+def test_me_says_who_and_what(ports):
+    got = as_role(create_api(ports), Role.OPERATOR).get(f"{PREFIX}/me").json()
+    assert got["role"] == "operator" and "exceptions:act" in got["permissions"]
+    assert "config:write" not in got["permissions"]
+
+
+def test_served_by_serve_http_server_with_its_document_and_401_without_credentials(ports):
+    server = HttpServer(create_app(ports, status=dict, stow=False), "127.0.0.1", 0, max_request_body=1 << 20)
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        doc = httpx.get(f"{base}{PREFIX}/openapi.json", headers={"Host": "localhost"})
+        assert doc.status_code == 200 and doc.json()["openapi"].startswith("3.1")
+        assert f"{PREFIX}/me" in doc.json()["paths"]
+        assert httpx.get(f"{base}{PREFIX}/docs", headers={"Host": "localhost"}).status_code == 200
+        denied = httpx.get(f"{base}{PREFIX}/me", headers={"Host": "localhost"})
+        assert denied.status_code == 401 and "Api-Key" in denied.headers["WWW-Authenticate"]
+        assert httpx.get(f"{base}/healthz").status_code == 200  # the rest of the server as before
+    finally:
+        server.stop()
