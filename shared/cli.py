@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--at", type=_iso_time, metavar="TIME", help="evaluate schedules at this ISO 8601 time (naive: UTC; "
                                                    "default: now)")
     test.set_defaults(func=_rules_test, parser=test)
+
+    from shared.api.users_cli import add_commands as add_user_commands
+
+    add_user_commands(sub, command)
     return parser
 
 
@@ -248,6 +252,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from shared.api.users_cli import CliError
+
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_log_safety()  # no tag values in log lines (shared/logs.py)
@@ -257,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"axiom-flow: {exc}", file=sys.stderr)
         return 2
+    except CliError as exc:
+        print(f"axiom-flow: {exc}", file=sys.stderr)
+        return exc.status
     except OSError as exc:  # a file, directory or port the system refused
         where = f": {exc.filename}" if exc.filename else ""
         print(f"axiom-flow: {exc.strerror or exc}{where}", file=sys.stderr)

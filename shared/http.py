@@ -92,6 +92,16 @@ def _is_ip(name: str) -> bool:
         return False
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or name a server binds) is reachable only from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class HostCheck:
     """The Host headers the control routes answer: the bound address with the port,
     ``localhost`` (any port), and ``allowed`` entries (``name`` for any port,
@@ -412,6 +422,11 @@ class HttpServer:
         self._stopped = False
 
     def start(self) -> None:
+        if not is_loopback(self.host):
+            # waitress has no TLS: API keys, tokens and STOW-RS bodies would cross the network in clear
+            log.warning("HTTP on %s:%d is reachable from other machines and is served without TLS: API keys, "
+                        "tokens and instances cross the network unencrypted; put a TLS-terminating proxy in "
+                        "front, or bind 127.0.0.1", self.host, self.port)
         self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
         self._thread.start()
 

@@ -1,6 +1,7 @@
-"""Who may store: STOW-RS requests carry an API key (``X-API-Key: KEY`` or
-``Authorization: Bearer KEY``); the accepted keys are the lines of the secret
-``stow.api_keys``."""
+"""Who may store: STOW-RS requests carry an API key (``X-API-Key: KEY``,
+``Authorization: Api-Key KEY`` or ``Authorization: Bearer KEY``). Accepted: the API
+keys of users whose role may store (``stow``: ingest, admin; shared.api.keys), and,
+deprecated, the lines of the secret ``stow.api_keys``."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
+from shared.api import keys as user_keys
+from shared.api.permissions import Permission
 from shared.config import StowInput
 from shared.errors import SecretError
-from shared.ports import Secrets
+from shared.ports import DocumentStore, Secrets
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +67,33 @@ def presented_key(headers: Mapping[str, str]) -> str:
     if key:
         return key
     scheme, _, token = headers.get("Authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    return token.strip() if scheme.lower() in ("bearer", "api-key") else ""
 
 
-def authenticate(headers: Mapping[str, str], stow: StowInput, keys: ApiKeys, peer: str = "") -> Denied | None:
-    """None when the request's key is one of ``stow.api_keys``."""
-    if stow.api_keys is None:
-        return Denied(401, "STOW-RS has no API keys configured (stow.api_keys): every request is refused")
+_deprecation_logged = threading.Event()
+
+
+def authenticate(headers: Mapping[str, str], stow: StowInput, keys: ApiKeys, docs: DocumentStore,
+                 peer: str = "") -> Denied | None:
+    """None when the request's key is a user's API key whose role may store, or one of
+    ``stow.api_keys``."""
     presented = presented_key(headers)
     if not presented:
-        return Denied(401, "an API key is required: send it as X-API-Key or Authorization: Bearer")
+        return Denied(401, "an API key is required: send it as X-API-Key or Authorization: Api-Key")
+    try:
+        principal = user_keys.verify(docs, presented)
+    except user_keys.UnknownKey:
+        principal = None  # perhaps one of stow.api_keys
+    except user_keys.KeyRefused as exc:
+        log.warning("STOW-RS: API key refused from %s: %s", peer, exc)
+        return Denied(401, str(exc))
+    if principal is not None:
+        if principal.may(Permission.STOW):
+            return None
+        return Denied(403, f"role {principal.role.value} may not store (STOW-RS takes the roles ingest and admin)")
+    if stow.api_keys is None:
+        log.warning("STOW-RS: wrong API key from %s", peer)
+        return Denied(401, "the API key is not valid")
     try:
         ok = keys.check(stow.api_keys, presented)
     except (SecretError, OSError) as exc:
@@ -82,4 +102,8 @@ def authenticate(headers: Mapping[str, str], stow: StowInput, keys: ApiKeys, pee
     if not ok:
         log.warning("STOW-RS: wrong API key from %s", peer)
         return Denied(401, "the API key is not valid")
+    if not _deprecation_logged.is_set():
+        _deprecation_logged.set()
+        log.warning("STOW-RS: a key of stow.api_keys was accepted; these keys are deprecated: give each sender a "
+                    "user with the role ingest and an API key of its own (axiom-flow users, or POST /api/v1/users)")
     return None

@@ -65,7 +65,7 @@ def refusal(req: Request, ports, *, keys: ApiKeys | None = None) -> Response | N
     config = ports.config()
     if not config.stow.enabled:
         return _error(404, "STOW-RS is disabled here (stow.enabled: false)")
-    denied = authenticate(req.headers, config.stow, keys, req.remote_addr or "")
+    denied = authenticate(req.headers, config.stow, keys, ports.docs, req.remote_addr or "")
     if denied is not None:
         return _error(denied.status, denied.message, {"WWW-Authenticate": CHALLENGE} if denied.status == 401 else None)
     limit = config.stow.max_request_bytes
