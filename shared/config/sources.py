@@ -22,12 +22,13 @@ class Listener(Doc):
 
 class StowInput(Doc):
     """The STOW-RS endpoint (PS3.18 section 10.5) of ``axiom-flow serve`` and the
-    ``stow`` function. Clients send an API key in the X-API-Key header (or as a Bearer
-    token); the keys come from a secret holding one key per line."""
+    ``stow`` function. Clients send an API key in the X-API-Key header (or as
+    ``Authorization: Api-Key``, or a Bearer token): a user's key whose role may store
+    (ingest, admin), or, deprecated, one of the lines of the secret ``api_keys``."""
 
     enabled: bool = True
     id: str = "stow"
-    api_keys: SecretRef | None = None  # None: STOW-RS refuses every request
+    api_keys: SecretRef | None = None  # deprecated; None: only users' API keys
     max_request_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1024)
 
 
