@@ -203,3 +203,28 @@ def test_export_then_import_with_a_dry_run_diff(client, ports):
     assert broken.status_code == 422
     assert {p["msg"] for p in broken.json()["detail"]} >= {"unknown destination 'gone'"}
     assert ports.config().rulesets[0].id == "site"
+
+
+def test_serve_http_server_lets_an_instance_larger_than_control_bodies_through_to_the_rule_test(ports):
+    import httpx
+
+    from shared.http import CONTROL_BODY_MAX, HttpServer, create_app
+
+    app = create_app(ports, status=dict, stow=False)
+    server = HttpServer(app, "127.0.0.1", 0, max_request_body=1 << 24)
+    server.start()
+    try:
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.ImageComments = "x" * (2 * CONTROL_BODY_MAX)
+        body = _part10(ds)
+        base, host = f"http://127.0.0.1:{server.port}", {"Host": "localhost"}
+        # read and answered by the API (401: no credentials yet in this test), not refused as too large
+        answer = httpx.post(f"{base}{PREFIX}/rules/test", content=body,
+                            headers={**host, "Content-Type": "application/dicom"})
+        assert answer.status_code == 401, answer.text
+        # any other route still refuses such a body before reading it
+        big = httpx.put(f"{base}{PREFIX}/config/settings", content=body,
+                        headers={**host, "Content-Type": "application/json"})
+        assert big.status_code == 413 and str(CONTROL_BODY_MAX) in big.json()["error"]
+    finally:
+        server.stop()
