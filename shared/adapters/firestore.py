@@ -84,6 +84,10 @@ class FirestoreDocumentStore:
             return run(self.client.transaction(max_attempts=10))
         except gexc.Aborted:
             return False
+        except ValueError as exc:  # retries exhausted: other writers kept winning
+            if isinstance(exc.__cause__, gexc.Aborted):
+                return False
+            raise
 
     def list(self, collection):
         return {snap.id: snap.to_dict() for snap in self._col(collection).order_by("__name__").stream()}
