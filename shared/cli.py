@@ -99,9 +99,9 @@ def _iso_time(value: str) -> datetime:
             f"{value!r} is not an ISO 8601 time, e.g. 2024-05-01T14:30 (UTC) or 2024-05-01T14:30+02:00") from None
 
 
-def _load_config(path: str) -> AppConfig:
+def _load_config(path: str, *, complete: bool = False) -> AppConfig:
     try:
-        return load_yaml(path)
+        return load_yaml(path, complete=complete)
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not a YAML text file (not UTF-8)"]) from None
 
@@ -136,7 +136,7 @@ def _serve(args) -> int:
 
 
 def _validate(args) -> int:
-    config = _load_config(args.config)
+    config = _load_config(args.config, complete=True)
     if args.print:
         sys.stdout.write(dump_yaml(config))
     else:
@@ -157,6 +157,47 @@ def _rules_test(args) -> int:
                             **({"received_at": args.at} if args.at else {}))
     for path in args.files:
         print(json.dumps(dry_run(config, Path(path), ingest), indent=2, default=str))
+    return 0
+
+
+def _config_store(args):
+    """The config documents ``config export|import`` work on: the embedded runtime's
+    data dir, or with ``--gcp`` Firestore (shared/runtime/gcp.py's environment)."""
+    from shared.config.store import ConfigStore
+
+    if args.gcp:
+        from shared.runtime.gcp import document_store
+
+        return ConfigStore(document_store())
+    from shared.adapters.sqlite import SQLiteDatabase, SQLiteDocumentStore
+
+    return ConfigStore(SQLiteDocumentStore(SQLiteDatabase(Path(args.data_dir) / "state.db")))
+
+
+def _config_export(args) -> int:
+    sys.stdout.write(_config_store(args).export_yaml())
+    return 0
+
+
+def _config_import(args) -> int:
+    from shared.api.audit import record
+    from shared.config.store import diff_text
+
+    store = _config_store(args)
+    before = None if args.dry_run else store.export_yaml()
+    try:
+        text = Path(args.file).read_text()
+    except UnicodeDecodeError:
+        raise ConfigError([f"{args.file}: not a YAML text file (not UTF-8)"]) from None
+    changes = store.import_yaml(text, dry_run=args.dry_run, name=args.file)
+    sys.stdout.write(diff_text(changes))
+    if not args.dry_run and changes:
+        from types import SimpleNamespace
+
+        # the audit log is a collection of the same store (record reads ports.docs only)
+        record(SimpleNamespace(docs=store.docs), None, "config.import", "config", before=before,
+               after=store.export_yaml())
+        print(f"imported {args.file}")
     return 0
 
 
@@ -220,6 +261,28 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--print", action="store_true", help="print the normalized config")
     validate.set_defaults(func=_validate)
 
+    cfg = command(sub, "config", "export or import the whole config of a deployment").add_subparsers(
+        dest="config_command", required=True, metavar="COMMAND")
+    store_help = ("where blobs, queue and state live ($AXIOM_DATA_DIR): the embedded runtime's config")
+
+    def where(cmd) -> None:
+        group = cmd.add_mutually_exclusive_group()
+        group.add_argument("--data-dir", metavar="DIR", default=os.environ.get("AXIOM_DATA_DIR") or "data",
+                           help=store_help)
+        group.add_argument("--gcp", action="store_true",
+                           help="Firestore of the GCP deployment ($GOOGLE_CLOUD_PROJECT, $AXIOM_FIRESTORE_DATABASE, "
+                                "$AXIOM_COLLECTION_PREFIX)")
+
+    export = command(cfg, "export", "print the whole config as YAML")
+    where(export)
+    export.set_defaults(func=_config_export)
+    imp = command(cfg, "import", "replace the whole config with a YAML file, validated as one unit; prints the "
+                                 "differences")
+    imp.add_argument("file", type=_readable_file, metavar="FILE", help="YAML config file")
+    imp.add_argument("--dry-run", action="store_true", help="only print the differences, write nothing")
+    where(imp)
+    imp.set_defaults(func=_config_import)
+
     rules = command(sub, "rules", "work with rules").add_subparsers(dest="rules_command", required=True,
                                                                      metavar="COMMAND")
     test = command(rules, "test", "dry-run the rules on files: matches, reasons, tag diff, destinations (JSON)")
@@ -261,7 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        print(f"axiom-flow: {exc}", file=sys.stderr)
+        if len(exc.errors) > 1:  # every problem at once, one a line
+            print("axiom-flow: invalid config:\n" + "\n".join(f"  {e}" for e in exc.errors), file=sys.stderr)
+        else:
+            print(f"axiom-flow: {exc}", file=sys.stderr)
         return 2
     except CliError as exc:
         print(f"axiom-flow: {exc}", file=sys.stderr)

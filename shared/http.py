@@ -59,7 +59,10 @@ THREADS = 6  # requests served at once; more complete requests wait in waitress'
 CONNECTION_LIMIT = 100  # open connections; more wait in the listen backlog
 HEADER_TIMEOUT_S = 10.0  # from a request's first byte to the end of its headers
 IDLE_TIMEOUT_S = 30.0  # nothing received or sent (also mid-body), or an idle keep-alive
-CONTROL_BODY_MAX = 64 * 1024  # bodies to anything but STOW-RS (none need one)
+CONTROL_BODY_MAX = 64 * 1024  # bodies to anything but STOW-RS and the routes below
+# API routes that take more: one DICOM instance to dry-run the rules on, a whole config
+# (still capped by the server's largest body, stow.max_request_bytes)
+LARGER_BODIES = {"/api/v1/rules/test": 1 << 30, "/api/v1/config/import": 16 << 20}
 DRAIN_MAX_BYTES = 8 * 1024 * 1024  # read and drop at most this much of a refused body ...
 DRAIN_MAX_S = 5.0  # ... for at most this long, so the client reads our answer, not a reset
 
@@ -206,9 +209,10 @@ def create_app(ports, status: Callable[[], dict], *, stow: bool = True, api: boo
                 return refused
             if stow_bp is not None and request.blueprint == stow_bp.name:
                 return stow_bp.early_answer(request)
-            if (request.content_length or 0) > CONTROL_BODY_MAX or "chunked" in request.headers.get(
+            limit = LARGER_BODIES.get(request.path, CONTROL_BODY_MAX)
+            if (request.content_length or 0) > limit or "chunked" in request.headers.get(
                     "Transfer-Encoding", "").lower():
-                return _json_error(413, f"this endpoint takes no request body over {CONTROL_BODY_MAX} bytes")
+                return _json_error(413, f"this endpoint takes no request body over {limit} bytes")
             return None
 
     app.extensions[EARLY_ANSWER] = early

@@ -138,7 +138,7 @@ def validate_actions(actions: Iterable[dict[str, Any]]) -> list:
         try:
             models = _ACTIONS.validate_python(actions)
         except ValidationError as exc:
-            raise ConfigError.from_validation(exc, prefix="actions.") from None
+            raise ConfigError.from_validation(exc, actions, prefix="actions") from None
         if len(_VALIDATED) > 512:
             _VALIDATED.clear()
         _VALIDATED[key] = models

@@ -50,6 +50,11 @@ class DocumentStore(Protocol):
 
     def delete(self, collection: str, doc_id: str) -> None: ...
 
+    def compare_and_set(self, changes: "list[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]]") -> bool:
+        """Apply every ``(collection, doc_id, expected, new)`` of ``changes`` only if each
+        stored document still equals its ``expected`` (None: absent), all at once or
+        none; ``new`` None deletes. False when one no longer matched (a lost race)."""
+
     def list(self, collection: str) -> dict[str, dict[str, Any]]: ...
 
     def count(self, collection: str) -> int:

@@ -65,6 +65,30 @@ class FirestoreDocumentStore:
     def delete(self, collection, doc_id):
         self._col(collection).document(doc_id).delete()
 
+    def compare_and_set(self, changes) -> bool:
+        refs = [(self._col(c).document(i), None if e is None else _jsonable(e), n) for c, i, e, n in changes]
+
+        @firestore.transactional
+        def run(transaction) -> bool:
+            # every read before any write (a Firestore transaction's rule); a concurrent
+            # commit to one of these documents makes the commit fail and the function rerun
+            snaps = [ref.get(transaction=transaction) for ref, _, _ in refs]
+            if any((snap.to_dict() if snap.exists else None) != expected
+                   for snap, (_, expected, _) in zip(snaps, refs)):
+                return False
+            for ref, _, new in refs:
+                transaction.delete(ref) if new is None else transaction.set(ref, _jsonable(new))
+            return True
+
+        try:
+            return run(self.client.transaction(max_attempts=10))
+        except gexc.Aborted:
+            return False
+        except ValueError as exc:  # retries exhausted: other writers kept winning
+            if isinstance(exc.__cause__, gexc.Aborted):
+                return False
+            raise
+
     def list(self, collection):
         return {snap.id: snap.to_dict() for snap in self._col(collection).order_by("__name__").stream()}
 

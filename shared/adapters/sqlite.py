@@ -42,6 +42,11 @@ def _when_unlocked(call, *args):
         delay = min(delay * 2, 0.002)
 
 
+def _jsonable(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``doc`` as it reads back once stored (through JSON, like every write here)."""
+    return None if doc is None else json.loads(json.dumps(doc, default=str))
+
+
 class SQLiteDatabase:
     def __init__(self, path: Path, *, synchronous: str = "NORMAL"):
         self.path = Path(path)
@@ -109,6 +114,22 @@ class SQLiteDocumentStore:
 
     def delete(self, collection, doc_id):
         self.db.conn().execute("DELETE FROM documents WHERE collection=? AND id=?", (collection, doc_id))
+
+    def compare_and_set(self, changes) -> bool:
+        with self.db.transaction() as conn:  # BEGIN IMMEDIATE: no other writer until COMMIT
+            for collection, doc_id, expected, _ in changes:
+                row = conn.execute("SELECT data FROM documents WHERE collection=? AND id=?",
+                                   (collection, doc_id)).fetchone()
+                if (json.loads(row[0]) if row else None) != _jsonable(expected):
+                    return False
+            now = time.time()
+            for collection, doc_id, _, new in changes:
+                if new is None:
+                    conn.execute("DELETE FROM documents WHERE collection=? AND id=?", (collection, doc_id))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO documents VALUES (?,?,?,?)",
+                                 (collection, doc_id, json.dumps(new, default=str), now))
+            return True
 
     def list(self, collection):
         rows = self.db.conn().execute(

@@ -9,8 +9,13 @@ from shared.ports import Ports
 
 PREFIX = "/api/v1"
 # one router per resource, each module's ``router``; a route that checks no permission fails
-# tests/unit/test_api_permissions.py
-ROUTERS: tuple[str, ...] = ("shared.api.me", "shared.api.users_routes", "shared.api.audit_routes")
+# tests/unit/test_api.py
+ROUTERS: tuple[str, ...] = (
+    "shared.api.me",
+    "shared.api.users_routes",
+    "shared.api.audit_routes",
+    "shared.api.config_routes",
+)
 
 
 def create_api(ports: Ports, *, version: str = "0") -> FastAPI:

@@ -1,12 +1,14 @@
-"""The whole configuration, with the checks that span documents: unique ids, and every
-reference (destination, schedule, crosswalk table) naming something configured."""
+"""The whole configuration, with the checks that span documents (:mod:`shared.config.checks`):
+unique ids, one listener per port, and every reference (destination, schedule,
+crosswalk table) naming something configured."""
 
 from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from shared.config.actions import CrosswalkAction, CrosswalkTable
+from shared.config.actions import CrosswalkTable
 from shared.config.base import Doc
+from shared.config.checks import LIST_COLLECTIONS, readable, reference_problems
 from shared.config.conditions import Schedule
 from shared.config.destinations import Destination
 from shared.config.rulesets import DefaultRoute, Ruleset
@@ -15,7 +17,6 @@ from shared.config.sources import Listener, Source, StowInput
 
 # Each list is a collection of documents keyed by id; the singletons are documents in
 # the "settings" collection (see shared.config.loading.to_documents).
-LIST_COLLECTIONS = ("listeners", "destinations", "rulesets", "schedules", "crosswalks", "sources")
 SETTINGS_DOCUMENTS = {"global": "settings", "default_route": "default_route", "stow": "stow"}
 CONFIG_COLLECTIONS = ("settings", *LIST_COLLECTIONS)
 
@@ -33,30 +34,10 @@ class AppConfig(Doc):
 
     @model_validator(mode="after")
     def _references(self):
-        for kind in LIST_COLLECTIONS:
-            ids = [item.id for item in getattr(self, kind)]
-            dupes = sorted({i for i in ids if ids.count(i) > 1})
-            if dupes:
-                raise ValueError(f"{kind}: duplicate id(s) {dupes}")
-        known = {d.id for d in self.destinations}
-        schedules = {s.id for s in self.schedules}
-        tables = {t.id for t in self.crosswalks}
-        for rs in self.rulesets:
-            for rule in rs.rules:
-                where = f"rulesets[{rs.id}].rules[{rule.id}]"
-                if rule.schedule is not None and rule.schedule not in schedules:
-                    raise ValueError(f"{where}.schedule: unknown schedule {rule.schedule!r}")
-                for n, action in enumerate(rule.actions):
-                    if isinstance(action, CrosswalkAction) and action.table not in tables:
-                        raise ValueError(f"{where}.actions[{n}].table: unknown crosswalk table {action.table!r}")
-                for dest in rule.destinations:
-                    if dest not in known:
-                        raise ValueError(
-                            f"rulesets[{rs.id}].rules[{rule.id}].destinations: unknown destination {dest!r}"
-                        )
-        for dest in self.default_route.destinations:
-            if dest not in known:
-                raise ValueError(f"default_route.destinations: unknown destination {dest!r}")
+        data = self.model_dump(mode="json", by_alias=True)
+        problems = reference_problems(data)
+        if problems:
+            raise ValueError("; ".join(f"{readable(loc, data)}: {msg}" for loc, msg in problems))
         return self
 
     def destination(self, destination_id: str):

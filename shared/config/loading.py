@@ -13,29 +13,57 @@ import yaml
 from pydantic import ValidationError
 
 from shared.config.app import LIST_COLLECTIONS, SETTINGS_DOCUMENTS, AppConfig
+from shared.config.checks import readable, reference_problems, unusable
 
 
 class ConfigError(ValueError):
-    """A config document that does not validate. ``str()`` names each bad field."""
+    """A config that does not validate. ``errors`` has one line per bad field
+    (``path: message``), ``problems`` the same as ``{"loc", "path", "msg"}``, where
+    ``loc`` is pydantic's location in the config and ``path`` names list items by id."""
 
-    def __init__(self, errors: list[str]):
+    def __init__(self, errors: list[str], problems: list[dict[str, Any]] | None = None):
         self.errors = errors
+        self.problems = problems if problems is not None else [{"loc": [], "path": "", "msg": e} for e in errors]
         super().__init__("invalid config: " + "; ".join(errors))
 
     @classmethod
-    def from_validation(cls, exc: ValidationError, prefix: str = "") -> "ConfigError":
-        msgs = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            msgs.append(f"{prefix}{loc}: {err['msg']}" if loc or prefix else err["msg"])
-        return cls(msgs)
+    def from_problems(cls, problems: list[tuple[tuple, str]], data: Any, prefix: str = "", *,
+                      field_errors: list[tuple[tuple, str]] = ()) -> "ConfigError":
+        """``field_errors`` (pydantic's) are worded with their dotted location
+        (``rulesets.0.rules.1.when``), the cross-document ``problems`` by id
+        (``rulesets[main].rules[r1].destinations[0]``); both have ``path`` by id."""
+        found, lines = [], []
+        for dotted, group in ((True, field_errors), (False, problems)):
+            for loc, msg in group:
+                path = prefix + readable(loc, data)
+                found.append({"loc": list(loc), "path": path, "msg": msg})
+                where = (prefix + "." if prefix and loc else prefix) + ".".join(map(str, loc)) if dotted else path
+                lines.append(f"{where}: {msg}" if where else msg)
+        return cls(lines, found)
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, data: Any = None, prefix: str = "") -> "ConfigError":
+        return cls.from_problems([], data, prefix, field_errors=[(tuple(e["loc"]), e["msg"]) for e in exc.errors()])
 
 
-def parse_config(data: dict[str, Any]) -> AppConfig:
+def parse_config(data: dict[str, Any], *, complete: bool = False) -> AppConfig:
+    """``data`` as an AppConfig, or ConfigError listing every problem at once: the
+    fields of each document and the references between them (which pydantic alone
+    reports only once every field is valid). ``complete``: also refuse a config no
+    runtime could use (:func:`shared.config.checks.unusable`), e.g. an empty one."""
+    data = data or {}
     try:
-        return AppConfig.model_validate(data or {})
+        config = AppConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError.from_validation(exc) from None
+        # the model-wide check (loc ()) ran only if every field was valid; run it on
+        # the data instead, so references are reported beside the field errors
+        fields = [(tuple(e["loc"]), e["msg"]) for e in exc.errors() if e["loc"] or not isinstance(data, dict)]
+        raise ConfigError.from_problems(reference_problems(data), data, field_errors=fields) from None
+    if complete:
+        missing = unusable(config.model_dump(mode="json", by_alias=True))
+        if missing:
+            raise ConfigError.from_problems(missing, data)
+    return config
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -57,15 +85,21 @@ def expand_env(text: str, env: dict[str, str] | None = None) -> str:
     return _ENV.sub(sub, text)
 
 
-def load_yaml(path: str | Path) -> AppConfig:
-    text = expand_env(Path(path).read_text())
+def load_yaml(path: str | Path, *, complete: bool = False) -> AppConfig:
+    return parse_yaml(Path(path).read_text(), str(path), complete=complete)
+
+
+def parse_yaml(text: str, name: str = "config", *, complete: bool = False) -> AppConfig:
+    """A YAML config (``${VAR}`` expanded); ConfigError naming every problem."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(expand_env(text))
     except yaml.YAMLError as exc:  # one line: where, and what is wrong there
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"]) from None
-    return parse_config(data)
+        raise ConfigError([f"{name}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"]) from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError([f"{name}: a config is a mapping of sections (listeners, destinations, ...)"])
+    return parse_config(data, complete=complete)
 
 
 def dump_yaml(config: AppConfig) -> str:

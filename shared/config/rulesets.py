@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from shared.config import aliases
 from shared.config.actions import Action
 from shared.config.base import Doc
 from shared.config.conditions import Condition
@@ -28,6 +29,11 @@ class Rule(Doc):
     actions: list[Action] = Field(default_factory=list)
     destinations: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _seeds_spelling(cls, data):
+        return aliases.rule(data)
+
 
 class Ruleset(Doc):
     id: str
@@ -37,6 +43,11 @@ class Ruleset(Doc):
     sources: list[SourceScope] = Field(default_factory=list)  # empty: every input
     log_original_attributes: bool | None = None  # None: settings.log_original_attributes
     rules: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seeds_spelling(cls, data):
+        return aliases.ruleset(data)
 
 
 class DefaultRoute(Doc):

@@ -30,7 +30,8 @@ import threading
 from pathlib import Path
 from typing import Mapping
 
-from shared.config import AppConfig, load_yaml, to_documents
+from shared.config import AppConfig, load_yaml
+from shared.config.store import replace_config
 from shared.dicom import reactor
 from shared.logs import install as install_log_safety
 from shared.ports import Ports
@@ -103,6 +104,5 @@ def load_config(config: AppConfig | str | Path, docs=None) -> AppConfig:
     collections in Firestore with it. Returns the validated config."""
     if not isinstance(config, AppConfig):
         config = load_yaml(config)
-    docs = docs or document_store()
-    docs.replace_collections(to_documents(config))
+    replace_config(docs or document_store(), config)
     return config

@@ -35,7 +35,8 @@ from shared.adapters.local_blobs import LocalBlobStore
 from shared.adapters.local_queue import LocalQueue, Subscription
 from shared.adapters.secrets import LocalSecrets
 from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteDocumentStore
-from shared.config import AppConfig, to_documents
+from shared.config import AppConfig
+from shared.config.store import replace_config
 from shared.destinations import Senders
 from shared.dicom import reactor
 from shared.http import HostCheck, HttpServer, create_app
@@ -71,7 +72,7 @@ class _Stores:
         self.docs = SQLiteDocumentStore(db)
         self.ledger = SQLiteDeliveryLedger(db)
         self.queue = LocalQueue(data_dir / "queue.db", poll_s=poll_s)
-        self.config = CachedConfig(self.docs)
+        self.config = CachedConfig(self.docs, watch_revision=True)  # a change applies to the next instance
         self.secrets = LocalSecrets()
         self.data_dir = data_dir
         self.blobs = LocalBlobStore(
@@ -150,7 +151,7 @@ class EmbeddedRuntime:
         # data dir's filesystem lets the gateway rename instead of copy.
         tempfile.tempdir = str(tmp)
 
-        SQLiteDocumentStore(SQLiteDatabase(self.data_dir / "state.db")).replace_collections(to_documents(config))
+        replace_config(SQLiteDocumentStore(SQLiteDatabase(self.data_dir / "state.db")), config)
         self.stores = _Stores(self.data_dir, notify=True)
         self.docs, self.ledger, self.queue = self.stores.docs, self.stores.ledger, self.stores.queue
         self.config, self.blobs, self.secrets = self.stores.config, self.stores.blobs, self.stores.secrets

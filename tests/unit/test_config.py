@@ -30,12 +30,44 @@ def with_rule(**rule):
     ({**BASE, "destinations": [{"id": "p", "type": "cstore", "ae_title": "X" * 17, "host": "h", "port": 104}]},
      "destinations.0.cstore.ae_title", "at most 16"),
     ({**BASE, "destinations": BASE["destinations"] * 2}, "destinations", "duplicate id"),
+    ({**BASE, "listeners": [{"id": "a", "port": 104}, {"id": "b", "host": "127.0.0.1", "port": 104}]},
+     "listeners[b].port", "port 104 is already taken"),
+    ({**BASE, "rulesets": [{"id": "main", "rules": [{"id": "r1"}, {"id": "r1"}]}]},
+     "rulesets[main].rules[r1].id", "duplicate id 'r1'"),
 ])
 def test_bad_config_is_refused_naming_the_field(doc, field, words):
     with pytest.raises(ConfigError) as err:
         parse_config(doc)
     message = str(err.value)
     assert field in message and words in message, message
+
+
+def test_every_problem_is_named_at_once_references_included():
+    """A field error in one document does not hide an unknown reference in another."""
+    doc = {"listeners": [{"id": "a", "port": 104}, {"id": "b", "port": 104}],
+           "destinations": [{"id": "p", "type": "cstore", "ae_title": "X" * 17, "host": "h", "port": 104}],
+           "schedules": [{"id": "nights", "timezone": "Mars/Olympus"}],
+           "rulesets": [{"id": "main", "rules": [{"id": "r1", "destinations": ["nowhere"], "schedule": "never"},
+                                                 {"id": "r1", "actions": [{"action": "crosswalk", "tag": "PatientID",
+                                                                            "table": "missing"}]}]}],
+           "default_route": {"destinations": ["gone"]}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    assert sorted(p["path"] for p in err.value.problems) == sorted([
+        "destinations[p].ae_title", "schedules[nights].timezone", "listeners[b].port",
+        "rulesets[main].rules[r1].id", "rulesets[main].rules[r1].schedule",
+        "rulesets[main].rules[r1].destinations[0]", "rulesets[main].rules[r1].actions[0].table",
+        "default_route.destinations[0]"]), err.value.errors
+    assert len(err.value.errors) == 8 and "destinations.0.cstore.ae_title" in str(err.value)
+
+
+def test_an_empty_config_is_refused_where_a_whole_one_is_needed():
+    assert parse_config({}).destinations == []  # a part of a config, as the stages' tests use
+    with pytest.raises(ConfigError, match="no destination is configured"):
+        parse_config({}, complete=True)
+    with pytest.raises(ConfigError, match="nothing receives instances"):
+        parse_config({**BASE, "stow": {"enabled": False}}, complete=True)
+    assert parse_config({**BASE, "listeners": [{"id": "a"}], "stow": {"enabled": False}}, complete=True)
 
 
 def test_documents_round_trip():
