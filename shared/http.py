@@ -180,7 +180,7 @@ def create_app(ports, status: Callable[[], dict], *, stow: bool = True, api: boo
         try:
             return jsonify(exceptions.retry_exception(ports, record_id))
         except exceptions.NotRetryable as exc:
-            return jsonify({"error": str(exc)}), 404 if "no exception record" in str(exc) else 409
+            return jsonify({"error": str(exc)}), 404 if isinstance(exc, exceptions.NoSuchRecord) else 409
 
     stow_bp = None
     if stow:

@@ -10,7 +10,12 @@ from shared.ports import Ports
 PREFIX = "/api/v1"
 # one router per resource, each module's ``router``; a route that checks no permission fails
 # tests/unit/test_api_permissions.py
-ROUTERS: tuple[str, ...] = ("shared.api.me",)
+ROUTERS: tuple[str, ...] = (
+    "shared.api.me",
+    "shared.api.exceptions_routes",
+    "shared.api.jobs",
+    "shared.api.status_routes",
+)
 
 
 def create_api(ports: Ports, *, version: str = "0") -> FastAPI:
