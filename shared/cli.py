@@ -18,6 +18,7 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
+from shared.cli_exceptions import add_commands as add_exceptions_commands
 from shared.config import AppConfig, ConfigError, dump_yaml, load_yaml
 from shared.logs import install as install_log_safety
 from shared.messages import SourceType
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--at", type=_iso_time, metavar="TIME", help="evaluate schedules at this ISO 8601 time (naive: UTC; "
                                                    "default: now)")
     test.set_defaults(func=_rules_test, parser=test)
+    add_exceptions_commands(sub, command)
     return parser
 
 
