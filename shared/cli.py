@@ -18,6 +18,7 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
+from shared.cli_exceptions import add_commands as add_exceptions_commands
 from shared.config import AppConfig, ConfigError, dump_yaml, load_yaml
 from shared.logs import install as install_log_safety
 from shared.messages import SourceType
@@ -298,9 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "default: now)")
     test.set_defaults(func=_rules_test, parser=test)
 
-    from shared.api.users_cli import add_commands as add_user_commands
+    from shared.cli_users import add_commands as add_user_commands
 
     add_user_commands(sub, command)
+    add_exceptions_commands(sub, command)
     return parser
 
 
@@ -315,7 +317,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from shared.api.users_cli import CliError
+    from shared.cli_users import CliError
 
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

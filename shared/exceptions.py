@@ -5,16 +5,29 @@ the inputs and the HTTP endpoints share them.
 A record holds UIDs and ids, never patient data: ``stage``, ``status`` (``quarantined``:
 a bad input, copied aside with the reason; ``held``: nowhere to go yet; ``failed``: a
 destination kept failing; ``refused``: a destination will not take it; ``retried``),
-``reason`` and, when it can be retried, the message to republish (``retry``: topic
-and body)."""
+``reason``, ``attempts`` (time and reason of each try, the last :data:`ATTEMPTS_KEPT`),
+``archived_at`` once an operator archived it (kept, but out of default lists) and,
+when it can be retried, the message to republish (``retry``: topic and body)."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from shared.messages import TOPIC_DELIVER, TOPIC_INGEST, TOPIC_PLANNED, BlobRef, Delivery, ObjectFinalized, Plan
+from shared import counters
+from shared.messages import (
+    TOPIC_DELIVER,
+    TOPIC_INGEST,
+    TOPIC_PLANNED,
+    TOPICS,
+    BlobRef,
+    Delivery,
+    ObjectFinalized,
+    Plan,
+)
 from shared.ports import Ports
 
 log = logging.getLogger(__name__)
@@ -23,23 +36,49 @@ EXCEPTIONS = "exceptions"  # DocumentStore collection of exception records
 # held deliveries waiting for their destination, by exception record id: a small index
 # so that releasing them does not read every exception record
 HELD_DELIVERIES = "held_deliveries"
+# the failed tries of a delivery still being retried, by idempotency key, until it is
+# delivered (removed) or ends in a record (moved into its ``attempts``)
+DELIVERY_ATTEMPTS = "delivery_attempts"
+ATTEMPTS_KEPT = 20  # per record: the newest tries; a record says how many there were in all
+
+STATUSES = ("quarantined", "held", "failed", "refused", "retried")
+STAGES = ("match", "morph", "route", "stow", *TOPICS)  # dead letters name their topic
 
 
 class NotRetryable(LookupError):
     """An exception record that does not exist or carries no message to retry."""
 
 
+class NoSuchRecord(NotRetryable):
+    """No exception record has this id."""
+
+
+class WrongState(NotRetryable):
+    """The record exists, but the action does not apply to it now (e.g. releasing a
+    record that is not held)."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
 def record_exception(ports: Ports, *, stage: str, reason: str, status: str,
-                     topic: str | None = None, body: str | None = None, **refs) -> str:
+                     topic: str | None = None, body: str | None = None,
+                     attempts: list[dict] | None = None, **refs) -> str:
     """Write an exception record. With ``topic`` and ``body`` it can be retried later by
-    republishing the message."""
+    republishing the message. ``attempts``: the tries that led here (time and reason),
+    by default this one."""
     record_id = uuid.uuid4().hex
+    created_at = _now()
+    attempts = attempts or [{"at": created_at, "reason": reason}]
     ports.docs.set(EXCEPTIONS, record_id, {
         "id": record_id,
         "stage": stage,
         "status": status,
         "reason": reason,
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": created_at,
+        "attempts": attempts[-ATTEMPTS_KEPT:],
+        "attempt_count": len(attempts),
         "retry": {"topic": topic, "body": body} if topic else None,
         **{k: (str(v) if isinstance(v, BlobRef) else v) for k, v in refs.items()},
     })
@@ -63,14 +102,125 @@ def hold_delivery(ports: Ports, delivery: Delivery, reason: str, *, stage: str) 
                                  sop_instance_uid=delivery.sop_instance_uid, destination_id=delivery.destination_id,
                                  topic=TOPIC_DELIVER, body=delivery.model_dump_json())
     ports.docs.set(HELD_DELIVERIES, record_id, {"destination_id": delivery.destination_id})
+    counters.count(ports, counters.destination(delivery.destination_id), holds=1, held=1)
     return record_id
 
 
+def note_attempt(ports: Ports, delivery_key: str, reason: str) -> None:
+    """Keep a failed try of a delivery that will be tried again (newest
+    :data:`ATTEMPTS_KEPT`). One worker holds a delivery's claim at a time, so a plain
+    read and write is enough."""
+    doc = ports.docs.get(DELIVERY_ATTEMPTS, delivery_key) or {"attempts": [], "count": 0}
+    attempts = [*doc["attempts"], {"at": _now(), "reason": reason}][-ATTEMPTS_KEPT:]
+    ports.docs.set(DELIVERY_ATTEMPTS, delivery_key, {"attempts": attempts, "count": int(doc["count"]) + 1})
+
+
+def take_attempts(ports: Ports, delivery_key: str) -> tuple[list[dict], int]:
+    """The kept tries of a delivery and how many there were, forgotten here."""
+    doc = ports.docs.get(DELIVERY_ATTEMPTS, delivery_key)
+    if doc is None:
+        return [], 0
+    ports.docs.delete(DELIVERY_ATTEMPTS, delivery_key)
+    return list(doc.get("attempts") or []), int(doc.get("count") or 0)
+
+
 def list_exceptions(ports: Ports, status: str | None = None) -> list[dict]:
-    """The exception records, oldest first; only those with ``status`` if given."""
+    """The exception records, oldest first; only those with ``status`` if given
+    (archived ones included: the embedded server's ``GET /exceptions``)."""
     records = ports.docs.list(EXCEPTIONS).values()
     return sorted((r for r in records if status is None or r.get("status") == status),
                   key=lambda r: r.get("created_at") or "")
+
+
+@dataclass(frozen=True)
+class ExceptionFilter:
+    """Which records a list or a bulk action is about; None matches anything.
+    ``reason`` matches a part of the reason (case does not matter); ``since`` and
+    ``until`` bound ``created_at`` (``until`` excluded); ``archived``: False (the
+    default) leaves archived records out, True lists only them, None both."""
+
+    status: str | None = None
+    stage: str | None = None
+    destination_id: str | None = None
+    reason: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    archived: bool | None = False
+
+    def __post_init__(self):
+        if self.status is not None and self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+        if self.stage is not None and self.stage not in STAGES:
+            raise ValueError(f"stage {self.stage!r} is not one of {', '.join(STAGES)}")
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:  # naive: UTC, as the CLI's --at
+                object.__setattr__(self, name, value.replace(tzinfo=timezone.utc))
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, f) is None for f in ("status", "stage", "destination_id", "reason", "since", "until"))
+
+    def matches(self, record: dict) -> bool:
+        if self.archived is not None and bool(record.get("archived_at")) != self.archived:
+            return False
+        if self.status is not None and record.get("status") != self.status:
+            return False
+        if self.stage is not None and record.get("stage") != self.stage:
+            return False
+        if self.destination_id is not None and record.get("destination_id") != self.destination_id:
+            return False
+        if self.reason is not None and self.reason.lower() not in str(record.get("reason") or "").lower():
+            return False
+        if self.since is not None or self.until is not None:
+            try:
+                created = datetime.fromisoformat(record.get("created_at") or "")
+            except ValueError:
+                return False
+            if (self.since is not None and created < self.since) or (self.until is not None and created >= self.until):
+                return False
+        return True
+
+
+def _sort_key(record: dict) -> str:
+    return f"{record.get('created_at') or ''}|{record.get('id') or ''}"
+
+
+def encode_cursor(record: dict) -> str:
+    return base64.urlsafe_b64encode(_sort_key(record).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The sort key a cursor stands for; ValueError for one this module did not make."""
+    try:
+        key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"cursor {cursor!r} is not one this server gave") from None
+    if "|" not in key:
+        raise ValueError(f"cursor {cursor!r} is not one this server gave")
+    return key
+
+
+def find_exceptions(ports: Ports, where: ExceptionFilter, *, limit: int | None = None,
+                    after: str | None = None) -> tuple[list[dict], str | None]:
+    """The records ``where`` matches, oldest first, at most ``limit`` of them after the
+    cursor ``after``; and the cursor of the next page (None on the last). A cursor is
+    a position (time and id), so records added meanwhile neither shift nor repeat a
+    page. Reads the collection: exception records are what operators have to look at,
+    not every instance (status uses the counters)."""
+    start = decode_cursor(after) if after else ""
+    found = sorted((r for r in ports.docs.list(EXCEPTIONS).values() if where.matches(r) and _sort_key(r) > start),
+                   key=_sort_key)
+    if limit is None or len(found) <= limit:
+        return found, None
+    page = found[:limit]
+    return page, encode_cursor(page[-1])
+
+
+def get_exception(ports: Ports, record_id: str) -> dict:
+    record = ports.docs.get(EXCEPTIONS, record_id)
+    if record is None:
+        raise NoSuchRecord(f"no exception record {record_id}")
+    return record
 
 
 def retry_exception(ports: Ports, record_id: str) -> dict:
@@ -78,20 +228,49 @@ def retry_exception(ports: Ports, record_id: str) -> dict:
     again, a held instance to plan again, ...) and mark the record ``retried``. The
     publish is durable (the Bus port's promise) before the record changes; the
     delivery ledger still guards against a second delivery of what did arrive."""
-    record = ports.docs.get(EXCEPTIONS, record_id)
-    if record is None:
-        raise NotRetryable(f"no exception record {record_id}")
+    record = get_exception(ports, record_id)
     retry = record.get("retry") or {}
     if not retry.get("topic") or retry.get("body") is None:
-        raise NotRetryable(f"exception record {record_id} ({record.get('status')}) has no message to retry")
+        raise WrongState(f"exception record {record_id} ({record.get('status')}) has no message to retry")
     topic, body = _replannable(retry["topic"], retry["body"])
     ports.bus.publish(topic, body.encode())
-    record = {**record, "status": "retried", "retried_at": datetime.now(timezone.utc).isoformat(),
-              "retries": int(record.get("retries") or 0) + 1}
-    ports.docs.set(EXCEPTIONS, record_id, record)
+    updated = {**record, "status": "retried", "retried_at": _now(), "retries": int(record.get("retries") or 0) + 1}
+    ports.docs.set(EXCEPTIONS, record_id, updated)
     ports.docs.delete(HELD_DELIVERIES, record_id)
+    if topic == TOPIC_DELIVER and record.get("destination_id"):
+        was_held = record.get("status") == "held" and not record.get("archived_at")
+        counters.count(ports, counters.destination(record["destination_id"]), enqueued=1, held=-1 if was_held else 0)
     log.info("exception %s retried on %s", record_id, topic)
-    return record
+    return updated
+
+
+def release_exception(ports: Ports, record_id: str) -> dict:
+    """Send a held record's instance on now (:func:`retry_exception`): only a
+    ``held`` record, and a held delivery only once its destination is configured and
+    enabled (otherwise it would only be held again)."""
+    record = get_exception(ports, record_id)
+    if record.get("status") != "held":
+        raise WrongState(f"exception record {record_id} is {record.get('status')}, not held")
+    if record.get("retry", {}).get("topic") == TOPIC_DELIVER:
+        why_not = ports.config().why_not_deliverable(record.get("destination_id") or "")
+        if why_not:
+            raise WrongState(f"exception record {record_id} stays held: {why_not}")
+    return retry_exception(ports, record_id)
+
+
+def archive_exception(ports: Ports, record_id: str) -> dict:
+    """Take a record out of the default lists; it is kept (``archived_at``). A held
+    delivery archived is no longer released when its destination comes back."""
+    record = get_exception(ports, record_id)
+    if record.get("archived_at"):
+        return record
+    updated = {**record, "archived_at": _now()}
+    ports.docs.set(EXCEPTIONS, record_id, updated)
+    if record.get("status") == "held" and record.get("destination_id"):
+        ports.docs.delete(HELD_DELIVERIES, record_id)
+        counters.count(ports, counters.destination(record["destination_id"]), held=-1)
+    log.info("exception %s archived", record_id)
+    return updated
 
 
 def release_held(ports: Ports) -> list[str]:

@@ -155,9 +155,11 @@ def _json_error(status: int, message: str) -> Response:
     return response
 
 
-def create_app(ports, status: Callable[[], dict], *, stow: bool = True, api: bool = True,
+def create_app(ports, status: Callable[[], dict], *, stow: bool = True, api=True,
                host_check: HostCheck | None = None) -> Flask:
-    """The embedded runtime's HTTP app over its :class:`shared.ports.Ports`.
+    """The embedded runtime's HTTP app over its :class:`shared.ports.Ports`. ``api``:
+    serve the API under ``/api/v1`` (True: :func:`shared.api.app.create_api` over
+    ``ports``; or the FastAPI app to serve).
 
     Exception records can be listed and retried here without authentication (users
     and roles come with the config API): only requests for this server's own names
@@ -193,7 +195,7 @@ def create_app(ports, status: Callable[[], dict], *, stow: bool = True, api: boo
         try:
             return jsonify(exceptions.retry_exception(ports, record_id))
         except exceptions.NotRetryable as exc:
-            return jsonify({"error": str(exc)}), 404 if "no exception record" in str(exc) else 409
+            return jsonify({"error": str(exc)}), 404 if isinstance(exc, exceptions.NoSuchRecord) else 409
 
     stow_bp = None
     if stow:
@@ -217,18 +219,18 @@ def create_app(ports, status: Callable[[], dict], *, stow: bool = True, api: boo
 
     app.extensions[EARLY_ANSWER] = early
     if api:
-        _mount_api(app, ports)
+        _mount_api(app, ports, None if api is True else api)
     return app
 
 
-def _mount_api(app: Flask, ports) -> None:
+def _mount_api(app: Flask, ports, api=None) -> None:
     """Serve the API (:mod:`shared.api`, ASGI) under ``/api/v1`` from this WSGI app:
     requests for it go to FastAPI through a2wsgi, with their full path."""
     from a2wsgi import ASGIMiddleware
 
     from shared.api.app import PREFIX, create_api
 
-    asgi = ASGIMiddleware(create_api(ports))
+    asgi = ASGIMiddleware(api if api is not None else create_api(ports))
     flask_wsgi = app.wsgi_app
 
     def dispatch(environ, start_response):

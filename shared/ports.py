@@ -60,6 +60,12 @@ class DocumentStore(Protocol):
     def count(self, collection: str) -> int:
         """How many documents ``collection`` holds, without reading them."""
 
+    def increment(self, collection: str, doc_id: str, counts: dict[str, int],
+                  fields: dict[str, Any] | None = None) -> None:
+        """Add ``counts`` to the document's numeric fields (absent: 0; the document is
+        created if absent) and set ``fields``, atomically across threads and processes.
+        The status counters (``shared/counters.py``)."""
+
 
 class Claim(str, Enum):
     CLAIMED = "claimed"  # this caller may send

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
+from shared import counters
 from shared.config import AppConfig
 from shared.dicom.io import Buffer, content_digest, mapped, read_instance, unmap
 from shared.dicom.original_attributes import ORIGINAL_ATTRIBUTES_SEQUENCE, OriginalAttributesPolicy
 from shared.dicom.splice import write_morphed
 from shared.errors import DeliveryRefused, RetryLater, Unprocessable
-from shared.exceptions import hold_delivery, quarantine, record_exception
+from shared.exceptions import hold_delivery, note_attempt, quarantine, record_exception, take_attempts
 from shared.logs import describe_error
 from shared.memo import PerObject
 from shared.messages import (
@@ -80,6 +81,7 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
         decision = decide(config, ds, ingest)
     except Unprocessable as exc:  # bad input: retrying cannot help, quarantined at first sight
         quarantine(ports, event.blob, str(exc), stage="match")
+        counters.count(ports, counters.origin_of(ingest), received=1, quarantined=1, error=str(exc))
         return None
     plan = Plan(
         blob=event.blob,
@@ -95,10 +97,12 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
         record_exception(ports, stage="match", status="held", reason="no rule matched and the default route has no destinations",
                          blob=event.blob, sop_instance_uid=plan.sop_instance_uid,
                          topic=TOPIC_INGEST, body=ObjectFinalized(blob=event.blob).model_dump_json())
+        counters.count(ports, counters.origin_of(ingest), received=1, held=1)
         return plan
     if plan.actions:
         PARSED.put(event.blob, data, ds)
     ports.bus.publish(TOPIC_PLANNED, plan)
+    counters.count(ports, counters.origin_of(ingest), received=1, processed=1)
     log.info("planned %s -> %s (%d rule(s))", plan.sop_instance_uid, plan.destination_ids, len(plan.matched))
     return plan
 
@@ -182,6 +186,7 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
                 blob = plan.blob
         except Unprocessable as exc:  # bad input: retrying cannot help, quarantined at first sight
             quarantine(ports, plan.blob, str(exc), stage="morph")
+            counters.count(ports, counters.origin_of(plan.ingest), quarantined=1, error=str(exc))
             return []
         finally:
             unmap(data)  # now: a mapped page stays in memory, whatever the store does after its last read
@@ -199,6 +204,7 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
             ingest=plan.ingest,
         )
         why_not = config.why_not_deliverable(dest_id)
+        counters.count(ports, counters.destination(dest_id), enqueued=1)
         if why_not:
             hold_delivery(ports, delivery, why_not, stage="morph")
             continue
@@ -242,6 +248,7 @@ def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
     claim = ports.ledger.claim(key, DELIVERY_LEASE_S, {"destination_id": dest.id, "sop_instance_uid": delivery.sop_instance_uid})
     if claim is Claim.DELIVERED:
         log.info("duplicate delivery of %s to %s acknowledged, not sent", delivery.sop_instance_uid, dest.id)
+        counters.count(ports, counters.destination(dest.id), duplicate=1)
         return "duplicate"
     if claim is Claim.BUSY:
         raise RetryLater(f"delivery {key} is being sent by another worker", delay_s=5.0)
@@ -254,16 +261,24 @@ def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
         reason = describe_error(exc)  # no file name, no library message: they may hold tag values
         refused = isinstance(exc, (Unprocessable, DeliveryRefused))
         if refused or attempt >= dest.retry.max_attempts:
+            earlier, _ = take_attempts(ports, key) if attempt > 1 else ([], 0)
             record_exception(ports, stage="route", status="refused" if refused else "failed",
                              reason=reason if refused else f"after {attempt} attempt(s): {reason}",
+                             attempts=[*earlier, {"at": datetime.now(timezone.utc).isoformat(), "reason": reason}],
                              sop_instance_uid=delivery.sop_instance_uid, destination_id=dest.id,
                              topic=TOPIC_DELIVER, body=delivery.model_dump_json())
+            counters.count(ports, counters.destination(dest.id), failed=1, error=reason)
             return "failed"
+        note_attempt(ports, key, reason)  # kept for the record, should it come to one
+        counters.count(ports, counters.destination(dest.id), error=reason)
         delay = min(dest.retry.max_backoff_s, dest.retry.initial_backoff_s * 2 ** (attempt - 1))
         raise RetryLater(reason, delay_s=delay) from None
     ports.ledger.mark_delivered(key, {"destination_id": dest.id, "sop_instance_uid": delivery.sop_instance_uid,
                                       "sha256": delivery.sha256, "where": where,
                                       "delivered_at": datetime.now(timezone.utc).isoformat()})
+    counters.count(ports, counters.destination(dest.id), delivered=1)
+    if attempt > 1:
+        take_attempts(ports, key)  # its failed tries led to no record
     log.info("delivered %s to %s", delivery.sop_instance_uid, dest.id)
     return "delivered"
 
@@ -274,9 +289,13 @@ def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
 def dead_letter(ports: Ports, letter: DeadLetter) -> str:
     """A message a stage kept failing on becomes a retryable exception record (status
     ``failed``), naming the instance and destination the message was about."""
-    return record_exception(ports, stage=letter.topic, status="failed",
-                            reason=f"gave up after {letter.attempts} attempt(s): {letter.last_error}",
-                            topic=letter.topic, body=letter.body, **_message_refs(letter.topic, letter.body))
+    refs = _message_refs(letter.topic, letter.body)
+    reason = f"gave up after {letter.attempts} attempt(s): {letter.last_error}"
+    record_id = record_exception(ports, stage=letter.topic, status="failed", reason=reason,
+                                 topic=letter.topic, body=letter.body, **refs)
+    if letter.topic == TOPIC_DELIVER and refs.get("destination_id"):
+        counters.count(ports, counters.destination(refs["destination_id"]), failed=1, error=reason)
+    return record_id
 
 
 def _message_refs(topic: str, body: str) -> dict:

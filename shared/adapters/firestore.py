@@ -97,6 +97,11 @@ class FirestoreDocumentStore:
         [[result]] = self._col(collection).count(alias="n").get()
         return int(result.value)
 
+    def increment(self, collection, doc_id, counts, fields=None):
+        # server-side increments: no transaction, no lost update between instances
+        update = {name: firestore.Increment(n) for name, n in counts.items()}
+        self._col(collection).document(doc_id).set({**_jsonable(fields or {}), **update}, merge=True)
+
     def replace_collections(self, docs: dict[str, dict[str, dict[str, Any]]]) -> None:
         """Swap whole collections (loading a config file). Firestore batches hold at
         most 500 writes, so a very large config is written in several commits: the

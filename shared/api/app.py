@@ -15,6 +15,9 @@ ROUTERS: tuple[str, ...] = (
     "shared.api.users_routes",
     "shared.api.audit_routes",
     "shared.api.config_routes",
+    "shared.api.exceptions_routes",
+    "shared.api.jobs",
+    "shared.api.status_routes",
 )
 
 

@@ -142,6 +142,16 @@ def test_documents_create_races_have_one_winner(docs):
     assert results.count(True) == 1
 
 
+def test_documents_increment_adds_atomically_and_sets_fields(docs):
+    """The status counters' update (shared/counters.py): concurrent increments are none lost."""
+    docs.increment("counters", "destination:pacs", {"failed": 1}, {"last_error": "refused"})
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: docs.increment("counters", "destination:pacs", {"delivered": 1, "held": -1}),
+                      range(40)))
+    assert docs.get("counters", "destination:pacs") == {"failed": 1, "last_error": "refused", "delivered": 40,
+                                                        "held": -40}
+
+
 def test_config_roundtrip_through_firestore(docs):
     from shared.runtime.configcache import load_config
     from shared.runtime.gcp import load_config as store_config

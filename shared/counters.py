@@ -1,0 +1,94 @@
+"""Status counters: per listener, per source and per destination, kept in a small
+DocumentStore collection (``counters``, one document each) that the stages increment,
+so ``GET /status`` reads one document per listener, source and destination and never
+the records themselves. Both runtimes: the store's ``increment`` is atomic across
+threads and processes (SQLite under its write lock, Firestore's server-side
+increment).
+
+Documents: ``listener:<id>`` (C-STORE listeners) and ``source:<id>`` (pollers, STOW-RS,
+bucket and Healthcare API inputs) count ``received`` (match saw the instance),
+``processed`` (planned to destinations), ``quarantined`` and ``held`` (no rule gave it
+a destination); ``destination:<id>`` counts ``enqueued`` (a delivery made by morph, or
+sent again by a retry or release), ``delivered``, ``duplicate`` (already there:
+acknowledged, not sent), ``failed`` (failed or refused: an exception record) and
+``holds`` (held for a disabled or missing destination), and keeps ``held`` (held
+now: up on a hold, down on its release, retry or archive). ``queued`` is derived:
+enqueued less what ended (delivered, duplicate, failed, holds). Each document keeps
+its last error and when. Counts are totals since the data dir (or the Firestore
+database) was new; a stage message redelivered after a crash may count twice (the
+stages are at-least-once), so they are for operators, not for accounting."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from shared.messages import IngestMetadata
+from shared.ports import Ports
+
+log = logging.getLogger(__name__)
+
+COUNTERS = "counters"
+ORIGIN_KINDS = ("listener", "source")
+DESTINATION = "destination"
+ORIGIN_FIELDS = ("received", "processed", "quarantined", "held")
+DESTINATION_FIELDS = ("enqueued", "delivered", "duplicate", "failed", "holds", "held")
+
+
+def origin_of(ingest: IngestMetadata | None) -> str:
+    """The counters document of where an instance came from: its listener for C-STORE,
+    else its source (STOW-RS, a poller, a bucket)."""
+    if ingest is None:
+        return "source:unknown"
+    if ingest.source_type == "cstore":
+        return f"listener:{ingest.source_id or 'unknown'}"
+    return f"source:{ingest.source_id or ingest.source_type}"
+
+
+def count(ports: Ports, counter: str, *, error: str | None = None, **counts: int) -> None:
+    """Add ``counts`` to the counters document ``counter`` (``destination:pacs``,
+    ``listener:main``, ...), with ``error`` as its last error. A counter that cannot be
+    written is logged, never raised: counting must not fail a stage."""
+    fields = {"last_error": error, "last_error_at": datetime.now(timezone.utc).isoformat()} if error else None
+    try:
+        ports.docs.increment(COUNTERS, counter, counts, fields)
+    except Exception:  # noqa: BLE001 - the stage's own work is done or recorded already
+        log.exception("status counter %s not updated", counter)
+
+
+def destination(destination_id: str) -> str:
+    return f"{DESTINATION}:{destination_id}"
+
+
+def snapshot(ports: Ports) -> dict[str, dict[str, dict]]:
+    """Every counters document by kind and id: ``{"listeners": {id: {...}}, "sources":
+    ..., "destinations": ...}``, with every field present (0 when never counted) and
+    ``queued`` for a destination (enqueued, not yet delivered, failed or held). Reads
+    the counters collection only: one document per listener, source and destination."""
+    config = ports.config()
+    out: dict[str, dict[str, dict]] = {"listeners": {}, "sources": {}, "destinations": {}}
+    for lsn in config.listeners:  # configured ones show up before their first instance
+        out["listeners"][lsn.id] = _with_fields({}, ORIGIN_FIELDS)
+    for src in config.sources:
+        out["sources"][src.id] = _with_fields({}, ORIGIN_FIELDS)
+    for dest in config.destinations:
+        out["destinations"][dest.id] = _destination({})
+    for doc_id, doc in ports.docs.list(COUNTERS).items():
+        kind, _, name = doc_id.partition(":")
+        if kind == DESTINATION:
+            out["destinations"][name] = _destination(doc)
+        elif kind in ORIGIN_KINDS:
+            out[f"{kind}s"][name] = _with_fields(doc, ORIGIN_FIELDS)
+    return out
+
+
+def _with_fields(doc: dict, names: tuple[str, ...]) -> dict:
+    return {**{n: int(doc.get(n) or 0) for n in names}, "last_error": doc.get("last_error"),
+            "last_error_at": doc.get("last_error_at")}
+
+
+def _destination(doc: dict) -> dict:
+    got = _with_fields(doc, DESTINATION_FIELDS)
+    finished = got["delivered"] + got["duplicate"] + got["failed"] + got["holds"]
+    got["queued"] = max(0, got["enqueued"] - finished)
+    return got
