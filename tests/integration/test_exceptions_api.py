@@ -27,10 +27,6 @@ pytestmark = pytest.mark.dcmtk
 
 KEY = "integration-operator-key"
 AUTH = {"Authorization": f"Api-Key {KEY}"}
-AUTH_MISSING = ("creating an API key for a running 'axiom-flow serve' (users and API keys: the auth branch's "
-                "authenticate in shared/api/auth.py and its key store) is not on this branch; the same flow runs "
-                "in-process in test_a_failed_delivery_retried_through_the_api_arrives_once")
-
 
 def config_for(scp: StoreSCP, dicom_port: int | None = None) -> dict:
     config = {
@@ -105,13 +101,32 @@ def test_a_failed_delivery_retried_through_the_api_arrives_once(tmp_path):
 
 
 def test_a_failed_delivery_retried_through_serve_api(tmp_path):
-    """``axiom-flow serve`` as a process: the failure is recorded and the API route is
-    served (401 without a key); the retry through the API needs an API key."""
+    """``axiom-flow serve`` as a process, as an operator runs it: the first admin made
+    with ``axiom-flow users create-admin``, the failure listed through the API with
+    that key (401 without it), retried once the peer is up, delivered exactly once."""
+    import subprocess
+    import sys
+
     scp = StoreSCP(tmp_path / "scp")
-    with AxiomServer(tmp_path / "data", config_for(scp)) as server:
-        storescu(server.dicom_port, [get_testdata_file("CT_small.dcm")])
-        wait_for(lambda: [e for e in server.exceptions() if e["stage"] == "route"], 60, interval=0.2,
-                 what="the failure record")
-        base = f"http://127.0.0.1:{server.http_port}{PREFIX}"
-        assert httpx.get(f"{base}/exceptions", timeout=10).status_code == 401
-        pytest.skip(AUTH_MISSING)
+    made = subprocess.run([sys.executable, "-m", "shared.cli", "users", "create-admin", "--email", "ops@example.org",
+                           "--data-dir", str(tmp_path / "data")], capture_output=True, text=True, check=True)
+    auth = {"Authorization": f"Api-Key {made.stdout.strip().splitlines()[-1]}"}
+    try:
+        with AxiomServer(tmp_path / "data", config_for(scp)) as server:
+            storescu(server.dicom_port, [get_testdata_file("CT_small.dcm")])
+            base = f"http://127.0.0.1:{server.http_port}{PREFIX}"
+            assert httpx.get(f"{base}/exceptions", timeout=10).status_code == 401
+
+            def failures():
+                return httpx.get(f"{base}/exceptions", params={"stage": "route"}, headers=auth, timeout=10).json()["items"]
+
+            wait_for(failures, 60, interval=0.2, what="the failure record in the API")
+            [record] = failures()
+            assert record["status"] == "failed" and record["destination_id"] == "pacs"
+            scp.start()
+            assert httpx.post(f"{base}/exceptions/{record['id']}/retry", headers=auth, timeout=10).status_code == 200
+            wait_for(lambda: scp.received_count() == 1, 30, what="the retried delivery at storescp")
+            server.wait_idle()
+            assert scp.received_count() == 1
+    finally:
+        scp.stop()
