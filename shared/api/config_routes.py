@@ -139,16 +139,16 @@ for _kind in SINGLETONS:
 def list_documents(kind: ConfigKind, response: Response, enabled: bool | None = None,
                    id_prefix: str | None = Query(None, description="only ids starting with this"),
                    type: str | None = Query(None, description="only this type (destinations, sources)"),
-                   after: str | None = Query(None, description="the page after this id (next_page_token)"),
+                   cursor: str | None = Query(None, description="next_cursor of the previous page"),
                    limit: int = Query(100, ge=1, le=PAGE_MAX), ports: Ports = Depends(get_ports),
                    _: Principal = Depends(READ)) -> dict:
     docs = ConfigStore(ports.docs).list(kind.value)
     items = [d for i, d in sorted(docs.items())
              if (enabled is None or d.get("enabled", True) == enabled) and (not id_prefix or i.startswith(id_prefix))
-             and (type is None or d.get("type") == type) and (after is None or i > after)]
+             and (type is None or d.get("type") == type) and (cursor is None or i > cursor)]
     page = items[:limit]
     response.headers["ETag"] = etag(page)
-    return {"items": page, "next_page_token": page[-1]["id"] if len(items) > limit else None}
+    return {"items": page, "next_cursor": page[-1]["id"] if len(items) > limit else None}
 
 
 @router.get("/config/{kind}/{doc_id}", summary="One document", responses={404: ERRORS[404]})

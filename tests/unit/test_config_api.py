@@ -72,8 +72,8 @@ def test_create_read_list_replace_patch_delete_with_etags_and_audit(client, port
     listed = client.get(url("/config/destinations"), params={"enabled": "true", "id_prefix": "p"}).json()
     assert [d["id"] for d in listed["items"]] == ["pacs", "primary-storage"]
     page = client.get(url("/config/destinations"), params={"limit": 2}).json()
-    assert [d["id"] for d in page["items"]] == ["archive", "pacs"] and page["next_page_token"] == "pacs"
-    rest = client.get(url("/config/destinations"), params={"after": "pacs"}).json()
+    assert [d["id"] for d in page["items"]] == ["archive", "pacs"] and page["next_cursor"] == "pacs"
+    rest = client.get(url("/config/destinations"), params={"cursor": "pacs"}).json()
     assert [d["id"] for d in rest["items"]] == ["primary-storage", "spare"]
 
     etag = got.headers["ETag"]
