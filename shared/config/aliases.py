@@ -19,8 +19,9 @@ and validation names it."""
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any
+from typing import Any, Callable
 
 # condition ``type`` -> the TagCondition operator
 TAG_CONDITION_TYPES = {
@@ -35,6 +36,17 @@ _HEX_TAG = re.compile(r"^\(\s*0x([0-9A-Fa-f]{4})\s*,\s*0x([0-9A-Fa-f]{4})\s*\)$"
 def _rename(data: dict[str, Any], alias: str, canonical: str) -> None:
     if alias in data and canonical not in data:
         data[canonical] = data.pop(alias)
+
+
+def _on_a_copy(convert: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[Any], Any]:
+    """``convert`` applied to a copy of a dict; anything else passes unchanged (and
+    validation says what is wrong with it)."""
+
+    @functools.wraps(convert)
+    def alias(data: Any) -> Any:
+        return convert(dict(data)) if isinstance(data, dict) else data
+
+    return alias
 
 
 def tag(value: Any) -> Any:
@@ -53,10 +65,8 @@ def condition(data: Any) -> Any:
     return data
 
 
-def action(data: Any) -> Any:
-    if not isinstance(data, dict):
-        return data
-    data = dict(data)
+@_on_a_copy
+def action(data: dict[str, Any]) -> dict[str, Any]:
     _rename(data, "type", "action")
     for field in ("tag", "to", "from"):
         if field in data:
@@ -64,10 +74,8 @@ def action(data: Any) -> Any:
     return data
 
 
-def rule(data: Any) -> Any:
-    if not isinstance(data, dict):
-        return data
-    data = dict(data)
+@_on_a_copy
+def rule(data: dict[str, Any]) -> dict[str, Any]:
     _rename(data, "name", "id")
     _rename(data, "storage_backends", "destinations")
     if "conditions" in data and "when" not in data and isinstance(data["conditions"], list):
@@ -78,10 +86,8 @@ def rule(data: Any) -> Any:
     return data
 
 
-def ruleset(data: Any) -> Any:
-    if not isinstance(data, dict):
-        return data
-    data = dict(data)
+@_on_a_copy
+def ruleset(data: dict[str, Any]) -> dict[str, Any]:
     _rename(data, "name", "id")
     _rename(data, "execution_mode", "mode")
     if isinstance(data.get("rules"), list):
