@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 
 from shared.ports import Ports
 
@@ -28,10 +29,22 @@ def create_api(ports: Ports, *, version: str = "0") -> FastAPI:
     api = FastAPI(title="Axiom Flow API", version=version, openapi_url=f"{PREFIX}/openapi.json",
                   docs_url=f"{PREFIX}/docs", redoc_url=None)
     api.state.ports = ports
+    api.add_exception_handler(HTTPException, _problems_as_documented)
     for name in ROUTERS:
         router: APIRouter = importlib.import_module(name).router
         api.include_router(router, prefix=PREFIX)
     return api
+
+
+async def _problems_as_documented(request: Request, exc: HTTPException):
+    """Every 422 in the shape the OpenAPI document gives it (FastAPI's validation
+    error: a list of ``{loc, msg, type}``), whether pydantic or a route found the
+    problem; a route's extra fields (``path``) stay."""
+    if exc.status_code == 422:
+        found = exc.detail if isinstance(exc.detail, list) else [{"loc": [], "msg": str(exc.detail)}]
+        exc = HTTPException(422, [{"type": "value_error", **p} if isinstance(p, dict) else
+                                  {"loc": [], "msg": str(p), "type": "value_error"} for p in found], exc.headers)
+    return await http_exception_handler(request, exc)
 
 
 def get_ports(request: Request) -> Ports:
