@@ -51,6 +51,7 @@ from waitress.task import ErrorTask
 from waitress.utilities import Error
 
 from shared import exceptions
+from shared.logs import describe_os_error
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +445,11 @@ class HttpServer:
         if self._thread and self._thread.is_alive():
             # closed by the event loop's own thread (the map is not safe to change from
             # another); the loop ends when nothing is left in it
-            self._server.trigger.pull_trigger(self._close_all)
+            try:
+                self._server.trigger.pull_trigger(self._close_all)
+            except OSError as exc:  # waitress closed its trigger after an error on it: close from here
+                log.warning("HTTP server's wake-up pipe is closed (%s); closing its connections from this thread",
+                            describe_os_error(exc))
             self._thread.join(5)
         self._close_all()
         self._server.task_dispatcher.shutdown(timeout=5)
