@@ -112,10 +112,10 @@ class ParsedInstances:
 
     Where both stages run in one process (the embedded runtime), morph would otherwise
     read and parse the same immutable ingest object again. An entry is taken once (morph
-    changes the dataset); the newest are kept up to ``max_bytes`` of mapped files (of
-    which only the headers are in memory; the parsed dataset's large values stay in the
-    file). A miss (another process, a retry, a long backlog) just means reading the
-    object."""
+    changes the dataset); the newest are kept up to ``max_bytes`` of file data (small
+    files read whole, larger ones mapped with only their headers in memory:
+    ``io.mapped``; the parsed dataset's large values stay in the file). A miss (another
+    process, a retry, a long backlog) just means reading the object."""
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024):
         self.max_bytes = max_bytes

@@ -83,7 +83,7 @@ def write_morphed(src_path: Path, ds: Dataset, out_path: Path, *, data: Buffer |
     try:
         chunks = _fast(splice_chunks, src_path, ds, None, data=data)
         if chunks is None:
-            chunks = reencode_chunks(src_path, ds, data=data)
+            chunks = _fast(reencode_chunks, src_path, ds, data=data)
         if chunks is not None:
             return write_chunks(src_path, chunks, out_path, hashed=hashed)
         _refuse_large_reads(ds, data)
@@ -109,10 +109,15 @@ def write_chunks(src_path: Path, chunks: Iterable[Chunk], out_path: Path, *, has
 
 
 def _fast(build, *args, **kwargs) -> list[Chunk] | None:
+    """``build``'s chunks, or None when it fails: a way of copying bytes (relying on
+    pydicom's ``Dataset._dict``, pinned) is never the reason a morph fails. A refusal
+    (:class:`Unprocessable`) is the instance's, and stands."""
     try:
         return build(*args, **kwargs)
-    except Exception:  # noqa: BLE001 - a fast path: never the reason a morph fails
-        log.warning("splice of %s failed; writing with pydicom", args[0], exc_info=True)
+    except Unprocessable:
+        raise
+    except Exception:  # noqa: BLE001 - see above
+        log.warning("%s of %s failed; writing with pydicom", build.__name__, args[0], exc_info=True)
         return None
 
 
