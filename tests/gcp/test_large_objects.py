@@ -11,8 +11,9 @@ import pytest
 from shared.adapters.gcs import UPLOAD_CHUNK_BYTES, GCSBlobStore
 from shared.config import parse_config
 from shared.destinations.gcs import GCSSender
+from shared.dicom.io import sha256_file
 from tests.support.gcp import unique
-from tests.support.large import PeakMemory, delivery_for, make_large_instance, sha256_of
+from tests.support.large import PeakMemory, delivery_for, make_large_instance
 
 SIZE_MB = 256
 BOUND_MB = 4 + 2 * UPLOAD_CHUNK_BYTES / 2**20  # a chunk read and its copy in the request (measured: 16.1 MB)
@@ -23,14 +24,14 @@ RSS_BOUND_MB = 48  # the peak resident set over the start: the chunk, its copies
 def large(tmp_path_factory):
     path = tmp_path_factory.mktemp("large") / "large.dcm"
     uid, _ = make_large_instance(path, SIZE_MB)
-    return path, uid, sha256_of(path)
+    return path, uid, sha256_file(path)
 
 
 def downloaded_sha256(blob, tmp_path) -> tuple[int, str]:
     copy = tmp_path / "downloaded.dcm"
     blob.download_to_filename(str(copy))
     try:
-        return copy.stat().st_size, sha256_of(copy)
+        return copy.stat().st_size, sha256_file(copy)
     finally:
         copy.unlink()
 
@@ -63,7 +64,7 @@ def test_blob_store_puts_and_reads_a_large_object_in_bounded_memory(fake_gcs, la
     assert put_peak.python_mb < BOUND_MB and put_peak.rss_mb < RSS_BOUND_MB, (put_peak.python_mb, put_peak.rss_mb)
     with PeakMemory() as read_peak:
         with store.local_path(ref) as local:
-            size, digest = local.stat().st_size, sha256_of(local)
+            size, digest = local.stat().st_size, sha256_file(local)
     assert read_peak.python_mb < BOUND_MB and read_peak.rss_mb < RSS_BOUND_MB, (read_peak.python_mb, read_peak.rss_mb)
     assert (size, digest) == (path.stat().st_size, sha256)
     assert store.metadata(ref) == {"axiom-source": "test"}

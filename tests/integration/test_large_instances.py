@@ -19,6 +19,7 @@ from shared.config import parse_config
 from shared.destinations.cstore import CStoreSender
 from shared.destinations.dicomweb import DicomWebSender
 from shared.destinations.filesystem import FilesystemSender
+from shared.dicom.io import sha256_file
 from shared.errors import DeliveryRefused
 from shared.inputs.pollers.dicomweb import DicomWebClient
 from shared.inputs.pollers.types import InstanceRef
@@ -28,7 +29,6 @@ from tests.support.large import (
     delivery_for,
     make_large_instance,
     pixel_data_digest,
-    sha256_of,
     sop_instance_uid,
 )
 from tests.support.orthanc import Orthanc
@@ -44,7 +44,7 @@ RSS_BOUND_MB = 32  # the peak resident set over the start: mapped pages, buffers
 class Large:
     def __init__(self, path: Path, uid: str, length: int):
         self.path, self.uid, self.pixel_length = path, uid, length
-        self.sha256, self.dataset_sha256 = sha256_of(path), dataset_sha256(path)
+        self.sha256, self.dataset_sha256 = sha256_file(path), dataset_sha256(path)
         ds = dcmread(path, stop_before_pixels=True)
         self.study_uid, self.series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
 
@@ -97,7 +97,7 @@ def test_filesystem_destination_places_a_large_instance_in_bounded_memory(large,
         where = sender.send(large.path, delivery_for(large.path, "fs"))
     assert peak.python_mb < BOUND_MB and peak.rss_mb < RSS_BOUND_MB, (peak.python_mb, peak.rss_mb)
     placed = Path(where)
-    assert placed.parent.parent.parent == tmp_path / "out" and sha256_of(placed) == large.sha256
+    assert placed.parent.parent.parent == tmp_path / "out" and sha256_file(placed) == large.sha256
 
 
 def test_filesystem_conflict_check_hashes_the_existing_file_in_bounded_memory(large, tmp_path):
@@ -238,7 +238,7 @@ def test_stow_rs_input_takes_a_large_single_part_body_in_bounded_memory(large, t
         assert [i["00081155"]["Value"][0] for i in answer.json()["00081199"]["Value"]] == [large.uid]
         ingested = stow.ingested()
     assert peak.python_mb < BOUND_MB and peak.rss_mb < RSS_BOUND_MB, (peak.python_mb, peak.rss_mb)
-    assert list(ingested) == [large.uid] and sha256_of(ingested[large.uid]) == large.sha256
+    assert list(ingested) == [large.uid] and sha256_file(ingested[large.uid]) == large.sha256
 
 
 def test_stow_rs_input_takes_a_large_multipart_body_in_bounded_memory(large, tmp_path, monkeypatch):
@@ -256,5 +256,5 @@ def test_stow_rs_input_takes_a_large_multipart_body_in_bounded_memory(large, tmp
         ingested = stow.ingested()
     assert peak.python_mb < BOUND_MB and peak.rss_mb < RSS_BOUND_MB, (peak.python_mb, peak.rss_mb)
     assert sorted(ingested) == stored
-    assert sha256_of(ingested[large.uid]) == large.sha256
-    assert sha256_of(ingested[small_uid]) == sha256_of(Path(small))
+    assert sha256_file(ingested[large.uid]) == large.sha256
+    assert sha256_file(ingested[small_uid]) == sha256_file(Path(small))

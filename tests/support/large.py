@@ -74,15 +74,6 @@ def sop_instance_uid(path: Path) -> str:
     return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
-def sha256_of(path: Path) -> str:
-    """A file's SHA-256, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def dataset_sha256(path: Path) -> str:
     """SHA-256 of everything after the file meta (the data set as encoded), read in
     chunks: what must arrive intact where a peer writes its own file meta."""
