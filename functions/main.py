@@ -1,6 +1,6 @@
 """Cloud Functions entry points: ``match``, ``morph``, ``route``, ``dead_letter``,
 ``release_held`` and ``poll`` (Cloud Scheduler), ``ghc_ingest`` (Healthcare API DICOM
-store notifications) and ``stow`` (HTTP, STOW-RS).
+store notifications), ``stow`` (HTTP, STOW-RS) and ``api`` (HTTP, the config API).
 
 Each CloudEvent function is fed by a Pub/Sub push (``google.cloud.pubsub.topic.v1.
 messagePublished``). It only decodes the push (:mod:`shared.adapters.pubsub`), gets the
@@ -25,6 +25,7 @@ import logging
 import os
 
 import functions_framework
+import functions_framework.aio
 
 from shared import exceptions, stages
 from shared.adapters import pubsub
@@ -94,3 +95,28 @@ def ghc_ingest(cloud_event) -> None:
 def stow(request):
     """STOW-RS: POST .../studies[/{StudyInstanceUID}]."""
     return stow_http_function(request, gcp.ports())
+
+
+class _ToApp:
+    """What ``api`` answers: functions-framework awaits ``answer(scope, receive, send)``
+    on it (as on a Starlette Response), which hands the request itself, body unread, to
+    ``app``. The scope goes without the function route's own match (its ``{path}``)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        scope = {k: v for k, v in scope.items() if k not in ("path_params", "endpoint", "route")}
+        await self.app(scope, receive, send)
+
+
+@functions_framework.aio.http
+async def api(request):
+    """The config API (:mod:`shared.api`) at the function's URL + ``/api/v1/...``.
+
+    ASGI end to end: functions-framework 3.9 serves a function decorated with
+    ``functions_framework.aio.http`` on Starlette (uvicorn workers under gunicorn when
+    deployed), found without flags, so the FastAPI app needs no WSGI bridge (a2wsgi,
+    as ``serve`` needs for waitress). The app is built once per process over the GCP
+    ports (:func:`shared.runtime.gcp.api`)."""
+    return _ToApp(gcp.api())

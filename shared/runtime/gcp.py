@@ -41,6 +41,7 @@ DEFAULT_TOPIC_PREFIX = "axiom-"
 
 _lock = threading.Lock()
 _ports: Ports | None = None
+_api = None  # the API app (FastAPI) over _ports: shared.api.app.create_api
 
 
 def topic_prefix(env: Mapping[str, str] | None = None) -> str:
@@ -97,6 +98,20 @@ def ports() -> Ports:
             if _ports is None:
                 _ports = build_ports()
     return _ports
+
+
+def api():
+    """The config API (:func:`shared.api.app.create_api`) over :func:`ports`, built on
+    first use and then reused; built again when the process's ports were replaced."""
+    global _api
+    current = ports()
+    if _api is None or _api.state.ports is not current:
+        from shared.api.app import create_api
+
+        with _lock:
+            if _api is None or _api.state.ports is not current:
+                _api = create_api(current)
+    return _api
 
 
 def load_config(config: AppConfig | str | Path, docs=None) -> AppConfig:
