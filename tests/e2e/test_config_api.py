@@ -15,14 +15,7 @@ from pydicom import dcmread
 from shared.api.app import PREFIX
 from tests.support.dicomgen import make_ct_study
 from tests.support.procs import AxiomServer, storescu, wait_for
-
-SEEDS_EXAMPLE = {
-    "name": "ct-chest-routing", "execution_mode": "FIRST_MATCH",
-    "rules": [{"name": "route-ct-chest",
-               "conditions": [{"type": "tag_equals", "tag": "(0x0008,0x0060)", "value": "CT"},
-                              {"type": "tag_contains", "tag": "(0x0018,0x0015)", "value": "CHEST"}],
-               "actions": [{"type": "set", "tag": "(0x0008,0x103E)", "value": "CHEST CT - PROCESSED"}],
-               "storage_backends": ["primary-storage"]}]}
+from tests.support.seeds import SEEDS_EXAMPLE
 
 
 def _files(folder) -> dict[str, object]:

@@ -19,8 +19,8 @@ from shared.api.app import PREFIX
 from shared.cli import main
 from shared.config import parse_config
 from shared.runtime import gcp
-from tests.e2e.test_config_api import SEEDS_EXAMPLE
 from tests.support.gcp import PROJECT, unique
+from tests.support.seeds import SEEDS_EXAMPLE
 
 MAIN = str(Path(__file__).parents[2] / "functions" / "main.py")
 STAGE_TTL_S = 2.0
