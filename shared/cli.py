@@ -180,6 +180,17 @@ def _config_export(args) -> int:
     return 0
 
 
+def _config_reference(args) -> int:
+    from shared.config.reference import render
+
+    text = render()
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _config_import(args) -> int:
     from shared.api.audit import record
     from shared.config.store import diff_text
@@ -262,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--print", action="store_true", help="print the normalized config")
     validate.set_defaults(func=_validate)
 
-    cfg = command(sub, "config", "export or import the whole config of a deployment").add_subparsers(
+    cfg = command(sub, "config", "export or import the whole config of a deployment; print the config reference"
+                  ).add_subparsers(
         dest="config_command", required=True, metavar="COMMAND")
     store_help = ("where blobs, queue and state live ($AXIOM_DATA_DIR): the embedded runtime's config")
 
@@ -283,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--dry-run", action="store_true", help="only print the differences, write nothing")
     where(imp)
     imp.set_defaults(func=_config_import)
+    ref = command(cfg, "reference", "print the config reference (Markdown), generated from the config models")
+    ref.add_argument("-o", "--output", metavar="FILE", help="write it to FILE instead (docs/config-reference.md)")
+    ref.set_defaults(func=_config_reference)
 
     rules = command(sub, "rules", "work with rules").add_subparsers(dest="rules_command", required=True,
                                                                      metavar="COMMAND")

@@ -6,9 +6,13 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 
+from shared.config import AppConfig
 from shared.ports import Ports
 
 PREFIX = "/api/v1"
+# the config models' JSON schemas are components of the OpenAPI document (their field
+# descriptions are those of docs/config-reference.md); the YAML import and export name this one
+CONFIG_SCHEMA = {"$ref": "#/components/schemas/AppConfig"}
 # one router per resource, each module's ``router``; a route that checks no permission fails
 # tests/unit/test_api.py
 ROUTERS: tuple[str, ...] = (
@@ -33,7 +37,27 @@ def create_api(ports: Ports, *, version: str = "0") -> FastAPI:
     for name in ROUTERS:
         router: APIRouter = importlib.import_module(name).router
         api.include_router(router, prefix=PREFIX)
+    _with_config_schemas(api)
     return api
+
+
+def _with_config_schemas(api: FastAPI) -> None:
+    """Add AppConfig and every model it uses to the components of ``api``'s OpenAPI
+    document: the config routes take and give plain JSON objects (a document of any
+    kind, validated as part of the whole config), so FastAPI would not list them."""
+    build = api.openapi
+
+    def openapi() -> dict:
+        if api.openapi_schema is None:
+            document = build()
+            schema = AppConfig.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for name, model_schema in {**schema.pop("$defs", {}), "AppConfig": schema}.items():
+                if schemas.setdefault(name, model_schema) != model_schema:
+                    raise RuntimeError(f"two OpenAPI schemas are named {name}: rename the API's model")
+        return api.openapi_schema
+
+    api.openapi = openapi
 
 
 async def _problems_as_documented(request: Request, exc: HTTPException):

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response
 
-from shared.api.app import PREFIX, get_ports
+from shared.api.app import CONFIG_SCHEMA, PREFIX, get_ports
 from shared.api.audit import record
 from shared.api.auth import require
 from shared.api.permissions import Permission, Principal
@@ -78,7 +78,7 @@ def _body_id(kind: str, body: dict) -> dict:
 
 
 @router.get("/config/export", summary="The whole config as YAML", response_class=Response,
-            responses={200: {"content": {YAML: {}}}})
+            responses={200: {"content": {YAML: {"schema": CONFIG_SCHEMA}}}})
 def export_config(ports: Ports = Depends(get_ports), _: Principal = Depends(READ)) -> Response:
     text = ConfigStore(ports.docs).export_yaml()
     return Response(text, media_type=YAML, headers={"ETag": etag(text)})
@@ -86,7 +86,7 @@ def export_config(ports: Ports = Depends(get_ports), _: Principal = Depends(READ
 
 @router.post("/config/import", summary="Replace the whole config with a YAML one, validated as one unit",
              responses={422: ERRORS[422]},
-             openapi_extra={"requestBody": {"required": True, "content": {YAML: {"schema": {"type": "string"}}}}})
+             openapi_extra={"requestBody": {"required": True, "content": {YAML: {"schema": CONFIG_SCHEMA}}}})
 async def import_config(request: Request, dry_run: bool = Query(False, description="only answer the differences"),
                         ports: Ports = Depends(get_ports), principal: Principal = Depends(WRITE)) -> dict:
     body = await request.body()

@@ -13,20 +13,23 @@ from shared.dicom.tags import parse_path
 from shared.regex import compile_regex
 from shared.templates import check_template, has_fields
 
-# Values may be templates built from other tags: "{PatientID}-{AccessionNumber}",
-# with "|upper" or "|lower": "{PatientName|upper}". "{{" and "}}" are literal braces.
+TEMPLATE_HELP = ("May be a template of other attributes' values: `{PatientID}-{AccessionNumber}`, `{PatientName|upper}` "
+                 "(or `|lower`); `{{` and `}}` are literal braces.")
 
 
 class _TagAction(Doc):
-    tag: ActionTagAddress
+    tag: ActionTagAddress = Field(examples=["InstitutionName", "(0008,0080)", "OtherPatientIDsSequence[*].PatientID"],
+                                  description="The element acted on (`[*]`: in every item).")
 
 
 class SetAction(_TagAction):
     """Set the element, creating it (and sequences/items on its path) if missing."""
 
-    action: Literal["set"]
-    value: str
-    vr: VRName = None
+    action: Literal["set"] = Field(description="Selects this action.")
+    value: str = Field(examples=["AXIOM FLOW", "{PatientID}-{AccessionNumber}"],
+                       description="The new value. " + TEMPLATE_HELP)
+    vr: VRName = Field(default=None, examples=["LO"],
+                       description="VR of an element created; none: the dictionary's (needed for private tags).")
 
     @model_validator(mode="after")
     def _value_valid_for_vr(self):
@@ -40,9 +43,11 @@ class DeleteAction(Doc):
     """Delete an element (every item's element with [*]), or a whole ``group``:
     ``private`` for every private element, or a 4-hex-digit group such as ``6000``."""
 
-    action: Literal["delete"]
-    tag: ActionTagAddress | None = None
-    group: str | None = None
+    action: Literal["delete"] = Field(description="Selects this action.")
+    tag: ActionTagAddress | None = Field(default=None, examples=["PatientComments", "(0019,\"SIEMENS MR HEADER\",08)"],
+                                         description="The element to delete; give this or `group`.")
+    group: str | None = Field(default=None, examples=["private", "6000"],
+                              description="`private`, or four hex digits: delete every element of the group.")
 
     @model_validator(mode="after")
     def _one_target(self):
@@ -56,15 +61,19 @@ class DeleteAction(Doc):
 
 
 class PrependAction(_TagAction):
-    action: Literal["prepend"]
-    value: str
+    """Put text before the element's value."""
+
+    action: Literal["prepend"] = Field(description="Selects this action.")
+    value: str = Field(examples=["ANON-"], description="The text put before. " + TEMPLATE_HELP)
 
     _template = field_validator("value")(lambda cls, v: check_template(v))
 
 
 class SuffixAction(_TagAction):
-    action: Literal["suffix"]
-    value: str
+    """Put text after the element's value."""
+
+    action: Literal["suffix"] = Field(description="Selects this action.")
+    value: str = Field(examples=["-{StationName}"], description="The text put after. " + TEMPLATE_HELP)
 
     _template = field_validator("value")(lambda cls, v: check_template(v))
 
@@ -72,10 +81,10 @@ class SuffixAction(_TagAction):
 class RegexReplaceAction(_TagAction):
     """RE2 substitution; the replacement may use \\1 or \\g<name> group references."""
 
-    action: Literal["regex_replace"]
-    pattern: Regex
-    replacement: str
-    count: int = Field(default=0, ge=0)  # 0: every match
+    action: Literal["regex_replace"] = Field(description="Selects this action.")
+    pattern: Regex = Field(examples=["^(\\d{4})(\\d{2})"], description="The RE2 regular expression searched for.")
+    replacement: str = Field(examples=["\\1-\\2"], description="What each match is replaced with.")
+    count: int = Field(default=0, ge=0, description="Matches replaced at most; 0: every match.")
 
     @model_validator(mode="after")
     def _groups_exist(self):
@@ -91,30 +100,42 @@ class RegexReplaceAction(_TagAction):
 
 
 class CopyAction(Doc):
-    action: Literal["copy"]
-    from_: ActionTagAddress = Field(alias="from")
-    to: ActionTagAddress
-    vr: VRName = None
+    """Copy an element's value to another element (created if missing)."""
+
+    action: Literal["copy"] = Field(description="Selects this action.")
+    from_: ActionTagAddress = Field(alias="from", examples=["AccessionNumber"], description="The element copied.")
+    to: ActionTagAddress = Field(examples=["StudyID"], description="The element written.")
+    vr: VRName = Field(default=None, examples=["SH"],
+                       description="VR of the element written when it is new; none: the dictionary's, else the "
+                                   "source's.")
 
 
 class MoveAction(Doc):
     """Copy, then delete the source."""
 
-    action: Literal["move"]
-    from_: ActionTagAddress = Field(alias="from")
-    to: ActionTagAddress
-    vr: VRName = None
+    action: Literal["move"] = Field(description="Selects this action.")
+    from_: ActionTagAddress = Field(alias="from", examples=["(0019,\"ACME 1.1\",10)"],
+                                    description="The element moved (deleted after the copy).")
+    to: ActionTagAddress = Field(examples=["StudyComments"], description="The element written.")
+    vr: VRName = Field(default=None, examples=["LT"],
+                       description="VR of the element written when it is new; none: the dictionary's, else the "
+                                   "source's.")
 
 
 class CrosswalkAction(_TagAction):
     """Look the element's value up in a crosswalk table and write the result to ``to``
     (default: the same element)."""
 
-    action: Literal["crosswalk"]
-    table: str
-    to: ActionTagAddress | None = None
-    on_missing: Literal["keep", "error", "default"] = "keep"
-    default: str | None = None
+    action: Literal["crosswalk"] = Field(description="Selects this action.")
+    table: str = Field(examples=["site-codes"], description="Id of the crosswalk table.")
+    to: ActionTagAddress | None = Field(default=None, examples=["InstitutionCodeSequence[0].CodeValue"],
+                                        description="The element written; none: `tag` itself.")
+    on_missing: Literal["keep", "error", "default"] = Field(
+        default="keep",
+        description="When the table has no entry: `keep` the value, stop with an `error` (an exception record), "
+                    "or write `default`.")
+    default: str | None = Field(default=None, examples=["UNKNOWN"],
+                                description="The value written for `on_missing: default`.")
 
     @model_validator(mode="after")
     def _default_given(self):
@@ -129,11 +150,15 @@ class AIStandardizeAction(_TagAction):
     """Standardize a free-text value (e.g. a series description) with the configured
     AI standardizer, optionally constrained to ``allowed`` values."""
 
-    action: Literal["ai_standardize"]
-    kind: str = "free_text"
-    to: ActionTagAddress | None = None
-    allowed: list[str] | None = None
-    instructions: str | None = None
+    action: Literal["ai_standardize"] = Field(description="Selects this action.")
+    kind: str = Field(default="free_text", examples=["series_description"],
+                      description="What the value is, as told to the standardizer.")
+    to: ActionTagAddress | None = Field(default=None, examples=["SeriesDescription"],
+                                        description="The element written; none: `tag` itself.")
+    allowed: list[str] | None = Field(default=None, examples=[["T1 AX", "T2 AX", "FLAIR AX"]],
+                                      description="The values the answer must be one of; none: any text.")
+    instructions: str | None = Field(default=None, examples=["Use the site's abbreviations."],
+                                     description="Further guidance for the standardizer.")
 
 
 Action = Annotated[
@@ -146,6 +171,7 @@ Action = Annotated[
 class CrosswalkTable(Doc):
     """An in-memory crosswalk: exact keys to values (external databases come later)."""
 
-    id: str
-    entries: dict[str, str] = Field(default_factory=dict)
-    case_insensitive: bool = False
+    id: str = Field(examples=["site-codes"], description="Unique id of the table; `crosswalk` actions name it.")
+    entries: dict[str, str] = Field(default_factory=dict, examples=[{"ST MARY HOSP": "SMH"}],
+                                    description="Each key (an exact value) and what it becomes.")
+    case_insensitive: bool = Field(default=False, description="Match keys ignoring case.")

@@ -22,15 +22,28 @@ CONFIG_COLLECTIONS = ("settings", *LIST_COLLECTIONS)
 
 
 class AppConfig(Doc):
-    settings: Settings = Field(default_factory=Settings)
-    listeners: list[Listener] = Field(default_factory=list)
-    destinations: list[Destination] = Field(default_factory=list)
-    rulesets: list[Ruleset] = Field(default_factory=list)
-    schedules: list[Schedule] = Field(default_factory=list)
-    crosswalks: list[CrosswalkTable] = Field(default_factory=list)
-    sources: list[Source] = Field(default_factory=list)
-    stow: StowInput = Field(default_factory=StowInput)
-    default_route: DefaultRoute = Field(default_factory=DefaultRoute)
+    """The whole configuration: one YAML document, or one document per item in the
+    config store."""
+
+    settings: Settings = Field(default_factory=Settings,
+                                description="Settings that apply to every instance and every stage.")
+    listeners: list[Listener] = Field(default_factory=list,
+                                      description="DICOM listeners that receive instances by C-STORE.")
+    destinations: list[Destination] = Field(default_factory=list,
+                                            description="Where instances are sent, each chosen by its `type`.")
+    rulesets: list[Ruleset] = Field(
+        default_factory=list,
+        description="The rules: which instances go where, changed how; rulesets run in `priority` order.")
+    schedules: list[Schedule] = Field(default_factory=list,
+                                      description="Time windows that rules can be limited to.")
+    crosswalks: list[CrosswalkTable] = Field(default_factory=list,
+                                             description="Lookup tables for the `crosswalk` action.")
+    sources: list[Source] = Field(default_factory=list,
+                                  description="Servers polled for new studies, each chosen by its `type`.")
+    stow: StowInput = Field(default_factory=StowInput, description="The STOW-RS endpoint that receives instances "
+                                                                   "over HTTP.")
+    default_route: DefaultRoute = Field(default_factory=DefaultRoute,
+                                        description="Where an instance goes when no rule matches it.")
 
     @model_validator(mode="after")
     def _references(self):

@@ -26,11 +26,16 @@ class TagCondition(Doc):
     dates/times. A multi-valued element matches if any value matches, or every value
     with ``match: all``. ``ne``/``not_*`` are the negation of their positive operator."""
 
-    tag: TagAddress
-    op: TagOp = "eq"
-    value: Scalar | list[Scalar] | None = None
-    case_insensitive: bool = False
-    match: Literal["any", "all"] = "any"
+    tag: TagAddress = Field(examples=["Modality", "(0008,0060)", "ReferencedStudySequence[*].ReferencedSOPInstanceUID"],
+                            description="The attribute tested.")
+    op: TagOp = Field(default="eq", description="The comparison; `exists`/`not_exists` take no value, `in`/`not_in` "
+                                                "a list, the others one value.")
+    value: Scalar | list[Scalar] | None = Field(
+        default=None, examples=["CT", 5, ["CT", "MR"], "^1\\.2\\.840\\."],
+        description="What the attribute is compared with (a pattern for `regex`, a list for `in`/`not_in`).")
+    case_insensitive: bool = Field(default=False, description="Compare text ignoring case.")
+    match: Literal["any", "all"] = Field(
+        default="any", description="For a multi-valued attribute: match if `any` value matches, or only if `all` do.")
 
     @model_validator(mode="after")
     def _value_fits_op(self):
@@ -60,10 +65,14 @@ class AssociationCondition(Doc):
     """A condition on how the instance arrived. For ``source_ip``, ``eq``/``in`` test
     membership of CIDR networks (IPv4 or IPv6; a bare address is a /32 or /128)."""
 
-    association: AssociationField
-    op: Literal["eq", "ne", "in", "not_in", "startswith", "regex"] = "eq"
-    value: str | list[str]
-    case_insensitive: bool = False
+    association: AssociationField = Field(
+        description="What is tested: the `calling_ae` or `called_ae` title, the `source_ip` address, how the "
+                    "instance arrived (`source_type`), or the id of its listener or source (`source_id`).")
+    op: Literal["eq", "ne", "in", "not_in", "startswith", "regex"] = Field(
+        default="eq", description="The comparison; `in`/`not_in` take a list.")
+    value: str | list[str] = Field(examples=["CT_SCANNER_1", ["10.1.0.0/16", "192.168.4.7"]],
+                                   description="What it is compared with: CIDR networks for `source_ip`.")
+    case_insensitive: bool = Field(default=False, description="Compare text ignoring case.")
 
     @model_validator(mode="after")
     def _value_fits_op(self):
@@ -85,15 +94,21 @@ class AssociationCondition(Doc):
 
 
 class AllOf(Doc):
-    all: list["Condition"] = Field(min_length=1)
+    """True when every condition in the list is."""
+
+    all: list["Condition"] = Field(min_length=1, description="The conditions, all of which must hold.")
 
 
 class AnyOf(Doc):
-    any: list["Condition"] = Field(min_length=1)
+    """True when at least one condition in the list is."""
+
+    any: list["Condition"] = Field(min_length=1, description="The conditions, one of which must hold.")
 
 
 class NotOf(Doc):
-    not_: "Condition" = Field(alias="not")
+    """True when the condition is not."""
+
+    not_: "Condition" = Field(alias="not", description="The condition that must not hold.")
 
 
 _CONDITION_KEYS = {"tag": TagCondition, "association": AssociationCondition, "all": AllOf, "any": AnyOf, "not": NotOf}
@@ -131,13 +146,17 @@ class Schedule(Doc):
     so DST changes are followed. ``date_from``/``date_to`` (inclusive) bound the local
     date on which a window opens."""
 
-    id: str
-    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
-    start: time = time(0, 0)
-    end: time = time(0, 0)  # start == end: the whole day
-    timezone: str = "UTC"
-    date_from: date | None = None
-    date_to: date | None = None
+    id: str = Field(examples=["nights"], description="Unique id of the schedule; rules name it in `schedule`.")
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1, examples=[["mon", "tue", "wed"]],
+                                description="The days on which the window opens.")
+    start: time = Field(default=time(0, 0), examples=["20:00"], description="Local time the window opens.")
+    end: time = Field(default=time(0, 0), examples=["06:30"],
+                      description="Local time the window closes; equal to `start`: the whole day.")
+    timezone: str = Field(default="UTC", examples=["Europe/Amsterdam"], description="IANA time zone of the times.")
+    date_from: date | None = Field(default=None, examples=["2025-01-01"],
+                                   description="First local date on which the window opens; none: no limit.")
+    date_to: date | None = Field(default=None, examples=["2025-12-31"],
+                                 description="Last local date on which the window opens; none: no limit.")
 
     @field_validator("timezone")
     @classmethod

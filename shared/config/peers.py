@@ -9,19 +9,34 @@ from pydantic import Field, model_validator
 
 from shared.config.base import Doc
 
-# Secrets are named, never written into config: "env:NAME" (an environment variable),
-# "file:/path", or "gsm:projects/P/secrets/S/versions/V" (Secret Manager). See shared.ports.Secrets.
+# Secrets are named, never written into config (see shared.ports.Secrets).
 SecretRef = Annotated[str, Field(pattern=r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+|gsm:projects/.+)$")]
+"""Where a secret is read from: ``env:NAME`` (an environment variable), ``file:/path``,
+or ``gsm:projects/P/secrets/S/versions/V`` (Google Secret Manager)."""
 
 
 class TLS(Doc):
     """TLS for DICOM associations (PS3.15 Annex B.1, the TLS secure transport profile)."""
 
-    ca: SecretRef | None = None  # PEM CA bundle to verify the peer; None: system CAs
-    certificate: SecretRef | None = None  # PEM certificate chain presented to the peer
-    key: SecretRef | None = None  # PEM private key for ``certificate``
-    require_client_certificate: bool = True  # for listeners: mutual TLS
-    check_hostname: bool = False  # PACS certificates rarely carry their IP/hostname
+    ca: SecretRef | None = Field(
+        default=None, examples=["file:/etc/axiom/pacs-ca.pem"],
+        description="Secret holding the PEM CA bundle the peer's certificate is verified against; "
+                    "none: the system's CA certificates.")
+    certificate: SecretRef | None = Field(
+        default=None, examples=["file:/etc/axiom/tls/cert.pem"],
+        description="Secret holding the PEM certificate chain presented to the peer; required for a "
+                    "listener, given together with `key`.")
+    key: SecretRef | None = Field(
+        default=None, examples=["gsm:projects/P/secrets/axiom-tls-key/versions/latest"],
+        description="Secret holding the PEM private key of `certificate`.")
+    require_client_certificate: bool = Field(
+        default=True,
+        description="For listeners: require a client certificate signed by `ca` (mutual TLS); "
+                    "ignored for outgoing associations.")
+    # off by default: PACS certificates rarely carry their IP address or host name
+    check_hostname: bool = Field(
+        default=False,
+        description="For outgoing associations: check that the peer's certificate names the host connected to.")
 
     @model_validator(mode="after")
     def _pair(self):
@@ -34,12 +49,20 @@ class HttpAuth(Doc):
     """How to authenticate to an HTTP peer. ``google`` uses Application Default
     Credentials (the Healthcare API)."""
 
-    type: Literal["none", "basic", "bearer", "header", "google"] = "none"
-    username: str | None = None
-    password: SecretRef | None = None
-    token: SecretRef | None = None
-    header: str | None = None  # header name for type "header", e.g. X-API-Key
-    value: SecretRef | None = None
+    type: Literal["none", "basic", "bearer", "header", "google"] = Field(
+        default="none",
+        description="The scheme: `none`; `basic` (username and password); `bearer` (a token); "
+                    "`header` (a secret sent in a header of your choice); `google` (Application Default "
+                    "Credentials).")
+    username: str | None = Field(default=None, description="User name for `basic`.")
+    password: SecretRef | None = Field(default=None, examples=["env:PACS_PASSWORD"],
+                                       description="Secret holding the password for `basic`.")
+    token: SecretRef | None = Field(default=None, examples=["file:/run/secrets/pacs-token"],
+                                    description="Secret holding the bearer token for `bearer`.")
+    header: str | None = Field(default=None, examples=["X-API-Key"],
+                               description="Name of the HTTP header for `header`.")
+    value: SecretRef | None = Field(default=None, examples=["env:PACS_API_KEY"],
+                                    description="Secret holding the value of `header`.")
 
     @model_validator(mode="after")
     def _fields_for_type(self):
@@ -53,11 +76,13 @@ class HttpAuth(Doc):
 class HealthcareStore(Doc):
     """A Google Cloud Healthcare API DICOM store (destination or source)."""
 
-    project: str
-    location: str
-    dataset: str
-    dicom_store: str
-    endpoint: str = Field(default="https://healthcare.googleapis.com/v1", pattern=r"^https?://")
+    project: str = Field(examples=["my-project"], description="Google Cloud project id of the store.")
+    location: str = Field(examples=["europe-west4"], description="Region of the dataset.")
+    dataset: str = Field(examples=["imaging"], description="Healthcare API dataset id.")
+    dicom_store: str = Field(examples=["router-out"], description="DICOM store id within the dataset.")
+    endpoint: str = Field(default="https://healthcare.googleapis.com/v1", pattern=r"^https?://",
+                          description="Base URL of the Healthcare API; change it only for a test server or a "
+                                      "regional endpoint.")
 
     @property
     def dicomweb_url(self) -> str:

@@ -17,17 +17,30 @@ from shared.messages import SourceType
 class SourceScope(Doc):
     """Limit a ruleset to one input: a source type, optionally one source id."""
 
-    type: SourceType
-    id: str | None = None
+    type: SourceType = Field(description="How the instance arrived: a listener (`cstore`), `stow`, a poller's "
+                                         "type, or `bucket` (a file dropped into the ingest bucket).")
+    id: str | None = Field(default=None, examples=["main"],
+                           description="Only the listener, source or STOW endpoint with this id; none: any of the type.")
 
 
 class Rule(Doc):
-    id: str
-    enabled: bool = True
-    when: Condition | None = None  # None: every instance
-    schedule: str | None = None  # id of a Schedule; None: always active when enabled
-    actions: list[Action] = Field(default_factory=list)
-    destinations: list[str] = Field(default_factory=list)
+    """One rule: when its condition matches (and its schedule is open), its actions change
+    the instance and it is sent to its destinations."""
+
+    id: str = Field(examples=["ct-to-pacs"],
+                    description="Id of the rule, unique within its ruleset (the seeds' spelling `name` is accepted).")
+    enabled: bool = Field(default=True, description="Apply this rule; false skips it.")
+    when: Condition | None = Field(
+        default=None, examples=[{"tag": "Modality", "op": "eq", "value": "CT"}],
+        description="The condition an instance must meet; none: every instance. The seeds' spelling `conditions` "
+                    "(a list, all of which must hold) is accepted.")
+    schedule: str | None = Field(default=None, examples=["nights"],
+                                 description="Id of a schedule; the rule applies only while it is open; none: always.")
+    actions: list[Action] = Field(default_factory=list, description="Changes to the instance, applied in order.")
+    destinations: list[str] = Field(
+        default_factory=list, examples=[["pacs", "archive"]],
+        description="Ids of the destinations the instance is sent to (the seeds' spelling `storage_backends` is "
+                    "accepted).")
 
     @model_validator(mode="before")
     @classmethod
@@ -36,13 +49,22 @@ class Rule(Doc):
 
 
 class Ruleset(Doc):
-    id: str
-    enabled: bool = True
-    priority: int = 100  # lower runs first
-    mode: Literal["FIRST_MATCH", "ALL_MATCHES"] = "ALL_MATCHES"
-    sources: list[SourceScope] = Field(default_factory=list)  # empty: every input
-    log_original_attributes: bool | None = None  # None: settings.log_original_attributes
-    rules: list[Rule] = Field(default_factory=list)
+    """An ordered group of rules, applied to the instances of its sources."""
+
+    id: str = Field(examples=["main"], description="Unique id of the ruleset (the seeds' spelling `name` is accepted).")
+    enabled: bool = Field(default=True, description="Apply this ruleset; false skips all its rules.")
+    priority: int = Field(default=100, description="Order among rulesets: lower runs first (ties by id).")
+    mode: Literal["FIRST_MATCH", "ALL_MATCHES"] = Field(
+        default="ALL_MATCHES",
+        description="`FIRST_MATCH`: only the first matching rule of this ruleset applies; `ALL_MATCHES`: every "
+                    "matching rule does "
+                    "(the seeds' spelling `execution_mode` is accepted).")
+    sources: list[SourceScope] = Field(default_factory=list, examples=[[{"type": "cstore", "id": "main"}]],
+                                       description="The inputs this ruleset applies to; empty: every input.")
+    log_original_attributes: bool | None = Field(
+        default=None, description="Override `settings.log_original_attributes` for this ruleset's rules; none: "
+                                  "the setting applies.")
+    rules: list[Rule] = Field(default_factory=list, description="The rules, in the order they are tried.")
 
     @model_validator(mode="before")
     @classmethod
@@ -54,4 +76,6 @@ class DefaultRoute(Doc):
     """What happens to an instance no rule matches: sent to these destinations, or,
     with none, held with an exception record. Never a silent drop."""
 
-    destinations: list[str] = Field(default_factory=list)
+    destinations: list[str] = Field(default_factory=list, examples=[["archive"]],
+                                    description="Ids of the destinations an unmatched instance is sent to; empty: "
+                                                "it is held.")

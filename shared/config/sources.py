@@ -12,12 +12,19 @@ from shared.config.peers import TLS, HealthcareStore, HttpAuth, SecretRef
 
 
 class Listener(Doc):
-    id: str
-    ae_title: str = Field(default="AXIOM", max_length=16)
-    host: str = "0.0.0.0"
-    port: int = Field(default=11112, ge=0, le=65535)
-    max_pdu: int = Field(default=131072, ge=0)
-    tls: TLS | None = None
+    """A DICOM listener: an Application Entity that accepts associations and C-STORE
+    (PS3.4 Annex B, Storage Service Class) and C-ECHO (PS3.7 section 9.1.5)."""
+
+    id: str = Field(examples=["main"], description="Unique id of the listener; rules can test it as `source_id`.")
+    ae_title: str = Field(default="AXIOM", max_length=16, examples=["AXIOM"],
+                          description="The AE title this listener answers to (at most 16 characters).")
+    host: str = Field(default="0.0.0.0", examples=["0.0.0.0", "10.0.0.7"],
+                      description="Address to listen on; `0.0.0.0` is every IPv4 interface.")
+    port: int = Field(default=11112, ge=0, le=65535,
+                      description="TCP port to listen on; 0 lets the system pick a free one.")
+    max_pdu: int = Field(default=131072, ge=0,
+                         description="Largest PDU we receive, in bytes, as offered to the peer; 0 offers no maximum.")
+    tls: TLS | None = Field(default=None, description="Accept TLS associations only; none: plain TCP.")
 
 
 class StowInput(Doc):
@@ -26,20 +33,24 @@ class StowInput(Doc):
     ``Authorization: Api-Key``, or a Bearer token): a user's key whose role may store
     (ingest, admin), or, deprecated, one of the lines of the secret ``api_keys``."""
 
-    enabled: bool = True
-    id: str = "stow"
-    api_keys: SecretRef | None = None  # deprecated; None: only users' API keys
-    max_request_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1024)
+    enabled: bool = Field(default=True, description="Accept STOW-RS requests; false answers 404.")
+    id: str = Field(default="stow", description="The source id that instances received here carry (`source_id`).")
+    api_keys: SecretRef | None = Field(
+        default=None, examples=["env:AXIOM_STOW_KEYS"],
+        description="Deprecated: a secret with further accepted keys, one a line; none: only users' API keys.")
+    max_request_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1024,
+                                   description="Largest request body accepted, in bytes; larger ones get 413.")
 
 
 class SourceBase(Doc):
-    id: str
-    enabled: bool = True
-    interval_s: float = Field(default=300.0, ge=1)
-    # Each run asks for studies from (watermark - lookback_days) on, so a study that
-    # gains instances, or arrives, up to this many days behind the newest one seen is
-    # still found; instances already ingested are skipped without being retrieved.
-    lookback_days: int = Field(default=7, ge=0, le=3650)
+    id: str = Field(examples=["pacs-ct"], description="Unique id of the source; rules can test it as `source_id`.")
+    enabled: bool = Field(default=True, description="Poll this source; false stops polling.")
+    interval_s: float = Field(default=300.0, ge=1, description="Seconds between two polls.")
+    lookback_days: int = Field(
+        default=7, ge=0, le=3650,
+        description="Each poll asks for studies from this many days before the newest study date seen, so "
+                    "instances that arrive late in recent studies are still found (those already received "
+                    "are skipped without being retrieved).")
 
 
 class OrthancChanges(Doc):
@@ -47,47 +58,59 @@ class OrthancChanges(Doc):
     run also looks at the studies that received instances since the previous run,
     whatever their StudyDate. ``url`` is Orthanc's REST root, e.g. http://pacs:8042."""
 
-    url: str = Field(pattern=r"^https?://")
-    auth: HttpAuth = Field(default_factory=HttpAuth)
+    url: str = Field(pattern=r"^https?://", examples=["http://pacs:8042"], description="Orthanc's REST root.")
+    auth: HttpAuth = Field(default_factory=HttpAuth, description="How to authenticate to Orthanc's REST API.")
 
 
 class DicomWebSource(SourceBase):
     """Poll a DICOMweb server: QIDO-RS (PS3.18 10.6) for studies, paged; WADO-RS to
     retrieve each new study's instances."""
 
-    type: Literal["dicomweb_poller"]
-    url: str = Field(pattern=r"^https?://")
-    auth: HttpAuth = Field(default_factory=HttpAuth)
-    query: dict[str, str] = Field(default_factory=dict)  # QIDO parameters, e.g. {ModalitiesInStudy: CT}
-    page_size: int = Field(default=100, ge=1, le=10000)
-    timeout_s: float = Field(default=60.0, gt=0)
-    orthanc_changes: OrthancChanges | None = None  # only when the server is an Orthanc
+    type: Literal["dicomweb_poller"] = Field(description="Selects this kind of source.")
+    url: str = Field(pattern=r"^https?://", examples=["https://pacs.example.org/dicom-web"],
+                     description="The DICOMweb service base URL (studies are under `{url}/studies`).")
+    auth: HttpAuth = Field(default_factory=HttpAuth, description="How to authenticate to the server.")
+    query: dict[str, str] = Field(default_factory=dict, examples=[{"ModalitiesInStudy": "CT"}],
+                                  description="Further QIDO-RS query parameters of every study query.")
+    page_size: int = Field(default=100, ge=1, le=10000,
+                           description="Studies asked for per QIDO-RS request (`limit`).")
+    timeout_s: float = Field(default=60.0, gt=0, description="Seconds to wait for each HTTP response.")
+    orthanc_changes: OrthancChanges | None = Field(
+        default=None, description="Only when the server is an Orthanc: also follow its change log.")
 
 
 class DimseSource(SourceBase):
     """Poll a PACS by C-FIND (Study Root, STUDY then SERIES level) and retrieve by
     C-MOVE to one of our own listeners, or by C-GET (PS3.4 Annex C)."""
 
-    type: Literal["dimse_poller"]
-    ae_title: str = Field(max_length=16)
-    host: str
-    port: int = Field(ge=1, le=65535)
-    calling_ae: str = Field(default="AXIOM", max_length=16)
-    query: dict[str, str] = Field(default_factory=dict)  # C-FIND keys, e.g. {ModalitiesInStudy: CT}
-    retrieve: Literal["move", "get"] = "move"
-    move_destination: str | None = Field(default=None, max_length=16)  # our AE title known to the PACS
-    timeout_s: float = Field(default=60.0, gt=0)
-    tls: TLS | None = None
-    orthanc_changes: OrthancChanges | None = None  # only when the PACS is an Orthanc
+    type: Literal["dimse_poller"] = Field(description="Selects this kind of source.")
+    ae_title: str = Field(max_length=16, examples=["PACS"], description="The PACS's AE title (called AE).")
+    host: str = Field(examples=["10.0.0.5"], description="Host name or IP address of the PACS.")
+    port: int = Field(ge=1, le=65535, examples=[104], description="TCP port of the PACS.")
+    calling_ae: str = Field(default="AXIOM", max_length=16, description="Our AE title in the association.")
+    query: dict[str, str] = Field(default_factory=dict, examples=[{"ModalitiesInStudy": "CT"}],
+                                  description="Further C-FIND keys (keyword: value) of every study query.")
+    retrieve: Literal["move", "get"] = Field(
+        default="move", description="How instances are retrieved: `move` (C-MOVE to `move_destination`) or "
+                                    "`get` (C-GET on the same association).")
+    move_destination: str | None = Field(
+        default=None, max_length=16, examples=["AXIOM"],
+        description="For `move`: the AE title of one of our listeners, as the PACS knows it.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Seconds to wait for each DIMSE response.")
+    tls: TLS | None = Field(default=None, description="Connect with TLS; none: plain TCP.")
+    orthanc_changes: OrthancChanges | None = Field(
+        default=None, description="Only when the PACS is an Orthanc: also follow its change log.")
 
 
 class HealthcareSource(HealthcareStore, SourceBase):
     """Poll a Healthcare API DICOM store by QIDO-RS and retrieve full instances."""
 
-    type: Literal["healthcare"]
-    query: dict[str, str] = Field(default_factory=dict)
-    page_size: int = Field(default=100, ge=1, le=10000)
-    timeout_s: float = Field(default=60.0, gt=0)
+    type: Literal["healthcare"] = Field(description="Selects this kind of source.")
+    query: dict[str, str] = Field(default_factory=dict, examples=[{"ModalitiesInStudy": "MR"}],
+                                  description="Further QIDO-RS query parameters of every study query.")
+    page_size: int = Field(default=100, ge=1, le=10000,
+                           description="Studies asked for per QIDO-RS request (`limit`).")
+    timeout_s: float = Field(default=60.0, gt=0, description="Seconds to wait for each HTTP response.")
 
 
 Source = Annotated[Union[DicomWebSource, DimseSource, HealthcareSource], Field(discriminator="type")]

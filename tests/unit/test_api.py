@@ -5,6 +5,8 @@ for every role (the role x route matrix)."""
 from __future__ import annotations
 
 import importlib
+import json
+import re
 
 import httpx
 import pytest
@@ -91,3 +93,19 @@ def test_served_by_serve_http_server_with_its_document_and_401_without_credentia
         assert httpx.get(f"{base}/healthz").status_code == 200  # the rest of the server as before
     finally:
         server.stop()
+
+
+def test_the_document_carries_the_config_models_and_their_field_descriptions(ports):
+    """The YAML import and export are described by AppConfig, whose models carry the
+    descriptions of docs/config-reference.md."""
+    from shared.config import Listener
+
+    doc = create_api(ports).openapi()
+    schemas = doc["components"]["schemas"]
+    port = schemas["Listener"]["properties"]["port"]
+    assert port["description"] == Listener.model_fields["port"].description and port["maximum"] == 65535
+    assert schemas["AppConfig"]["properties"]["listeners"]["items"] == {"$ref": "#/components/schemas/Listener"}
+    body = doc["paths"][f"{PREFIX}/config/import"]["post"]["requestBody"]["content"]["application/yaml"]
+    assert body["schema"] == {"$ref": "#/components/schemas/AppConfig"}
+    refs = re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(doc))
+    assert set(refs) <= set(schemas), "every schema referenced is in the document"
