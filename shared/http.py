@@ -26,6 +26,12 @@ body that is read is spooled by waitress, in memory up to 512 KB and then in an
 unnamed temporary file (``tmp/`` of the data dir), before the app reads it in chunks:
 memory does not grow with the request, and disk use is about twice the body while
 STOW-RS splits it into parts.
+
+HTTPS. Given an :func:`tls_context` (``serve --tls-cert/--tls-key``), the same server
+speaks TLS in its channel (:class:`_TlsChannel`: an :class:`ssl.SSLObject` over memory
+BIOs), so everything above holds over TLS too; the header timeout also covers a
+handshake that never finishes. Without TLS and bound beyond loopback, :meth:`HttpServer.start`
+logs a warning. In GCP the API runs behind Google's HTTPS.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ answers and a large body over TLS; the CLI's refusals; the no-TLS warning. Loopb
 from __future__ import annotations
 
 import io
+import json
 import logging
 import shutil
 import socket
@@ -22,7 +23,7 @@ from pydicom.uid import generate_uid
 
 from shared import http
 from shared.cli import main, parse_args
-from shared.http import HttpServer, create_app, tls_context
+from shared.http import HttpServer, create_app, missing_tls_internals, tls_context
 from tests.support import fuzz
 from tests.support.apiusers import api_key
 from tests.support.certs import make_pki
@@ -172,13 +173,16 @@ def test_silent_client_is_closed_after_the_header_timeout(server, client):
     assert client.get("/healthz").status_code == 200
 
 
-def test_curl_with_cacert(server, pki):
+def test_curl_with_cacert(server, pki, capsys):
+    """What the README shows."""
     curl = shutil.which("curl")
     if curl is None:
         pytest.skip("curl is not installed")
-    done = subprocess.run([curl, "-sS", "--fail", "--cacert", str(pki.ca.cert), f"{server.url}/healthz"],
-                          capture_output=True, timeout=30)
-    assert done.returncode == 0 and done.stdout == b"ok\n", done.stderr
+    assert main(["users", "create-admin", "--email", "curl-admin@example.org", "--data-dir", str(server.data_dir)]) == 0
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    done = subprocess.run([curl, "-sS", "--fail", "--cacert", str(pki.ca.cert), "-H", f"Authorization: Api-Key {key}",
+                           f"{server.url}/api/v1/me"], capture_output=True, timeout=30)
+    assert done.returncode == 0 and json.loads(done.stdout)["email"] == "curl-admin@example.org", done.stderr
     untrusted = subprocess.run([curl, "-sS", f"{server.url}/healthz"], capture_output=True, timeout=30)
     assert untrusted.returncode == 60  # "peer certificate cannot be authenticated with known CA certificates"
 
@@ -243,3 +247,13 @@ def test_beyond_loopback_without_tls_warns_once(tmp_path, pki, caplog):
         assert len(warnings) == int(warned), (host, warnings)
         if warned:
             assert host in warnings[0] and "--tls-cert/--tls-key" in warnings[0]
+
+
+def test_https_refuses_to_start_without_the_waitress_internals_it_relies_on(tmp_path, pki, monkeypatch):
+    from waitress.channel import HTTPChannel
+
+    assert missing_tls_internals() == []  # the pinned waitress has them
+    app = create_app(build_ports(tmp_path, config({"id": "all", "destinations": []})), status=dict, stow=False, api=False)
+    monkeypatch.delattr(HTTPChannel, "_flush_some")  # as a waitress that renamed it would be
+    with pytest.raises(RuntimeError, match="HTTPChannel._flush_some"):
+        HttpServer(app, "127.0.0.1", 0, max_request_body=1024, tls=tls_context(pki.server.cert, pki.server.key))
