@@ -114,7 +114,7 @@ def _serve(args) -> int:
     runtime = EmbeddedRuntime(config, Path(args.data_dir), http_host=args.http_host,
                               http_port=None if args.http_port == 0 else args.http_port,
                               pipeline_processes=args.pipeline_processes, route_processes=args.route_processes,
-                              http_allowed_hosts=args.http_allowed_hosts)
+                              http_allowed_hosts=args.http_allowed_hosts, http_tls=args.tls)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -127,7 +127,8 @@ def _serve(args) -> int:
                 raise OSError(exc.errno, f"{exc.strerror} (DICOM listeners on {where})") from None
             raise
         status = runtime.status()
-        http = f"http://{args.http_host}:{args.http_port}" if args.http_port else "off"
+        scheme = "https" if args.tls else "http"
+        http = f"{scheme}://{args.http_host}:{args.http_port}" if args.http_port else "off"
         print(f"axiom-flow serving: DICOM listeners {status['listeners']}, HTTP {http}, "
               f"{len(status['pipeline_processes'])} pipeline child process(es), data in {runtime.data_dir}", flush=True)
         stop.wait()
@@ -257,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="more names (comma-separated, each NAME or NAME:PORT) under which /status and /exceptions "
                             "answer, besides localhost and the HTTP address; others get 421, against DNS rebinding "
                             "($AXIOM_HTTP_ALLOWED_HOSTS)")
+    serve.add_argument("--tls-cert", type=_readable_file, metavar="FILE", default=os.environ.get("AXIOM_TLS_CERT") or None,
+                       help="serve the HTTP endpoints as HTTPS with this PEM certificate (the server's, then any "
+                            "intermediates); needs --tls-key ($AXIOM_TLS_CERT)")
+    serve.add_argument("--tls-key", type=_readable_file, metavar="FILE", default=os.environ.get("AXIOM_TLS_KEY") or None,
+                       help="the unencrypted PEM private key of --tls-cert ($AXIOM_TLS_KEY)")
     serve.add_argument("--pipeline-processes", type=_count, metavar="N",
                        default=os.environ.get("AXIOM_PIPELINE_PROCESSES") or str(default_pipeline_processes()),
                        help="run the stage workers in N child processes; 0 runs everything in this one process "
@@ -321,11 +327,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tls(args):
+    """serve's HTTPS context from --tls-cert/--tls-key, None without them; a usage
+    error when only one is given or the files are not a certificate and its key."""
+    if not args.tls_cert and not args.tls_key:
+        return None
+    if not (args.tls_cert and args.tls_key):
+        args.parser.error("--tls-cert and --tls-key go together: give both (or set both AXIOM_TLS_CERT and "
+                          "AXIOM_TLS_KEY)")
+    from shared.http import tls_context
+
+    try:
+        return tls_context(args.tls_cert, args.tls_key)
+    except ValueError as exc:
+        args.parser.error(str(exc))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line with every default resolved; a mistake exits (argparse)."""
     args = build_parser().parse_args(argv)
     if getattr(args, "parser", None) and args.config is None:
         args.parser.error("a config file is needed: --config FILE, or set AXIOM_CONFIG")
+    if hasattr(args, "tls_cert"):
+        args.tls = _tls(args)
     if getattr(args, "route_processes", 0) is None:
         args.route_processes = default_route_processes(args.pipeline_processes)
     return args

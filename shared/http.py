@@ -26,6 +26,12 @@ body that is read is spooled by waitress, in memory up to 512 KB and then in an
 unnamed temporary file (``tmp/`` of the data dir), before the app reads it in chunks:
 memory does not grow with the request, and disk use is about twice the body while
 STOW-RS splits it into parts.
+
+HTTPS. Given an :func:`tls_context` (``serve --tls-cert/--tls-key``), the same server
+speaks TLS in its channel (:class:`_TlsChannel`: an :class:`ssl.SSLObject` over memory
+BIOs), so everything above holds over TLS too; the header timeout also covers a
+handshake that never finishes. Without TLS and bound beyond loopback, :meth:`HttpServer.start`
+logs a warning. In GCP the API runs behind Google's HTTPS.
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from http import HTTPStatus
+from pathlib import Path
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
@@ -66,6 +74,7 @@ CONTROL_BODY_MAX = 64 * 1024  # bodies to anything but STOW-RS and the routes be
 LARGER_BODIES = {"/api/v1/rules/test": 1 << 30, "/api/v1/config/import": 16 << 20}
 DRAIN_MAX_BYTES = 8 * 1024 * 1024  # read and drop at most this much of a refused body ...
 DRAIN_MAX_S = 5.0  # ... for at most this long, so the client reads our answer, not a reset
+TLS_CLOSE_S = 5.0  # after our close_notify is queued, at most this long for the socket to take the rest
 
 # endpoints answered whatever the Host header says (see the module docstring)
 HOST_CHECK_EXEMPT = frozenset({"healthz", "stow.store", "stow.store_in_study"})
@@ -326,7 +335,7 @@ class _Parser(HTTPRequestParser):
             "REQUEST_METHOD": self.command, "PATH_INFO": self.path, "QUERY_STRING": self.query,
             "SERVER_NAME": self.channel.server.server_name, "SERVER_PORT": str(self.channel.server.effective_port),
             "SERVER_PROTOCOL": f"HTTP/{self.version}", "SCRIPT_NAME": "", "REMOTE_ADDR": self.channel.addr[0],
-            "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": io.StringIO(),
+            "wsgi.url_scheme": self.url_scheme, "wsgi.input": io.BytesIO(), "wsgi.errors": io.StringIO(),
             "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
         }
         for key, value in self.headers.items():
@@ -397,9 +406,205 @@ class _Channel(HTTPChannel):
         return None
 
 
+class _TlsChannel(_Channel):
+    """A :class:`_Channel` speaking TLS (RFC 8446, RFC 5246) through an
+    :class:`ssl.SSLObject` over memory BIOs, as asyncio's ``sslproto`` does: what the
+    socket gives is fed to the TLS object (the handshake first) and waitress receives
+    the plaintext; what waitress sends is encrypted and queued as ciphertext, and the
+    channel stays writable while ciphertext is queued (the handshake's answers too,
+    when HTTP has nothing to write). Encrypting waits until the socket took the last
+    ciphertext, so at most one chunk of it is held; the rest stays in waitress's
+    buffers. A failed handshake is closed with one log line; a close sends
+    close_notify (RFC 8446 6.1) first. The SSL object is not thread-safe and task
+    threads send while the event loop reads: every use holds ``_tls_lock``."""
+
+    _closing_until: float | None = None  # close_notify queued: close once sent, or at this time
+    _unfinished_logged = False
+
+    def __init__(self, server, sock, addr, adj, map=None):
+        # before the base class registers the channel with the event loop (writable() reads these)
+        self._tls_lock = threading.Lock()
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = server.tls_context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._handshaken = False
+        self._ciphertext = bytearray()  # encrypted, not yet taken by the socket
+        self._plaintext = bytearray()  # decrypted, for waitress's next recv()
+        self.addr = addr
+        super().__init__(server, sock, addr, adj, map)
+
+    def _peer(self) -> str:
+        host, port = self.addr[:2] if isinstance(self.addr, tuple) else (self.addr, 0)
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+    def _log_unfinished(self, level: int, what: str) -> None:
+        """One line for a connection that never finished its handshake."""
+        if not self._handshaken and not self._unfinished_logged:
+            self._unfinished_logged = True
+            log.log(level, "HTTPS: connection from %s closed: %s", self._peer(), what)
+
+    # --- reading (the event loop's thread) ---
+
+    def handle_read(self):
+        if self.linger_until is not None:
+            return super().handle_read()  # draining a refused body: dropped undecrypted (recv below)
+        if self._decrypt_some():
+            return super().handle_read()  # waitress's: recv() gives it the plaintext
+        return None
+
+    def recv(self, buffer_size):
+        if self.linger_until is not None:
+            return super().recv(buffer_size)
+        data = bytes(self._plaintext)
+        self._plaintext.clear()
+        return data
+
+    def _decrypt_some(self) -> bool:
+        """Read the socket once and run what came through TLS; True when there is
+        plaintext for waitress. Closes the channel when the connection ended or TLS failed."""
+        try:
+            data = self.socket.recv(self.adj.recv_bytes)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            self._log_unfinished(logging.INFO, f"connection error during the TLS handshake ({describe_os_error(exc)})")
+            self._abort()
+            return False
+        if not data:
+            self._log_unfinished(logging.INFO, "the client closed it during the TLS handshake")
+            self._abort()
+            return False
+        failed: ssl.SSLError | None = None
+        peer_closed = False
+        with self._tls_lock:
+            self._incoming.write(data)
+            try:
+                if not self._handshaken:
+                    self._tls.do_handshake()
+                    self._handshaken = True
+                while chunk := self._tls.read(self.adj.recv_bytes):
+                    self._plaintext += chunk
+            except ssl.SSLWantReadError:
+                pass  # a record (or the handshake) is not complete yet
+            except ssl.SSLZeroReturnError:
+                peer_closed = True  # the client's close_notify
+            except ssl.SSLError as exc:
+                failed = exc
+            self._ciphertext += self._outgoing.read()  # the handshake's answers, an alert, session tickets
+            sent = self._send_ciphertext()
+        if failed is not None:
+            reason = failed.reason or type(failed).__name__
+            hint = "; plain HTTP sent to the HTTPS port" if reason == "HTTP_REQUEST" else ""
+            if self._handshaken:
+                log.warning("HTTPS: connection from %s closed: TLS error (%s)", self._peer(), reason)
+            self._log_unfinished(logging.WARNING, f"TLS handshake failed ({reason}{hint})")
+            self._abort()
+            return False
+        if not sent:
+            self._log_unfinished(logging.INFO, "connection error during the TLS handshake")
+            self._abort()
+            return False
+        if peer_closed:
+            self.will_close = True  # nothing more comes from the client: close (with our close_notify)
+        return bool(self._plaintext)
+
+    def headers_overdue(self, now: float) -> bool:
+        overdue = super().headers_overdue(now)  # counts from the connection: covers the handshake too
+        if overdue:
+            self._log_unfinished(logging.INFO, f"TLS handshake not finished within {HEADER_TIMEOUT_S:g} s")
+        return overdue
+
+    # --- writing (the event loop's thread, and task threads through waitress's flush) ---
+
+    def _send_ciphertext(self) -> bool:
+        """Give queued ciphertext to the socket, as much as it takes now; False when the
+        connection failed. Call holding ``_tls_lock``."""
+        sock = self.socket
+        if sock is None:
+            return False
+        while self._ciphertext:
+            try:
+                n = sock.send(self._ciphertext)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                return False
+            del self._ciphertext[:n]
+        return True
+
+    def send(self, data, do_close=True):
+        """waitress's plaintext: encrypted and sent; the number of its bytes taken (0
+        while earlier ciphertext is still queued)."""
+        with self._tls_lock:
+            ok = self._send_ciphertext()
+            taken = 0
+            if ok and not self._ciphertext and self._handshaken and self._closing_until is None:
+                try:
+                    taken = self._tls.write(data)
+                except ssl.SSLError:
+                    ok = False
+                self._ciphertext += self._outgoing.read()
+                ok = ok and self._send_ciphertext()
+            queued = bool(self._ciphertext)
+        if not ok:
+            if do_close:  # waitress's own rule: only the event loop's thread closes
+                self._abort()
+            return 0
+        if queued and not do_close:
+            self.server.pull_trigger()  # a task thread: wake the event loop to wait for the socket
+        return taken
+
+    def writable(self):
+        return bool(self._ciphertext) or super().writable()
+
+    def handle_write(self):
+        with self._tls_lock:
+            ok = self._send_ciphertext()
+            queued = bool(self._ciphertext)
+        if not ok:
+            return self._abort()
+        if self._closing_until is not None:
+            return None if queued else super().handle_close()  # close_notify sent: close
+        if not queued:
+            return super().handle_write()
+        return None  # the socket is full: waitress's output waits in its buffers
+
+    # --- closing ---
+
+    def handle_close(self):
+        if self._closing_until is None and self._handshaken and self.socket is not None:
+            with self._tls_lock:
+                try:
+                    self._tls.unwrap()  # queues our close_notify
+                except ssl.SSLError:
+                    pass  # SSLWantReadError: the client's close_notify is not waited for (RFC 8446 6.1)
+                self._ciphertext += self._outgoing.read()
+                ok = self._send_ciphertext()
+                queued = bool(self._ciphertext)
+            self._closing_until = time.monotonic() + TLS_CLOSE_S
+            if ok and queued:
+                return None  # handle_write closes once the socket took it, maintenance at the deadline
+            if not ok:
+                self.linger_on_close = False
+        elif not self._handshaken:
+            self._log_unfinished(logging.INFO, "closed before its TLS handshake finished")
+        return super().handle_close()  # _Channel's: may still linger (the refused body is read and dropped)
+
+    def _abort(self) -> None:
+        """Close now: no close_notify, no lingering (the connection failed)."""
+        self._closing_until = self._closing_until or time.monotonic()
+        self.linger_on_close = False
+        super().handle_close()
+
+    def close_overdue(self, now: float) -> bool:
+        """close_notify queued longer than TLS_CLOSE_S: the client does not read."""
+        return self._closing_until is not None and self.socket is not None and now > self._closing_until \
+            and bool(self._ciphertext)
+
+
 class _Server(TcpWSGIServer):
     channel_class = _Channel
     flask_app: Flask  # waitress's application is the app wrapped in its proxy-header middleware
+    tls_context: ssl.SSLContext | None = None  # set: channels are _TlsChannel
 
     def maintenance(self, now):
         super().maintenance(now)  # idle connections (channel_timeout)
@@ -408,32 +613,105 @@ class _Server(TcpWSGIServer):
             lingered = channel.linger_until is not None and mono > channel.linger_until
             if lingered or channel.headers_overdue(mono):
                 channel.will_close = True
+            if isinstance(channel, _TlsChannel) and channel.close_overdue(mono):
+                # closed here, in the event loop's thread: a socket that takes nothing never becomes
+                # writable, so handle_write would never come
+                channel._abort()
+
+
+def tls_context(cert: str | Path, key: str | Path) -> ssl.SSLContext:
+    """The server side of HTTPS: ``cert`` (PEM: the server's certificate, then any
+    intermediates) and its unencrypted ``key`` (PEM); TLS 1.2 or later (BCP 195).
+    ValueError with one line saying what is wrong with the files."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_RENEGOTIATION  # client-started renegotiation costs us CPU and gains nothing
+    ctx.set_alpn_protocols(["http/1.1"])
+
+    def no_passphrase():  # else OpenSSL asks on the terminal, and a service has none
+        raise ValueError(f"{key}: the key is encrypted; give an unencrypted key (readable by this user only)")
+
+    # OpenSSL says only "PEM lib" for a file that is not what it should be: look first
+    for path, marker, what in ((cert, b"-----BEGIN CERTIFICATE-----", "a PEM certificate"),
+                               (key, b"PRIVATE KEY-----", "a PEM private key")):
+        try:
+            text = Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"{path}: {describe_os_error(exc)}") from None
+        if marker not in text:
+            raise ValueError(f"{path}: not {what}")
+    try:
+        ctx.load_cert_chain(cert, key, password=no_passphrase)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(f"{key}: this key does not belong to the certificate in {cert}") from None
+        raise ValueError(f"{cert}, {key}: not usable as a certificate and its key ({exc.reason or exc})") from None
+    except OSError as exc:
+        raise ValueError(f"{exc.filename or cert}: {describe_os_error(exc)}") from None
+    return ctx
+
+
+def missing_tls_internals() -> list[str]:
+    """What :class:`_TlsChannel` relies on of waitress's internals and this waitress
+    lacks (pinned: waitress 3.0.x; see docs/upstream/README.md). HTTPS refuses to start
+    without them: serving plain HTTP in its place would send keys in clear."""
+    missing = []
+    for name in ("handle_read", "handle_write", "handle_close", "readable", "writable", "_flush_some", "received"):
+        if not callable(getattr(HTTPChannel, name, None)):
+            missing.append(f"HTTPChannel.{name}")
+    reads = getattr(getattr(HTTPChannel, "handle_read", None), "__code__", None)
+    if reads is None or "recv" not in reads.co_names:
+        missing.append("HTTPChannel.handle_read calling self.recv")
+    flush = getattr(getattr(HTTPChannel, "_flush_some", None), "__code__", None)
+    if flush is None or "send" not in flush.co_names:
+        missing.append("HTTPChannel._flush_some calling self.send")
+    for name in ("total_outbufs_len", "will_close", "close_when_flushed", "last_activity"):
+        if not hasattr(HTTPChannel, name):
+            missing.append(f"HTTPChannel.{name}")
+    if "url_scheme" not in dict(Adjustments._params):
+        missing.append("Adjustments url_scheme")
+    return missing
 
 
 class HttpServer:
     """``app`` served by waitress on ``host``:``port`` (0: any free port) in a thread of
     its own; see the module docstring for the limits. ``max_request_body`` is the
-    largest body read at all (STOW-RS's own limit is checked before that)."""
+    largest body read at all (STOW-RS's own limit is checked before that). ``tls``
+    (:func:`tls_context`): serve HTTPS."""
 
-    def __init__(self, app: Flask, host: str, port: int, *, max_request_body: int, threads: int = THREADS):
+    def __init__(self, app: Flask, host: str, port: int, *, max_request_body: int, threads: int = THREADS,
+                 tls: ssl.SSLContext | None = None):
+        if tls is not None and (missing := missing_tls_internals()):
+            raise RuntimeError(f"HTTPS needs waitress internals this waitress lacks: {', '.join(missing)} "
+                               "(see docs/upstream/README.md)")
         self.adj = Adjustments(
             host=host, port=port, threads=threads, connection_limit=CONNECTION_LIMIT,
             channel_timeout=int(IDLE_TIMEOUT_S), cleanup_interval=1, max_request_body_size=max_request_body + 1,
             asyncore_use_poll=True,  # select() fails once descriptors pass 1024
             expose_tracebacks=False, ident="axiom-flow", clear_untrusted_proxy_headers=True,
+            url_scheme="https" if tls else "http",
         )
         self._server = _Server(app, adj=self.adj)
         self._server.flask_app = app
+        if tls is not None:
+            self._server.tls_context = tls
+            self._server.channel_class = _TlsChannel
+        self.tls = tls is not None
         self.host, self.port = self._server.effective_host, int(self._server.effective_port)
         self._thread: threading.Thread | None = None
         self._stopped = False
 
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
     def start(self) -> None:
-        if not is_loopback(self.host):
-            # waitress has no TLS: API keys, tokens and STOW-RS bodies would cross the network in clear
+        if not self.tls and not is_loopback(self.host):
+            # API keys, tokens and STOW-RS bodies would cross the network in clear
             log.warning("HTTP on %s:%d is reachable from other machines and is served without TLS: API keys, "
-                        "tokens and instances cross the network unencrypted; put a TLS-terminating proxy in "
-                        "front, or bind 127.0.0.1", self.host, self.port)
+                        "tokens and instances cross the network unencrypted; pass --tls-cert/--tls-key "
+                        "(AXIOM_TLS_CERT/AXIOM_TLS_KEY) to serve HTTPS, or bind 127.0.0.1", self.host, self.port)
         self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
         self._thread.start()
 

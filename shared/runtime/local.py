@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import ssl
 import tempfile
 import threading
 from pathlib import Path
@@ -138,7 +139,8 @@ def _pipeline_process(data_dir: str, route_workers: int, log_level: int, parent_
 class EmbeddedRuntime:
     def __init__(self, config: AppConfig, data_dir: Path, *, http_host: str = "127.0.0.1",
                  http_port: int | None = 8080, route_workers: int = 4, pipeline_processes: int = 0,
-                 route_processes: int = 0, poll_sources: bool = True, http_allowed_hosts: list[str] = ()):
+                 route_processes: int = 0, poll_sources: bool = True, http_allowed_hosts: list[str] = (),
+                 http_tls: ssl.SSLContext | None = None):
         reactor.install()  # before the first association: they wait for work, not for the clock
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -172,8 +174,8 @@ class EmbeddedRuntime:
         # routes answer only for this server's own names (DNS rebinding)
         host_check = HostCheck(http_host, http_port, http_allowed_hosts)
         app = create_app(self.ports, self.status, host_check=host_check)
-        self._http = (HttpServer(app, http_host, http_port, max_request_body=config.stow.max_request_bytes)
-                      if http_port is not None else None)
+        self._http = (HttpServer(app, http_host, http_port, max_request_body=config.stow.max_request_bytes,
+                                 tls=http_tls) if http_port is not None else None)
         if self._http:
             host_check.port = self._http.port  # port 0: the one the system chose
         self._stopping = threading.Event()
@@ -213,7 +215,7 @@ class EmbeddedRuntime:
             self.sources.start()  # after the gateway: C-MOVE retrievals arrive there
         if self._http:
             self._http.start()
-            log.info("HTTP on http://%s:%d", self._http.host, self._http.port)
+            log.info("HTTP on %s", self._http.url)
 
     def _release_held(self) -> None:
         """Deliveries held for a disabled destination go out once it is enabled again."""
