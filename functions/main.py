@@ -39,8 +39,7 @@ from shared.inputs.stow.http import stow_http_function
 from shared.messages import Delivery, Plan
 from shared.runtime import gcp
 
-if not logging.getLogger().handlers:  # as basicConfig did: a host that set up logging (a test) keeps its setup
-    logs.configure(os.environ.get("AXIOM_LOG_LEVEL", "INFO"), os.environ.get("AXIOM_LOG_FORMAT") or "json")
+logs.configure(os.environ.get("AXIOM_LOG_LEVEL", "INFO"), os.environ.get("AXIOM_LOG_FORMAT") or "json")
 log = logging.getLogger("axiom.functions")
 
 

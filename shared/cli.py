@@ -318,11 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line with every default resolved; a mistake exits (argparse)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if getattr(args, "parser", None) and args.config is None:
         args.parser.error("a config file is needed: --config FILE, or set AXIOM_CONFIG")
-    if getattr(args, "log_format", "text") not in LOG_FORMATS:  # from $AXIOM_LOG_FORMAT: argparse checks no default
-        args.parser.error(f"AXIOM_LOG_FORMAT={args.log_format}: one of {', '.join(LOG_FORMATS)}")
+    # serve's --log-format; the other commands' logs follow $AXIOM_LOG_FORMAT
+    args.log_format = getattr(args, "log_format", None) or (os.environ.get("AXIOM_LOG_FORMAT") or "text").lower()
+    if args.log_format not in LOG_FORMATS:  # from $AXIOM_LOG_FORMAT: argparse checks no default
+        parser.error(f"AXIOM_LOG_FORMAT={args.log_format}: one of {', '.join(LOG_FORMATS)}")
     if getattr(args, "route_processes", 0) is None:
         args.route_processes = default_route_processes(args.pipeline_processes)
     return args
@@ -333,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     # text, or JSON lines in Cloud Logging's format; no tag values in either (shared/logs.py)
-    configure_logging(args.log_level, getattr(args, "log_format", None))
+    configure_logging(args.log_level, args.log_format)
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -247,17 +247,23 @@ class _Context(logging.Filter):
 
 
 def configure(level: int | str = "INFO", fmt: LogFormat | None = None, *, process_label: str | None = None,
-              stream=None) -> None:
+              stream=None, force: bool = False) -> None:
     """The logging setup of a process: ``level``, ``fmt`` (``text`` or ``json``; default
     ``$AXIOM_LOG_FORMAT``, else text) on stderr, pynetdicom at WARNING unless
     ``$AXIOM_PYNETDICOM_LOG_LEVEL`` says otherwise (its INFO is a line per association
     and request), and :func:`install`'s scrubbing. ``process_label`` names a child
     process (``pipeline``): in the logger name in text, as the ``process`` label in JSON.
-    Replaces any handler set before: calling it again (tests, a re-exec) does not double lines."""
+    As ``logging.basicConfig``, it leaves a root logger that has handlers as it is (a host
+    that set up logging, such as a test running ``main()``) unless ``force``; the scrubbing
+    is installed either way."""
     global _format
     fmt = fmt or os.environ.get("AXIOM_LOG_FORMAT") or "text"
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format {fmt!r}: one of {', '.join(LOG_FORMATS)}")
+    root = logging.getLogger()
+    if root.handlers and not force:
+        install()
+        return
     _format = fmt
     handler = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":
@@ -266,7 +272,6 @@ def configure(level: int | str = "INFO", fmt: LogFormat | None = None, *, proces
         name = f"%(name)s[{process_label}]" if process_label else "%(name)s"
         handler.setFormatter(logging.Formatter(TEXT_FORMAT.replace("%(name)s", name)))
     handler.addFilter(_Context())
-    root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)

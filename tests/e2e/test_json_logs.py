@@ -112,7 +112,7 @@ def test_a_function_logs_the_trace_of_its_request(tmp_path, monkeypatch):
     try:
         app = create_app(target="match", source=str(Path(__file__).parents[2] / "functions" / "main.py"),
                          signature_type="cloudevent")
-        logs.configure("INFO", "json", stream=stream)
+        logs.configure("INFO", "json", stream=stream, force=True)
         body = ObjectFinalized(blob=event.blob).model_dump_json().encode()
         cloud_event = {"specversion": "1.0", "type": "google.cloud.pubsub.topic.v1.messagePublished",
                        "source": "//pubsub.googleapis.com/projects/p/topics/ingest", "id": "ingest-1",

@@ -92,7 +92,7 @@ def _json_lines(fn, *, fmt="json", level="DEBUG") -> list[dict]:
     stream = io.StringIO()
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
-    configure(level, fmt, stream=stream)
+    configure(level, fmt, stream=stream, force=True)
     try:
         fn()
     finally:
@@ -154,7 +154,7 @@ def test_text_lines_are_as_before_and_name_the_child_process():
     stream = io.StringIO()
     root = logging.getLogger()
     saved = list(root.handlers), root.level
-    configure("INFO", "text", process_label="pipeline", stream=stream)
+    configure("INFO", "text", process_label="pipeline", stream=stream, force=True)
     try:
         logging.getLogger("shared.test").info("planned %s", "1.2.3")
     finally:
