@@ -16,18 +16,22 @@ function turns it into an exception record.
     ${prefix}dead-letter -> dead_letter
 
 Environment: see :mod:`shared.runtime.gcp`; AXIOM_LOG_LEVEL (INFO) and
-AXIOM_PYNETDICOM_LOG_LEVEL (WARNING) set the logging levels.
+AXIOM_PYNETDICOM_LOG_LEVEL (WARNING) set the logging levels, AXIOM_LOG_FORMAT the
+format (``json``, Cloud Logging's structured entries, unless ``text``). Every line
+logged while a function runs carries the trace of the request that called it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
+import flask
 import functions_framework
 import functions_framework.aio
 
-from shared import exceptions, stages
+from shared import exceptions, logs, stages
 from shared.adapters import pubsub
 from shared.adapters.pubsub import Push
 from shared.inputs.healthcare_notify import ingest_healthcare_notification
@@ -36,14 +40,33 @@ from shared.inputs.stow.http import stow_http_function
 from shared.messages import Delivery, Plan
 from shared.runtime import gcp
 
-logging.basicConfig(level=os.environ.get("AXIOM_LOG_LEVEL", "INFO"),
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-# pynetdicom's INFO is a line per association and request
-logging.getLogger("pynetdicom").setLevel(os.environ.get("AXIOM_PYNETDICOM_LOG_LEVEL", "WARNING"))
+logs.configure(os.environ.get("AXIOM_LOG_LEVEL", "INFO"), os.environ.get("AXIOM_LOG_FORMAT") or "json")
 log = logging.getLogger("axiom.functions")
 
 
+def _traced(function):
+    """Runs ``function`` with the trace of its request on every line it logs: the
+    request's ``traceparent`` or ``X-Cloud-Trace-Context`` header (what Cloud Run
+    groups a request's logs by), else the CloudEvent's ``traceparent`` extension."""
+
+    @functools.wraps(function)  # functions-framework finds the entry point by its name
+    def run(event_or_request):
+        headers = {}
+        get = getattr(event_or_request, "get", None)
+        if callable(get) and not isinstance(event_or_request, flask.Request):  # a CloudEvent's attributes
+            traceparent = get("traceparent")
+            if isinstance(traceparent, str):
+                headers["traceparent"] = traceparent
+        if flask.has_request_context():
+            headers.update(flask.request.headers)
+        with logs.traced(headers):
+            return function(event_or_request)
+
+    return run
+
+
 @functions_framework.cloud_event
+@_traced
 def match(cloud_event) -> None:
     """GCS notification of the ingest bucket (or a republished ObjectFinalized) -> match."""
     event = pubsub.object_finalized(Push.from_cloud_event(cloud_event))
@@ -52,11 +75,13 @@ def match(cloud_event) -> None:
 
 
 @functions_framework.cloud_event
+@_traced
 def morph(cloud_event) -> None:
     stages.morph(gcp.ports(), Push.from_cloud_event(cloud_event).message(Plan))
 
 
 @functions_framework.cloud_event
+@_traced
 def route(cloud_event) -> None:
     push = Push.from_cloud_event(cloud_event)
     delivery = push.message(Delivery)
@@ -65,11 +90,13 @@ def route(cloud_event) -> None:
 
 
 @functions_framework.cloud_event
+@_traced
 def dead_letter(cloud_event) -> None:
     stages.dead_letter(gcp.ports(), pubsub.dead_letter(Push.from_cloud_event(cloud_event)))
 
 
 @functions_framework.cloud_event
+@_traced
 def release_held(cloud_event) -> None:
     """Cloud Scheduler (any message): send the deliveries held for destinations that
     are enabled again."""
@@ -78,6 +105,7 @@ def release_held(cloud_event) -> None:
 
 
 @functions_framework.cloud_event
+@_traced
 def poll(cloud_event) -> None:
     """One poll of a source; Cloud Scheduler publishes ``{"source_id": "..."}``."""
     result = poll_by_id(gcp.ports(), Push.from_cloud_event(cloud_event).json()["source_id"])
@@ -85,6 +113,7 @@ def poll(cloud_event) -> None:
 
 
 @functions_framework.cloud_event
+@_traced
 def ghc_ingest(cloud_event) -> None:
     """A Healthcare API DICOM store notification (data: the instance resource name)."""
     push = Push.from_cloud_event(cloud_event)
@@ -92,6 +121,7 @@ def ghc_ingest(cloud_event) -> None:
 
 
 @functions_framework.http
+@_traced
 def stow(request):
     """STOW-RS: POST .../studies[/{StudyInstanceUID}]."""
     return stow_http_function(request, gcp.ports())

@@ -16,6 +16,7 @@ AXIOM_SPOOL_DIR       where datasets are received before upload (default: system
 AXIOM_MIN_FREE_BYTES  below this much free space in the spool dir, refuse associations and
                       C-STOREs (default: settings.min_free_bytes's, 1 GiB; 0: never)
 AXIOM_LOG_LEVEL       logging level (default INFO); AXIOM_PYNETDICOM_LOG_LEVEL for pynetdicom (WARNING)
+AXIOM_LOG_FORMAT      json (default: one Cloud Logging structured entry a line) or text
 GOOGLE_CLOUD_PROJECT, STORAGE_EMULATOR_HOST   for the GCS client
 
 Runs until SIGTERM (what Cloud Run / Kubernetes send) or SIGINT; associations in
@@ -51,11 +52,8 @@ def listener_from_env(env=os.environ) -> Listener:
 
 
 def main() -> int:
-    logging.basicConfig(level=os.environ.get("AXIOM_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # pynetdicom's INFO is a line per association and request
-    logging.getLogger("pynetdicom").setLevel(os.environ.get("AXIOM_PYNETDICOM_LOG_LEVEL", "WARNING"))
-    logs.install()  # no tag values in log lines
+    # JSON lines for Cloud Logging unless AXIOM_LOG_FORMAT says otherwise; no tag values in log lines
+    logs.configure(os.environ.get("AXIOM_LOG_LEVEL", "INFO"), os.environ.get("AXIOM_LOG_FORMAT") or "json")
     reactor.install()  # before the first association: they wait for work, not for the clock
     bucket = os.environ.get("AXIOM_INGEST_BUCKET")
     if not bucket:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from shared.cli_exceptions import add_commands as add_exceptions_commands
 from shared.config import AppConfig, ConfigError, dump_yaml, load_yaml
-from shared.logs import install as install_log_safety
+from shared.logs import LOG_FORMATS
+from shared.logs import configure as configure_logging
 from shared.messages import SourceType
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -129,8 +130,12 @@ def _serve(args) -> int:
         status = runtime.status()
         scheme = "https" if args.tls else "http"
         http = f"{scheme}://{args.http_host}:{args.http_port}" if args.http_port else "off"
-        print(f"axiom-flow serving: DICOM listeners {status['listeners']}, HTTP {http}, "
-              f"{len(status['pipeline_processes'])} pipeline child process(es), data in {runtime.data_dir}", flush=True)
+        banner = (f"axiom-flow serving: DICOM listeners {status['listeners']}, HTTP {http}, "
+                  f"{len(status['pipeline_processes'])} pipeline child process(es), data in {runtime.data_dir}")
+        if args.log_format == "json":  # every line of the output is then a JSON object
+            logging.getLogger("axiom.serve").info(banner)
+        else:
+            print(banner, flush=True)
         stop.wait()
     finally:
         runtime.stop()
@@ -272,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run route's workers in M child processes of their own; 0 routes with the other stages "
                             "($AXIOM_ROUTE_PROCESSES; otherwise 1 when the stage workers run in child processes, "
                             "else 0)")
+    serve.add_argument("--log-format", type=str.lower, choices=LOG_FORMATS,
+                       default=os.environ.get("AXIOM_LOG_FORMAT") or "text",
+                       help="text lines, or JSON lines in Cloud Logging's structured format (severity, message, "
+                            "labels: stage, sop_uid, destination, rule), also in the pipeline child processes "
+                            "($AXIOM_LOG_FORMAT)")
     serve.set_defaults(func=_serve, parser=serve)
 
     validate = command(sub, "validate", "check a config file")
@@ -345,11 +355,16 @@ def _tls(args):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line with every default resolved; a mistake exits (argparse)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if getattr(args, "parser", None) and args.config is None:
         args.parser.error("a config file is needed: --config FILE, or set AXIOM_CONFIG")
     if hasattr(args, "tls_cert"):
         args.tls = _tls(args)
+    # serve's --log-format; the other commands' logs follow $AXIOM_LOG_FORMAT
+    args.log_format = getattr(args, "log_format", None) or (os.environ.get("AXIOM_LOG_FORMAT") or "text").lower()
+    if args.log_format not in LOG_FORMATS:  # from $AXIOM_LOG_FORMAT: argparse checks no default
+        parser.error(f"AXIOM_LOG_FORMAT={args.log_format}: one of {', '.join(LOG_FORMATS)}")
     if getattr(args, "route_processes", 0) is None:
         args.route_processes = default_route_processes(args.pipeline_processes)
     return args
@@ -359,9 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     from shared.cli_users import CliError
 
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    install_log_safety()  # no tag values in log lines (shared/logs.py)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # text, or JSON lines in Cloud Logging's format; no tag values in either (shared/logs.py)
+    configure_logging(args.log_level, args.log_format)
     try:
         return args.func(args)
     except ConfigError as exc:

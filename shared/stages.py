@@ -10,6 +10,7 @@ Every stage is at-least-once safe: re-running it produces the same output, and
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -27,7 +28,7 @@ from shared.dicom.original_attributes import ORIGINAL_ATTRIBUTES_SEQUENCE, Origi
 from shared.dicom.splice import write_morphed
 from shared.errors import DeliveryRefused, RetryLater, Unprocessable
 from shared.exceptions import hold_delivery, note_attempt, quarantine, record_exception, take_attempts
-from shared.logs import describe_error
+from shared.logs import add_labels, describe_error, note_outcome, stage_run
 from shared.memo import PerObject
 from shared.messages import (
     MESSAGE_OF_TOPIC,
@@ -51,9 +52,65 @@ log = logging.getLogger(__name__)
 DELIVERY_LEASE_S = 600.0
 
 
+# --- what each stage call logs ----------------------------------------------------------
+
+
+def _observed(stage: str, labels_of, outcome_of):
+    """Runs the stage with its labels on every line logged inside and ends with its
+    ``stage_done`` line (shared/logs.stage_run): the outcome from what it returned,
+    unless the stage noted one (quarantined)."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(ports: Ports, message, *args, **kwargs):
+            with stage_run(stage, **labels_of(message)) as current:
+                result = fn(ports, message, *args, **kwargs)
+                current.outcome = current.outcome or outcome_of(result)
+                return result
+
+        return run
+
+    return wrap
+
+
+def _ingest_labels(ingest: IngestMetadata) -> dict[str, str | None]:
+    """Where an instance came from: the listener for C-STORE, else the source's id."""
+    cstore = ingest.source_type == "cstore"
+    return {"source_type": ingest.source_type, "listener": ingest.source_id if cstore else None,
+            "source": None if cstore else ingest.source_id or None}
+
+
+def _rules_label(matched: list) -> str | None:
+    return ",".join(f"{ref.ruleset_id}/{ref.rule_id}" for ref in matched) or None
+
+
+def _event_labels(event: ObjectFinalized) -> dict[str, str | None]:
+    if not event.metadata:  # a bare notification: known once match has read the metadata
+        return {}
+    ingest = IngestMetadata.from_blob_metadata(event.metadata)
+    return {"sop_uid": ingest.sop_instance_uid or None, **_ingest_labels(ingest)}
+
+
+def _plan_labels(plan: Plan) -> dict[str, str | None]:
+    return {"sop_uid": plan.sop_instance_uid, "rule": _rules_label(plan.matched),
+            "destination": ",".join(plan.destination_ids) or None, **_ingest_labels(plan.ingest)}
+
+
+def _delivery_labels(delivery: Delivery) -> dict[str, str | None]:
+    return {"sop_uid": delivery.sop_instance_uid, "destination": delivery.destination_id,
+            **_ingest_labels(delivery.ingest)}
+
+
+def _dead_letter_labels(letter: DeadLetter) -> dict[str, str | None]:
+    refs = _message_refs(letter.topic, letter.body)
+    return {"topic": letter.topic, "sop_uid": refs.get("sop_instance_uid"), "destination": refs.get("destination_id")}
+
+
 # --- match ----------------------------------------------------------------------------
 
 
+@_observed("match", _event_labels,
+           lambda plan: "ignored" if plan is None else "planned" if plan.destination_ids else "held")
 def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
     """Parse the received instance's header, run the rules, publish the plan."""
     config = ports.config()
@@ -65,10 +122,12 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
         if ports.blobs.exists(quarantined):
             log.info("ignoring %s: quarantined already (a redelivered notification)", event.blob)
         else:  # removed by someone else before it was planned: say so, nothing is left to retry
+            note_outcome("failed")
             record_exception(ports, stage="match", status="failed", blob=event.blob,
                              reason="the received object was removed from the ingest bucket before it was planned")
         return None
     ingest = IngestMetadata.from_blob_metadata(event.metadata or ports.blobs.metadata(event.blob))
+    add_labels(sop_uid=ingest.sop_instance_uid or None, **_ingest_labels(ingest))
     try:
         with ports.blobs.local_path(event.blob) as path:
             data = mapped(path)  # the header is read in place: memory does not grow with the instance
@@ -80,6 +139,7 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
         # Unprocessable (shared/dicom/io.UndecodableValue), and so does it in morph
         decision = decide(config, ds, ingest)
     except Unprocessable as exc:  # bad input: retrying cannot help, quarantined at first sight
+        note_outcome("quarantined")
         quarantine(ports, event.blob, str(exc), stage="match")
         counters.count(ports, counters.origin_of(ingest), received=1, quarantined=1, error=str(exc))
         return None
@@ -92,6 +152,8 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
         destination_ids=decision.destination_ids,
         log_original_attributes=decision.log_original_attributes,
     )
+    add_labels(sop_uid=plan.sop_instance_uid, rule=_rules_label(plan.matched),
+               destination=",".join(plan.destination_ids) or None)
     if not plan.destination_ids:
         # released, it is planned again from the received object under the config of then
         record_exception(ports, stage="match", status="held", reason="no rule matched and the default route has no destinations",
@@ -147,6 +209,7 @@ PARSED = ParsedInstances()
 # --- morph ----------------------------------------------------------------------------
 
 
+@_observed("morph", _plan_labels, lambda deliveries: "published" if deliveries else "held")
 def morph(ports: Ports, plan: Plan) -> list[Delivery]:
     """Apply the plan's actions, store the result, publish one delivery per destination.
     The morphed object is content-addressed, so a re-run writes the same object."""
@@ -185,6 +248,7 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
                 sha = content_digest(path)
                 blob = plan.blob
         except Unprocessable as exc:  # bad input: retrying cannot help, quarantined at first sight
+            note_outcome("quarantined")
             quarantine(ports, plan.blob, str(exc), stage="morph")
             counters.count(ports, counters.origin_of(plan.ingest), quarantined=1, error=str(exc))
             return []
@@ -234,6 +298,7 @@ morph_services: PerObject[AppConfig, MorphServices] = PerObject(MorphServices.fr
 # --- route ----------------------------------------------------------------------------
 
 
+@_observed("route", _delivery_labels, str)
 def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
     """Send one delivery. Returns 'delivered', 'duplicate', 'held' (the destination is
     disabled or gone: see :func:`hold_delivery`) or 'failed'; raises
@@ -286,6 +351,7 @@ def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
 # --- dead letters ---------------------------------------------------------------------
 
 
+@_observed("dead_letter", _dead_letter_labels, lambda record_id: "recorded")
 def dead_letter(ports: Ports, letter: DeadLetter) -> str:
     """A message a stage kept failing on becomes a retryable exception record (status
     ``failed``), naming the instance and destination the message was about."""

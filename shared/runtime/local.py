@@ -31,7 +31,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from shared import exceptions, stages
+from shared import exceptions, logs, stages
 from shared.adapters.local_blobs import LocalBlobStore
 from shared.adapters.local_queue import LocalQueue, Subscription
 from shared.adapters.secrets import LocalSecrets
@@ -44,7 +44,6 @@ from shared.http import HostCheck, HttpServer, create_app
 from shared.inputs.cstore.gateway import Gateway
 from shared.inputs.ingest import Ingestor
 from shared.inputs.pollers.scheduler import SourceScheduler
-from shared.logs import install as install_log_safety
 from shared.messages import (
     TOPIC_DEAD_LETTER,
     TOPIC_DELIVER,
@@ -115,14 +114,13 @@ def _die_with_parent() -> None:
 
 
 def _pipeline_process(data_dir: str, route_workers: int, log_level: int, parent_pid: int,
-                      prepare: bool = True, route: bool = True) -> None:
+                      prepare: bool = True, route: bool = True, log_format: logs.LogFormat = "text") -> None:
     """A child process running stage workers (see EmbeddedRuntime)."""
     _die_with_parent()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[pipeline]: %(message)s")
-    install_log_safety()  # as in the parent (shared/cli.py): no tag values in log lines
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # as the parent's (no tag values), naming this child in each line
+    logs.configure(log_level, log_format, process_label="pipeline" if prepare else "route")
     reactor.install()  # before the first association: they wait for work, not for the clock
     tempfile.tempdir = str(Path(data_dir) / "tmp")
     stores = _Stores(Path(data_dir), notify=False, poll_s=0.05)
@@ -204,7 +202,7 @@ class EmbeddedRuntime:
         for n, (name, prepare, route) in enumerate(shapes):
             child = ctx.Process(target=_pipeline_process, name=f"axiom-{name}-{n}", daemon=True,
                                 args=(str(self.data_dir), self.route_workers, logging.getLogger().level, os.getpid(),
-                                      prepare, route))
+                                      prepare, route, logs.current_format()))
             child.start()
             self._children.append(child)
         self.gateway.start()

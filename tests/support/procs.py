@@ -143,7 +143,7 @@ class AxiomServer:
     """``axiom-flow serve`` as a child process with a config written from ``config``."""
 
     def __init__(self, data_dir: Path, config: dict, *, dicom_port: int | None = None,
-                 http_port: int | None = None, env: dict | None = None):
+                 http_port: int | None = None, env: dict | None = None, args: list[str] = ()):
         self.data_dir = Path(data_dir)
         self.dicom_port = dicom_port or free_port()
         self.http_port = http_port or free_port()
@@ -153,6 +153,7 @@ class AxiomServer:
         self.env = {**os.environ, **(env or {})}
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-serve.log"
         self.config = config
+        self.args = list(args)  # more ``serve`` options
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "AxiomServer":
@@ -161,7 +162,7 @@ class AxiomServer:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "serve", "--config", str(self.config_path),
-             "--data-dir", str(self.data_dir), "--http-port", str(self.http_port)],
+             "--data-dir", str(self.data_dir), "--http-port", str(self.http_port), *self.args],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
         )
         wait_port(self.dicom_port)

@@ -87,6 +87,13 @@ def test_bad_log_level_is_refused_with_the_choices(config):
     assert axiom_flow("--log-level", "debug", "validate", str(config)).returncode == 0
 
 
+def test_a_bad_log_format_is_refused_from_the_option_or_the_environment(config):
+    line = assert_user_error(axiom_flow("serve", "--config", str(config), "--log-format", "yaml"), 2, "--log-format")
+    assert "'text', 'json'" in line
+    assert_user_error(axiom_flow("validate", str(config), env={"AXIOM_LOG_FORMAT": "yaml"}), 2,
+                      "AXIOM_LOG_FORMAT=yaml: one of text, json")
+
+
 def test_rules_test_refuses_a_bad_source_type_with_the_choices(config):
     line = assert_user_error(axiom_flow("rules", "test", CT, "--config", str(config), "--source-type", "bogus"),
                              2, "--source-type")
