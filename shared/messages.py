@@ -37,6 +37,15 @@ class BlobRef(Message):
         gen = f"#{self.generation}" if self.generation else ""
         return f"gs://{self.bucket}/{self.name}{gen}"
 
+    @classmethod
+    def parse(cls, text: str) -> "BlobRef":
+        """The reference :meth:`__str__` wrote (as exception records keep it)."""
+        if not text.startswith("gs://") or "/" not in text[5:]:
+            raise ValueError(f"not a gs:// object reference: {text!r}")
+        bucket, _, rest = text[5:].partition("/")
+        name, _, generation = rest.partition("#")
+        return cls(bucket=bucket, name=name, generation=generation or None)
+
 
 _META_PREFIX = "axiom-"
 

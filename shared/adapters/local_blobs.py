@@ -9,6 +9,7 @@ import json
 import os
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -96,3 +97,76 @@ class LocalBlobStore:
             str(p.relative_to(base)) for p in base.rglob("*")
             if p.is_file() and not p.name.startswith(".tmp-")
         )
+
+    def old_objects(self, bucket: str, older_than: float) -> Iterator[tuple[str, int]]:
+        """Name and size of each object in ``bucket`` last placed before ``older_than``
+        (epoch seconds): the later of its mtime and ctime, as a link or rename (a
+        quarantine copy, a move into the bucket) sets the ctime and may keep an old
+        mtime. Date directories (``YYYY/MM/DD``: shared/inputs/ingest.py,
+        stages.processed_name) after that day are not even listed, so today's, where
+        new objects arrive, is left alone."""
+        limit = _day(older_than)
+
+        def walk(path: str, rel: str, date: tuple[int, ...] | None) -> Iterator[tuple[str, int]]:
+            # date: the date parts of the directories so far; None below one that is not
+            try:
+                entries = list(os.scandir(path))
+            except FileNotFoundError:
+                return
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    sub = None
+                    if date is not None and len(date) < 3 and entry.name.isdigit():
+                        sub = (*date, int(entry.name))
+                        if sub > limit[:len(sub)]:
+                            continue  # a later day: nothing in it is old enough
+                    yield from walk(entry.path, f"{rel}{entry.name}/", sub)
+                elif entry.is_file(follow_symlinks=False) and not entry.name.startswith(".tmp-"):
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if max(st.st_mtime, st.st_ctime) < older_than:
+                        yield f"{rel}{entry.name}", st.st_size
+
+        if (self.root / bucket).is_dir():
+            yield from walk(str(self.root / bucket), "", ())
+
+    def take_out(self, bucket: str, names: list[str], into: Path, older_than: float) -> list[str]:
+        """Move the objects ``names`` (from :meth:`old_objects` with ``older_than``) out
+        of ``bucket`` into the directory ``into`` (same filesystem: renames, no data
+        copied, no inode freed) and forget their metadata first, so that a crash in
+        between leaves an object without metadata, never metadata without an object.
+        Returns the names moved; objects gone meanwhile are skipped. A date directory
+        left empty is removed when its whole period lies before ``older_than``'s day:
+        no input creates files there any more (a C-STORE's goes under today)."""
+        into.mkdir(parents=True, exist_ok=True)
+        with self._metadata.transaction() as conn:
+            conn.executemany("DELETE FROM object_metadata WHERE bucket=? AND name=?", [(bucket, n) for n in names])
+        moved, emptied = [], set()
+        for name in names:
+            src = self._path(bucket, name)
+            dest = into / f"{bucket}.{os.urandom(8).hex()}.dcm"
+            try:
+                os.rename(src, dest)
+            except FileNotFoundError:
+                continue
+            moved.append(name)
+            emptied.add(os.path.dirname(name))
+        limit = _day(older_than)
+        for rel in sorted(emptied, key=len, reverse=True):
+            parts = rel.split("/")
+            while parts and len(parts) <= 3 and all(p.isdigit() for p in parts) \
+                    and tuple(map(int, parts)) < limit[:len(parts)]:
+                try:
+                    (self.root / bucket / "/".join(parts)).rmdir()  # only when empty
+                except OSError:
+                    break
+                parts = parts[:-1]
+        return moved
+
+
+def _day(epoch_s: float) -> tuple[int, int, int]:
+    """The UTC date of a time, as the date directories name it."""
+    d = datetime.fromtimestamp(epoch_s, timezone.utc)
+    return d.year, d.month, d.day

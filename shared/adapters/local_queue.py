@@ -192,6 +192,12 @@ class LocalQueue:
             sql, args = sql + " WHERE topic=?", (topic,)
         return self._work_db.conn().execute(sql, args).fetchone()[0]
 
+    def queued(self) -> list[tuple[str, bytes]]:
+        """(topic, body) of every message not yet acknowledged, leased ones included
+        (retention keeps the objects they name)."""
+        rows = self._work_db.conn().execute("SELECT topic, body FROM messages").fetchall()
+        return [(topic, bytes(body)) for topic, body in rows]
+
     def dead_letters(self) -> list[dict]:
         rows = self._work_db.conn().execute(
             "SELECT topic, body, attempts, last_error FROM dead_letters ORDER BY id"

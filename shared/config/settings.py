@@ -9,6 +9,29 @@ from shared.config.base import Doc, TagAddress
 DEFAULT_REQUIRED = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID"]
 
 
+class Retention(Doc):
+    """How long the embedded runtime keeps objects (shared/runtime/retention.py); in GCP
+    the buckets' lifecycle rules take the same ages (docs/architecture.md, Retention)."""
+
+    received_days: float | None = Field(
+        default=30, ge=0,
+        description="Days a received (ingest) object is kept once every delivery of its instance is settled"
+                    " (delivered, or its exception record archived); 0 or null keeps them forever.")
+    processed_days: float | None = Field(
+        default=30, ge=0,
+        description="Days a processed (morphed) object is kept once its deliveries are settled; 0 or null keeps them forever.")
+    quarantine_days: float | None = Field(
+        default=90, ge=0,
+        description="Days a quarantined object (bad input, not retryable) is kept; 0 or null keeps them forever.")
+    max_deletes_per_s: float = Field(
+        default=5.0, gt=0,
+        description="At most this many files are unlinked per second: on some filesystems a mass delete slows"
+                    " the creation of new files, and so C-STORE, for minutes (bench/results/retention.md).")
+    sweep_every_s: float = Field(
+        default=600.0, gt=0,
+        description="Seconds between two sweeps for objects past their age.")
+
+
 class Settings(Doc):
     """What every instance must carry, how changes are recorded, where the pipeline keeps
     instances, and when it gives up or stops accepting."""
@@ -39,3 +62,7 @@ class Settings(Doc):
         default=1 << 30, ge=0,
         description="Below this many free bytes in the data dir, the gateway refuses associations and C-STOREs "
                     "(status 0xA700, out of resources); 0: never.")
+    retention: Retention = Field(
+        default_factory=Retention,
+        description="When received, processed and quarantined objects are deleted; nothing undelivered or held is.",
+        examples=[{"received_days": 30, "processed_days": 14, "quarantine_days": 90, "max_deletes_per_s": 5}])

@@ -15,6 +15,7 @@ Layout of the data dir:
     state.db             config documents, delivery ledger, exception records
     queue.db             the durable message queue and its dead letters
     tmp/                 datasets being received (same filesystem: renamed, not copied)
+    trash/               objects past their retention age, unlinked gradually (shared/runtime/retention.py)
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from shared.messages import (
 )
 from shared.ports import Ports
 from shared.runtime.configcache import CachedConfig
+from shared.runtime.retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +178,11 @@ class EmbeddedRuntime:
                                  tls=http_tls) if http_port is not None else None)
         if self._http:
             host_check.port = self._http.port  # port 0: the one the system chose
+        self.retention = Retention(self.blobs, self.docs, self.queue, lambda: self.config().settings,
+                                   self.data_dir / "trash")
         self._stopping = threading.Event()
         self._release_thread: threading.Thread | None = None
+        self._retention_thread: threading.Thread | None = None
 
     def status(self) -> dict:
         return {
@@ -188,6 +193,7 @@ class EmbeddedRuntime:
             "gateway": self.gateway.status(),  # free space against settings.min_free_bytes, connections
             "sources": self.sources.status(),
             "pipeline_processes": [c.pid for c in self._children if c.is_alive()],
+            "retention": self.retention.status(),
         }
 
     def start(self) -> None:
@@ -209,6 +215,9 @@ class EmbeddedRuntime:
         self._stopping.clear()
         self._release_thread = threading.Thread(target=self._release_held, name="release-held", daemon=True)
         self._release_thread.start()
+        self._retention_thread = threading.Thread(target=self.retention.run, args=(self._stopping,),
+                                                  name="retention", daemon=True)
+        self._retention_thread.start()
         if self.poll_sources:
             self.sources.start()  # after the gateway: C-MOVE retrievals arrive there
         if self._http:
@@ -227,8 +236,9 @@ class EmbeddedRuntime:
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._release_thread:
-            self._release_thread.join(10)
+        for thread in (self._release_thread, self._retention_thread):
+            if thread:
+                thread.join(10)
         self.sources.stop()
         self.gateway.stop()
         if self._http:  # also when never started: its socket is bound and its threads run
