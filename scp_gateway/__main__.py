@@ -11,6 +11,9 @@ AXIOM_LISTEN_HOST     address to bind (default 0.0.0.0)
 AXIOM_LISTEN_PORT     DICOM port (default 11112)
 AXIOM_LISTENER_ID     recorded as the source id of what arrives (default ``main``)
 AXIOM_MAX_PDU         maximum PDU size offered (default 131072)
+AXIOM_CALLED_AE_TITLES, AXIOM_CALLING_AE_TITLES, AXIOM_ALLOWED_SOURCES
+                      the listener's allow-lists, comma-separated (unset: no check; see
+                      shared.config.Listener); rejections are logged, not counted
 AXIOM_SPOOL_DIR       where datasets are received before upload (default: system tmp); data sets
                       left there by a previous run (never answered Success) are removed at start
 AXIOM_MIN_FREE_BYTES  below this much free space in the spool dir, refuse associations and
@@ -48,7 +51,15 @@ def listener_from_env(env=os.environ) -> Listener:
         host=env.get("AXIOM_LISTEN_HOST", "0.0.0.0"),
         port=int(env.get("AXIOM_LISTEN_PORT", "11112")),
         max_pdu=int(env.get("AXIOM_MAX_PDU", "131072")),
+        called_ae_titles=_env_list(env, "AXIOM_CALLED_AE_TITLES"),
+        calling_ae_titles=_env_list(env, "AXIOM_CALLING_AE_TITLES"),
+        allowed_sources=_env_list(env, "AXIOM_ALLOWED_SOURCES"),
     )
+
+
+def _env_list(env, name: str) -> list[str] | None:
+    items = [item.strip() for item in env.get(name, "").split(",") if item.strip()]
+    return items or None
 
 
 def main() -> int:
@@ -78,7 +89,8 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
     gateway.start()
-    log.info("gateway ready: AE %s on %s:%d -> gs://%s", listener.ae_title, listener.host, gateway.ports[0], bucket)
+    log.info("gateway ready: AE %s on %s:%d -> gs://%s", listener.ae_title, listener.host,
+             gateway.ports[listener.id], bucket)
     stop.wait()
     log.info("stopping")
     gateway.stop()

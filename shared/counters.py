@@ -8,7 +8,9 @@ increment).
 Documents: ``listener:<id>`` (C-STORE listeners) and ``source:<id>`` (pollers, STOW-RS,
 bucket and Healthcare API inputs) count ``received`` (match saw the instance),
 ``processed`` (planned to destinations), ``quarantined`` and ``held`` (no rule gave it
-a destination); ``destination:<id>`` counts ``enqueued`` (a delivery made by morph, or
+a destination); a listener also counts ``refused`` (associations its allow-lists
+rejected: the gateway), and its last error says why, or that its port could not be
+bound; ``destination:<id>`` counts ``enqueued`` (a delivery made by morph, or
 sent again by a retry or release), ``delivered``, ``duplicate`` (already there:
 acknowledged, not sent), ``failed`` (failed or refused: an exception record) and
 ``holds`` (held for a disabled or missing destination), and keeps ``held`` (held
@@ -24,7 +26,7 @@ import logging
 from datetime import datetime, timezone
 
 from shared.messages import IngestMetadata
-from shared.ports import Ports
+from shared.ports import DocumentStore, Ports
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ COUNTERS = "counters"
 ORIGIN_KINDS = ("listener", "source")
 DESTINATION = "destination"
 ORIGIN_FIELDS = ("received", "processed", "quarantined", "held")
+LISTENER_FIELDS = (*ORIGIN_FIELDS, "refused")
 DESTINATION_FIELDS = ("enqueued", "delivered", "duplicate", "failed", "holds", "held")
 
 
@@ -41,7 +44,7 @@ def origin_of(ingest: IngestMetadata | None) -> str:
     if ingest is None:
         return "source:unknown"
     if ingest.source_type == "cstore":
-        return f"listener:{ingest.source_id or 'unknown'}"
+        return listener(ingest.source_id or "unknown")
     return f"source:{ingest.source_id or ingest.source_type}"
 
 
@@ -49,15 +52,24 @@ def count(ports: Ports, counter: str, *, error: str | None = None, **counts: int
     """Add ``counts`` to the counters document ``counter`` (``destination:pacs``,
     ``listener:main``, ...), with ``error`` as its last error. A counter that cannot be
     written is logged, never raised: counting must not fail a stage."""
+    count_in(ports.docs, counter, error=error, **counts)
+
+
+def count_in(docs: DocumentStore, counter: str, *, error: str | None = None, **counts: int) -> None:
+    """:func:`count` for a caller with a document store and no ports (the gateway)."""
     fields = {"last_error": error, "last_error_at": datetime.now(timezone.utc).isoformat()} if error else None
     try:
-        ports.docs.increment(COUNTERS, counter, counts, fields)
+        docs.increment(COUNTERS, counter, counts, fields)
     except Exception:  # noqa: BLE001 - the stage's own work is done or recorded already
         log.exception("status counter %s not updated", counter)
 
 
 def destination(destination_id: str) -> str:
     return f"{DESTINATION}:{destination_id}"
+
+
+def listener(listener_id: str) -> str:
+    return f"listener:{listener_id}"
 
 
 def snapshot(ports: Ports) -> dict[str, dict[str, dict]]:
@@ -68,7 +80,7 @@ def snapshot(ports: Ports) -> dict[str, dict[str, dict]]:
     config = ports.config()
     out: dict[str, dict[str, dict]] = {"listeners": {}, "sources": {}, "destinations": {}}
     for lsn in config.listeners:  # configured ones show up before their first instance
-        out["listeners"][lsn.id] = _with_fields({}, ORIGIN_FIELDS)
+        out["listeners"][lsn.id] = _with_fields({}, LISTENER_FIELDS)
     for src in config.sources:
         out["sources"][src.id] = _with_fields({}, ORIGIN_FIELDS)
     for dest in config.destinations:
@@ -78,7 +90,7 @@ def snapshot(ports: Ports) -> dict[str, dict[str, dict]]:
         if kind == DESTINATION:
             out["destinations"][name] = _destination(doc)
         elif kind in ORIGIN_KINDS:
-            out[f"{kind}s"][name] = _with_fields(doc, ORIGIN_FIELDS)
+            out[f"{kind}s"][name] = _with_fields(doc, LISTENER_FIELDS if kind == "listener" else ORIGIN_FIELDS)
     return out
 
 

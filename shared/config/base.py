@@ -1,8 +1,9 @@
 """The base of every config document and the field checks they share: tag addresses
-(:mod:`shared.dicom.tags`), VR names (PS3.5 section 6.2) and RE2 patterns."""
+(:mod:`shared.dicom.tags`), VR names (PS3.5 section 6.2), RE2 patterns and IP networks."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
@@ -77,3 +78,16 @@ def check_regex(pattern: str) -> str:
 
 
 Regex = Annotated[str, AfterValidator(check_regex)]
+
+
+def check_network(value: str) -> str:
+    """An IPv4 or IPv6 network in CIDR notation; a bare address is a /32 or /128, and
+    host bits are allowed (``10.1.2.3/8`` is ``10.0.0.0/8``)."""
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"not an IP network: {value!r} ({exc})") from None
+    return value
+
+
+IPNetwork = Annotated[str, AfterValidator(check_network)]

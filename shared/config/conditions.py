@@ -3,14 +3,13 @@ switch rules on and off; evaluated by :mod:`shared.rules` and :mod:`shared.sched
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import date, time
 from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from shared.config.base import Doc, TagAddress, check_regex
+from shared.config.base import Doc, TagAddress, check_network, check_regex
 from shared.dicom.tags import parse_path
 from shared.dicom.values import check_comparable
 
@@ -86,10 +85,7 @@ class AssociationCondition(Doc):
             if self.op not in ("eq", "ne", "in", "not_in"):
                 raise ValueError("source_ip takes eq, ne, in or not_in with CIDR networks")
             for net in self.value if isinstance(self.value, list) else [self.value]:
-                try:
-                    ipaddress.ip_network(net, strict=False)
-                except ValueError as exc:
-                    raise ValueError(f"not an IP network: {net!r} ({exc})") from None
+                check_network(net)
         return self
 
 

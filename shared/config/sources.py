@@ -5,15 +5,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
-from shared.config.base import Doc
+from shared.config.base import Doc, IPNetwork
 from shared.config.peers import TLS, HealthcareStore, HttpAuth, SecretRef
+
+AETitle = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=16)]
 
 
 class Listener(Doc):
     """A DICOM listener: an Application Entity that accepts associations and C-STORE
-    (PS3.4 Annex B, Storage Service Class) and C-ECHO (PS3.7 section 9.1.5)."""
+    (PS3.4 Annex B, Storage Service Class) and C-ECHO (PS3.7 section 9.1.5). An
+    association is refused with an A-ASSOCIATE-RJ (PS3.8 9.3.4) when its source address
+    is outside ``allowed_sources``, its called AE title is not in ``called_ae_titles`` or
+    its calling AE title is not in ``calling_ae_titles``; a list left unset checks
+    nothing, so any called AE title is accepted, ``ae_title`` or not."""
 
     id: str = Field(examples=["main"], description="Unique id of the listener; rules can test it as `source_id`.")
     ae_title: str = Field(default="AXIOM", max_length=16, examples=["AXIOM"],
@@ -25,6 +31,21 @@ class Listener(Doc):
     max_pdu: int = Field(default=131072, ge=0,
                          description="Largest PDU we receive, in bytes, as offered to the peer; 0 offers no maximum.")
     tls: TLS | None = Field(default=None, description="Accept TLS associations only; none: plain TCP.")
+    called_ae_titles: list[AETitle] | None = Field(
+        default=None, min_length=1,
+        description="Called AE titles this listener answers to; others are rejected (called AE title not"
+                    " recognised). Unset: any called AE title is accepted.",
+        examples=[["AXIOM", "AXIOM_CT"]])
+    calling_ae_titles: list[AETitle] | None = Field(
+        default=None, min_length=1,
+        description="Calling AE titles of the senders this listener accepts; others are rejected (calling AE"
+                    " title not recognised). Unset: any sender.",
+        examples=[["CT01", "MR_SCANNER"]])
+    allowed_sources: list[IPNetwork] | None = Field(
+        default=None, min_length=1,
+        description="Source addresses accepted, as IPv4 or IPv6 networks in CIDR notation (a bare address is"
+                    " one host); associations from elsewhere are rejected. Unset: any address.",
+        examples=[["10.20.0.0/16", "192.168.1.7", "fd00::/8"]])
 
 
 class StowInput(Doc):

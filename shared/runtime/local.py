@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 # how often held deliveries are checked against the config (a destination enabled again)
 RELEASE_HELD_EVERY_S = 10.0
+# how often the listeners are compared with the config (one read of its revision)
+FOLLOW_LISTENERS_EVERY_S = 1.0
 
 
 class _Stores:
@@ -168,7 +170,7 @@ class EmbeddedRuntime:
 
         ingestor = Ingestor(self.blobs, config.settings.ingest_bucket)
         self.gateway = Gateway(config.listeners, ingestor, secrets=self.secrets, sources=lambda: self.config().sources,
-                               min_free_bytes=config.settings.min_free_bytes, spool_dir=tmp)
+                               min_free_bytes=config.settings.min_free_bytes, spool_dir=tmp, docs=self.docs)
         self.sources = SourceScheduler(self.config, ingestor, self.docs, self.secrets, tmp_dir=tmp)
         # HTTP: waitress with timeouts and a connection limit (shared/http.py); the control
         # routes answer only for this server's own names (DNS rebinding)
@@ -183,13 +185,14 @@ class EmbeddedRuntime:
         self._stopping = threading.Event()
         self._release_thread: threading.Thread | None = None
         self._retention_thread: threading.Thread | None = None
+        self._listeners_thread: threading.Thread | None = None
 
     def status(self) -> dict:
         return {
             "queue": {t: self.queue.pending(t) for t in TOPICS},
             "deliveries": self.ledger.counts(),
             "exceptions": self.docs.count(exceptions.EXCEPTIONS),
-            "listeners": {lsn.id: port for lsn, port in zip(self.gateway.listeners, self.gateway.ports)},
+            "listeners": self.gateway.ports,  # None: cannot listen (gateway.listener_errors says why)
             "gateway": self.gateway.status(),  # free space against settings.min_free_bytes, connections
             "sources": self.sources.status(),
             "pipeline_processes": [c.pid for c in self._children if c.is_alive()],
@@ -211,13 +214,15 @@ class EmbeddedRuntime:
                                       prepare, route, logs.current_format()))
             child.start()
             self._children.append(child)
-        self.gateway.start()
+        self.gateway.start()  # a listener that cannot listen at start stops serve: the YAML is to fix
         self._stopping.clear()
         self._release_thread = threading.Thread(target=self._release_held, name="release-held", daemon=True)
         self._release_thread.start()
         self._retention_thread = threading.Thread(target=self.retention.run, args=(self._stopping,),
                                                   name="retention", daemon=True)
         self._retention_thread.start()
+        self._listeners_thread = threading.Thread(target=self._follow_listeners, name="follow-listeners", daemon=True)
+        self._listeners_thread.start()
         if self.poll_sources:
             self.sources.start()  # after the gateway: C-MOVE retrievals arrive there
         if self._http:
@@ -234,9 +239,17 @@ class EmbeddedRuntime:
             if self._stopping.wait(RELEASE_HELD_EVERY_S):
                 return
 
+    def _follow_listeners(self) -> None:
+        """Listeners open, close and change with the config, without a restart."""
+        while not self._stopping.wait(FOLLOW_LISTENERS_EVERY_S):
+            try:
+                self.gateway.apply(self.config().listeners)
+            except Exception:  # noqa: BLE001 - try again on the next round
+                log.exception("applying the listeners of the config failed")
+
     def stop(self) -> None:
         self._stopping.set()
-        for thread in (self._release_thread, self._retention_thread):
+        for thread in (self._release_thread, self._retention_thread, self._listeners_thread):
             if thread:
                 thread.join(10)
         self.sources.stop()

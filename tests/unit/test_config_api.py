@@ -121,6 +121,9 @@ def test_a_write_is_validated_as_the_whole_config_naming_every_problem(client, p
                      "rulesets[site].rules[r1].schedule", "rulesets[site].rules[r1].when.tag"]
     listener = client.post(url("/config/listeners"), json={"id": "second", "port": 11112})
     assert listener.status_code == 422 and listener.json()["detail"][0]["path"] == "listeners[second].port"
+    cidr = client.patch(url("/config/listeners/main"), json={"allowed_sources": ["10.0.0.0/8", "10.0.0.0/33"]})
+    assert cidr.status_code == 422 and [p["path"] for p in cidr.json()["detail"]] == ["listeners[main].allowed_sources[1]"]
+    assert ports.docs.get("listeners", "main").get("allowed_sources") is None
     assert ports.docs.get("rulesets", "site")["rules"][0]["id"] == "all"  # nothing written
     assert ports.docs.get("listeners", "second") is None
 

@@ -27,15 +27,17 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 
+from shared import counters
 from shared.config import Listener
 from shared.dicom.io import part10_layout
 from shared.dicom.tls import server_context
 from shared.inputs.attribution import source_for_move
 from shared.inputs.cstore import receive
-from shared.inputs.cstore.server import ConnectionLimits, FreeSpace, GatewayServer
+from shared.inputs.cstore.server import Admission, ConnectionLimits, FreeSpace, GatewayServer
 from shared.inputs.ingest import Ingestor
+from shared.logs import describe_error
 from shared.messages import IngestMetadata
-from shared.ports import Secrets
+from shared.ports import DocumentStore, Secrets
 
 log = logging.getLogger(__name__)
 
@@ -137,54 +139,138 @@ def build_ae(listener: Listener, limits: ConnectionLimits = ConnectionLimits()) 
     return ae
 
 
+def _needs_restart(running: Listener, wanted: Listener) -> bool:
+    """True when ``wanted`` differs from ``running`` in more than its allow-lists, which a
+    running server takes over in place (:class:`Admission`)."""
+    return running.model_dump(exclude=_ALLOW_LISTS) != wanted.model_dump(exclude=_ALLOW_LISTS)
+
+
+_ALLOW_LISTS = {"called_ae_titles", "calling_ae_titles", "allowed_sources"}
+
+
 class Gateway:
-    """All configured listeners; ``start`` returns once every port is bound. Listeners
-    with ``tls`` speak DICOM over TLS (PS3.15 B.1), by default requiring a client
-    certificate signed by the configured CA. Received data sets go to ``spool_dir``
-    (default: tempfile's directory, which the embedded runtime points at its data dir's
-    ``tmp/``); below ``min_free_bytes`` free there, associations and C-STOREs are refused."""
+    """The configured listeners. ``start`` opens them; ``apply`` follows a changed list
+    of listeners while running: a new one opens, a removed one closes (associations in
+    progress finish: only the listening socket closes), a changed one reopens, and a
+    change of allow-lists only applies to the next association. A listener whose port
+    cannot be bound is logged, kept as its error in ``status()`` and, with ``docs``, as
+    the last error of its counters (:mod:`shared.counters`); the others run, and each
+    ``apply`` tries it again. Listeners with ``tls`` speak DICOM over TLS (PS3.15 B.1),
+    by default requiring a client certificate signed by the configured CA. Received
+    data sets go to ``spool_dir`` (default: tempfile's directory, which the embedded
+    runtime points at its data dir's ``tmp/``); below ``min_free_bytes`` free there,
+    associations and C-STOREs are refused. With ``docs``, associations the allow-lists
+    reject are counted as the listener's ``refused``."""
 
     def __init__(self, listeners: list[Listener], ingestor: Ingestor, *, secrets: Secrets,
                  sources: Callable[[], list] = lambda: [], min_free_bytes: int = 0,
-                 spool_dir: Path | str | None = None, limits: ConnectionLimits = ConnectionLimits()):
+                 spool_dir: Path | str | None = None, limits: ConnectionLimits = ConnectionLimits(),
+                 docs: DocumentStore | None = None):
         # process-wide, before the first association: received data sets stream to spool
         # files, and the receive guards (PDU length, temporary files, a full disk)
         _config.STORE_RECV_CHUNKED_DATASET = True
         receive.install()
-        self.listeners = listeners
+        self.listeners = list(listeners)  # as configured; those running: ``ports``
         self.ingestor = ingestor
         self.secrets = secrets
         self.sources = sources
         self.limits = limits
+        self.docs = docs
         self.free_space = FreeSpace(spool_dir or tempfile.gettempdir(), min_free_bytes)
-        self._servers: list[GatewayServer] = []
+        self._lock = threading.Lock()  # one apply at a time
+        self._servers: dict[str, tuple[Listener, GatewayServer]] = {}
+        self._errors: dict[str, str] = {}
 
-    def start(self) -> None:
-        for listener in self.listeners:
-            ae = build_ae(listener, self.limits)
-            handlers = [
-                (evt.EVT_C_STORE, handle_store, [listener, self.ingestor, self.sources, self.free_space]),
-                (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
-            ]
-            tls = server_context(listener.tls, self.secrets) if listener.tls else None
-            # AE.start_server(block=False), with this module's server class
-            server = ae.make_server((listener.host, listener.port), evt_handlers=handlers, ssl_context=tls,
-                                    server_class=GatewayServer, limits=self.limits, free_space=self.free_space)
-            ae._servers.append(server)  # as start_server does: server.shutdown() removes it
-            threading.Thread(target=server.serve_forever, name=f"listener-{listener.id}", daemon=True).start()
-            self._servers.append(server)
-            log.info("listener %s: AE %s on %s:%d%s", listener.id, listener.ae_title, listener.host,
-                     server.server_address[1], " (TLS)" if tls else "")
+    def start(self, *, strict: bool = True) -> None:
+        """Open every listener. ``strict``: one that cannot be opened closes the others
+        and its error is raised (a config that cannot listen at start is the operator's
+        to fix); else it is only reported, as by ``apply``."""
+        failures = self.apply(self.listeners, report=not strict)  # strict: the caller says it, once
+        if strict and failures:
+            self.stop()
+            raise next(iter(failures.values()))
+
+    def apply(self, listeners: list[Listener], *, report: bool = True) -> dict[str, Exception]:
+        """Make the running listeners those of ``listeners`` (see the class docstring);
+        returns the errors of those that could not be opened, by id (with ``report``,
+        also logged and counted)."""
+        failures: dict[str, Exception] = {}
+        with self._lock:
+            self.listeners = list(listeners)
+            wanted = {lsn.id: lsn for lsn in listeners}
+            for lid, (running, server) in list(self._servers.items()):
+                if lid not in wanted or _needs_restart(running, wanted[lid]):
+                    self._close(lid, server, "removed" if lid not in wanted else "changed")
+                elif running != wanted[lid]:
+                    server.admission = Admission(wanted[lid])
+                    self._servers[lid] = (wanted[lid], server)
+                    log.info("listener %s: allow-lists changed", lid)
+            for lid in set(self._errors) - set(wanted):
+                del self._errors[lid]
+            for lid, listener in wanted.items():
+                if lid not in self._servers:
+                    try:
+                        self._open(listener, report)
+                    except Exception as exc:  # noqa: BLE001 - an unusable listener must not stop the others
+                        failures[lid] = exc
+        return failures
+
+    def _open(self, listener: Listener, report: bool) -> None:
+        try:
+            server = self._serve(listener)
+        except Exception as exc:
+            error = f"cannot listen on {listener.host}:{listener.port}: {describe_error(exc)}"
+            if report and self._errors.get(listener.id) != error:  # once, not on every apply that retries it
+                log.error("listener %s: %s", listener.id, error)
+                self._count(listener.id, error=error)
+            self._errors[listener.id] = error
+            raise
+        self._errors.pop(listener.id, None)
+        self._servers[listener.id] = (listener, server)
+        log.info("listener %s: AE %s on %s:%d%s", listener.id, listener.ae_title, listener.host,
+                 server.server_address[1], " (TLS)" if server.ssl_context else "")
+
+    def _serve(self, listener: Listener) -> GatewayServer:
+        ae = build_ae(listener, self.limits)
+        handlers = [
+            (evt.EVT_C_STORE, handle_store, [listener, self.ingestor, self.sources, self.free_space]),
+            (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
+        ]
+        tls = server_context(listener.tls, self.secrets) if listener.tls else None
+        # AE.start_server(block=False), with this module's server class
+        server = ae.make_server((listener.host, listener.port), evt_handlers=handlers, ssl_context=tls,
+                                server_class=GatewayServer, limits=self.limits, free_space=self.free_space,
+                                admission=Admission(listener),
+                                on_refused=lambda why: self._count(listener.id, error=why, refused=1))
+        ae._servers.append(server)  # as start_server does: server.shutdown() removes it
+        threading.Thread(target=server.serve_forever, name=f"listener-{listener.id}", daemon=True).start()
+        return server
+
+    def _close(self, listener_id: str, server: GatewayServer, why: str) -> None:
+        """Stop accepting; the associations already running go on to their end."""
+        server.shutdown()
+        del self._servers[listener_id]
+        log.info("listener %s: %s, closed port %d", listener_id, why, server.server_address[1])
+
+    def _count(self, listener_id: str, *, error: str, **counts: int) -> None:
+        if self.docs is not None:
+            counters.count_in(self.docs, counters.listener(listener_id), error=error, **counts)
 
     @property
-    def ports(self) -> list[int]:
-        return [s.server_address[1] for s in self._servers]
+    def ports(self) -> dict[str, int | None]:
+        """The port each configured listener listens on; None while it cannot."""
+        running = {lid: server.server_address[1] for lid, (_, server) in list(self._servers.items())}
+        return {lsn.id: running.get(lsn.id) for lsn in self.listeners}
 
     def status(self) -> dict:
-        """For ``/status``: free space against the floor, and open connections."""
-        return {**self.free_space.status(), "connections": sum(s.connection_count for s in self._servers)}
+        """For ``/status``: free space against the floor, open connections, and the
+        listeners that cannot listen, with why."""
+        servers = [server for _, server in list(self._servers.values())]  # apply may change them meanwhile
+        return {**self.free_space.status(), "connections": sum(s.connection_count for s in servers),
+                "listener_errors": dict(self._errors)}
 
     def stop(self) -> None:
-        for server in self._servers:
-            server.shutdown()
-        self._servers.clear()
+        with self._lock:
+            for lid, (_, server) in list(self._servers.items()):
+                server.shutdown()
+                del self._servers[lid]

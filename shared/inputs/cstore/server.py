@@ -16,7 +16,14 @@ locked every modality out. Here (:class:`ConnectionLimits`):
   runs it on the one thread that accepts connections, with none);
 - while free space under the receive directory is below the floor (:class:`FreeSpace`)
   associations are rejected: A-ASSOCIATE-RJ rejected-transient, service-provider
-  (presentation), local-limit-exceeded (PS3.8 9.3.4).
+  (presentation), local-limit-exceeded (PS3.8 9.3.4);
+- an association outside the listener's allow-lists (:class:`Admission`) is rejected:
+  A-ASSOCIATE-RJ rejected-permanent, service-user, with the reason that fits.
+
+Associations are rejected from EVT_REQUESTED with the public ``assoc.acse.send_reject``
+(pynetdicom's acceptor then skips its own negotiation: ``Association.run_reactor``). Not
+with ``AE.require_called_aet``/``require_calling_aet``: they accept one called AE title
+(``ae_title``), and reject with no hook to log or count the refusal.
 
 When an association ends, the data sets it received and no handler took are removed
 (:func:`shared.inputs.cstore.receive.discard_spool_files`).
@@ -24,6 +31,7 @@ When an association ends, the data sets it received and no handler took are remo
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import ssl
@@ -32,15 +40,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from pynetdicom import evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from shared.config import Listener
 from shared.inputs.cstore import receive
 
 log = logging.getLogger(__name__)
 
-REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED = 0x02, 0x03, 0x02  # PS3.8 9.3.4
+# A-ASSOCIATE-RJ Result, Source and Reason/Diag. (PS3.8 9.3.4, Table 9-21)
+REJECT_PERMANENT, REJECT_TRANSIENT = 0x01, 0x02
+SOURCE_SERVICE_USER, SOURCE_PROVIDER_PRESENTATION = 0x01, 0x03
+NO_REASON_GIVEN, CALLING_AE_NOT_RECOGNIZED, CALLED_AE_NOT_RECOGNIZED = 0x01, 0x03, 0x07  # service-user reasons
+LOCAL_LIMIT_EXCEEDED = 0x02  # a service-provider (presentation) reason
 REFUSAL_LOG_EVERY_S = 60.0  # one log line per source address and minute while refusing it
 
 
@@ -98,6 +112,48 @@ class FreeSpace:
         return {"free_bytes": self.free_bytes(), "min_free_bytes": self.floor, "below_floor": self.low()}
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why an association is rejected, and the A-ASSOCIATE-RJ that says so."""
+
+    reason: int  # Reason/Diag. of a rejected-permanent from the service user
+    why: str  # for the log and /status: addresses and AE titles, never PHI
+
+
+class Admission:
+    """A listener's allow-lists (``allowed_sources``, ``called_ae_titles``,
+    ``calling_ae_titles``), checked when an A-ASSOCIATE-RQ arrives. An unset list admits
+    everything. AE titles are compared without their padding spaces (PS3.5 6.2, AE),
+    case-sensitively; an IPv4 peer seen on an IPv6 socket (``::ffff:a.b.c.d``) also
+    matches IPv4 networks."""
+
+    def __init__(self, listener: Listener):
+        self.listener_id = listener.id
+        self.called = frozenset(listener.called_ae_titles) if listener.called_ae_titles is not None else None
+        self.calling = frozenset(listener.calling_ae_titles) if listener.calling_ae_titles is not None else None
+        self.networks = (tuple(ipaddress.ip_network(n, strict=False) for n in listener.allowed_sources)
+                         if listener.allowed_sources is not None else None)
+
+    def refusal(self, address: str, called_ae: str, calling_ae: str) -> Refusal | None:
+        if self.networks is not None and not self._address_allowed(address):
+            return Refusal(NO_REASON_GIVEN, f"source address {address} is not in allowed_sources")
+        if self.called is not None and called_ae not in self.called:
+            return Refusal(CALLED_AE_NOT_RECOGNIZED, f"called AE title {called_ae!r} is not in called_ae_titles")
+        if self.calling is not None and calling_ae not in self.calling:
+            return Refusal(CALLING_AE_NOT_RECOGNIZED, f"calling AE title {calling_ae!r} is not in calling_ae_titles")
+        return None
+
+    def _address_allowed(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])  # without an IPv6 zone
+        except ValueError:
+            return False
+        candidates = [ip]
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            candidates.append(ip.ipv4_mapped)
+        return any(c in net for c in candidates for net in self.networks if c.version == net.version)
+
+
 class _SharedContexts(list):
     """The listener's supported presentation contexts, which pynetdicom deep-copies for
     every connection (``RequestHandler._create_association``): 171 contexts with their
@@ -112,13 +168,20 @@ class _SharedContexts(list):
 
 class GatewayServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with :class:`ConnectionLimits`, the TLS handshake off
-    the accept loop and the disk floor (see the module docstring)."""
+    the accept loop, the disk floor and the allow-lists (see the module docstring).
+    ``admission`` may be replaced while the server runs (a config change): the next
+    association is judged by the new one. ``on_refused(text)`` is called once per
+    association rejected by it, with what the log line says (the gateway counts them)."""
 
     request_queue_size = 128  # the listen backlog: a burst of modalities waits for accept(), not for SYN retries
 
-    def __init__(self, *args, limits: ConnectionLimits, free_space: FreeSpace | None = None, **kwargs):
+    def __init__(self, *args, limits: ConnectionLimits, free_space: FreeSpace | None = None,
+                 admission: Admission | None = None, on_refused: Callable[[str], None] | None = None,
+                 **kwargs):
         self.limits = limits
         self.free_space = free_space
+        self.admission = admission
+        self.on_refused = on_refused
         self._lock = threading.Lock()
         self._connections: Counter[str] = Counter()
         self._refusals: dict[str, tuple[float, int]] = {}
@@ -126,7 +189,7 @@ class GatewayServer(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
         self.contexts = _SharedContexts(self.contexts)
         self.bind(evt.EVT_CONN_OPEN, self._watch_association)
-        self.bind(evt.EVT_REQUESTED, self._refuse_when_disk_low)
+        self.bind(evt.EVT_REQUESTED, self._admit)
 
     @property
     def connection_count(self) -> int:
@@ -223,9 +286,26 @@ class GatewayServer(ThreadedAssociationServer):
 
         assoc.run = run_then_clean_up
 
-    def _refuse_when_disk_low(self, event) -> None:
+    def _admit(self, event) -> None:
+        """EVT_REQUESTED: the A-ASSOCIATE-RQ has arrived; reject it here or let pynetdicom
+        negotiate it. Rejected as pynetdicom rejects over ``maximum_associations``: the
+        A-ASSOCIATE-RJ goes out before the connection closes."""
+        assoc = event.assoc
+        admission = self.admission  # one read: a config change may replace it meanwhile
+        if admission is not None:
+            rq = assoc.requestor.primitive
+            address = assoc.requestor.address
+            called, calling = rq.called_ae_title.strip(), rq.calling_ae_title.strip()
+            refusal = admission.refusal(address, called, calling)
+            if refusal is not None:
+                what = (f"rejected an association from {address} (calling AE {calling!r}, called AE {called!r}):"
+                        f" {refusal.why}")
+                log.warning("listener %s: %s", admission.listener_id, what)
+                if self.on_refused is not None:  # counted before the peer hears of it
+                    self.on_refused(what)
+                assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, refusal.reason)
+                assoc.kill()
+                return
         if self.free_space is not None and self.free_space.low():
-            # as pynetdicom rejects over maximum_associations: the A-ASSOCIATE-RJ goes out
-            # before the connection closes
-            event.assoc.acse.send_reject(REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED)
-            event.assoc.kill()
+            assoc.acse.send_reject(REJECT_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED)
+            assoc.kill()
