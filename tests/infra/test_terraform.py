@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "terraform"
 CHECKOV_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "axiom-checkov"
 # read by code another change adds (structured logs, issue 15); drop once it lands
-ENV_PENDING = {"AXIOM_LOG_FORMAT"}
+ENV_PENDING: set[str] = set()  # names Terraform sets before the code reads them
 
 
 def unq(value):
