@@ -30,7 +30,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from shared import exceptions, stages
+from shared import counters, exceptions, stages
 from shared.adapters.local_blobs import LocalBlobStore
 from shared.adapters.local_queue import LocalQueue, Subscription
 from shared.adapters.secrets import LocalSecrets
@@ -180,9 +180,14 @@ class EmbeddedRuntime:
         self._release_thread: threading.Thread | None = None
 
     def status(self) -> dict:
+        """The embedded ``/status``: counts from the status counters and from indexes
+        (queue depth, claims in flight, exception records), never a read of every
+        record; ``deliveries.delivered`` is the destinations' ``delivered`` counters."""
+        destinations = counters.snapshot(self.ports)["destinations"]
         return {
             "queue": {t: self.queue.pending(t) for t in TOPICS},
-            "deliveries": self.ledger.counts(),
+            "deliveries": {"delivered": sum(d["delivered"] for d in destinations.values()),
+                           **self.ledger.in_flight()},
             "exceptions": self.docs.count(exceptions.EXCEPTIONS),
             "listeners": {lsn.id: port for lsn, port in zip(self.gateway.listeners, self.gateway.ports)},
             "gateway": self.gateway.status(),  # free space against settings.min_free_bytes, connections
