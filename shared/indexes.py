@@ -26,14 +26,14 @@ class Index:
 # exception records (shared/exceptions.py): filters of GET /exceptions and the bulk
 # actions, oldest first (created_at, then id)
 _EXCEPTION_FILTERS = ("archived", "status", "stage", "destination_id")
-# the audit log (shared/api/audit.py): newest first by id (ids start with the time)
+# the audit log (shared/api/audit.py): newest first (at, then id)
 INDEXES: tuple[Index, ...] = (
     *(Index("exceptions", f, "created_at") for f in _EXCEPTION_FILTERS),
-    Index("audit", "action", ID, descending=True),
+    Index("audit", "action", "at", descending=True),
 )
 # sort fields with no equality filter: a single-field index (SQLite: created here;
 # Firestore: automatic)
-ORDERS: tuple[tuple[str, str], ...] = (("exceptions", "created_at"),)
+ORDERS: tuple[tuple[str, str], ...] = (("exceptions", "created_at"), ("audit", "at"))
 
 
 def firestore_indexes(prefix: str = "") -> list[dict]:

@@ -70,7 +70,8 @@ class DocumentStore(Protocol):
         (the ``order_by`` value and id of the last document of the previous page); at
         most ``limit``. A document without the ``order_by`` field is never returned.
         Served by an index (:mod:`shared.indexes` lists the ones the lists need), so a
-        page costs its own size, not the collection's."""
+        page costs its own size, not the collection's. (Firestore cannot scan ids
+        descending without an equality filter: sort by a field then.)"""
 
     def count(self, collection: str, where: dict[str, Any] | None = None) -> int:
         """How many documents of ``collection`` have fields equal to ``where``'s values

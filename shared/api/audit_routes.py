@@ -1,22 +1,22 @@
 """``GET /audit`` (``audit:read``): the audit log (shared.api.audit), newest first, with
-filters and paging, through :meth:`shared.ports.DocumentStore.query`: entries by id
-(ids start with their time, so ``since``/``until`` are an id range), an exact
-``action`` by its index; an action prefix, ``user`` (id or email) and ``target``
-prefix are matched here on the entries the query returns, a batch at a time."""
+filters and paging, through :meth:`shared.ports.DocumentStore.query`: entries by
+``at`` then id (``since``/``until`` are its range; a cursor is the id of the last
+entry of a page, whose ``at`` is read back), an exact ``action`` by its index; an
+action prefix, ``user`` (id or email) and ``target`` prefix are matched here on the
+entries the query returns, a batch at a time."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from shared.api.app import get_ports
 from shared.api.audit import AUDIT
 from shared.api.auth import require
 from shared.api.permissions import Permission, Principal
-from shared.ports import ID
 
 router = APIRouter(tags=["audit"])
 
@@ -42,11 +42,11 @@ class AuditPage(BaseModel):
 READ_BATCH = 500  # entries read per query when the filters matched here may leave many out
 
 
-def _id_at(at: datetime | None) -> str | None:
-    """The smallest audit id at or after ``at`` (ids are ``%Y%m%dT%H%M%S%fZ-<hex>``)."""
+def _stored(at: datetime | None) -> str | None:
+    """``at`` as an entry's ``at`` is written (UTC ISO 8601), which sorts as text."""
     if at is None:
         return None
-    return f"{(at if at.tzinfo else at.replace(tzinfo=timezone.utc)).astimezone(timezone.utc):%Y%m%dT%H%M%S%fZ}"
+    return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).isoformat()
 
 
 @router.get("/audit", response_model=AuditPage, summary="The audit log, newest first")
@@ -72,14 +72,19 @@ def list_audit(
     docs = get_ports(request).docs
     batch = limit + 1 if not (user or target or (action and exact is None)) else max(limit + 1, READ_BATCH)
     found: list[tuple[str, dict]] = []
-    position = (cursor, cursor) if cursor else None
+    position = None
+    if cursor:
+        last = docs.get(AUDIT, cursor)
+        if last is None:
+            raise HTTPException(400, f"cursor {cursor!r} is not one this server gave")
+        position = (last["at"], cursor)
     while len(found) <= limit:
-        got = docs.query(AUDIT, where=exact, order_by=ID, descending=True, at_least=_id_at(since),
-                         below=_id_at(until), after=position, limit=batch)
+        got = docs.query(AUDIT, where=exact, order_by="at", descending=True, at_least=_stored(since),
+                         below=_stored(until), after=position, limit=batch)
         found += [(i, e) for i, e in got if wanted(e)]
         if len(got) < batch:
             break
-        position = (got[-1][0], got[-1][0])
+        position = (got[-1][1]["at"], got[-1][0])
     page = found[:limit]
     return AuditPage(items=[AuditEntry(id=i, **e) for i, e in page],
                      next_cursor=page[-1][0] if len(found) > limit else None)
