@@ -184,10 +184,14 @@ class SQLiteDocumentStore:
         if below is not None:
             sql, args = sql + f" AND {order} < ?", [*args, below]
         if after is not None:
-            # a row value: the position (sort value, id), one index seek
-            sql += f" AND ({order}, id) {'<' if descending else '>'} (?, ?)" if order_by != ID else \
-                f" AND id {'<' if descending else '>'} ?"
-            args = [*args, *(after if order_by != ID else after[-1:])]
+            beyond = "<" if descending else ">"
+            if order_by == ID:
+                sql, args = sql + f" AND id {beyond} ?", [*args, after[-1]]
+            else:
+                # the position (sort value, id), spelt so that the sort value bounds the
+                # index range (SQLite does not seek on a row value over an expression)
+                sql += f" AND {order} {beyond}= ? AND ({order} {beyond} ? OR id {beyond} ?)"
+                args = [*args, after[0], after[0], after[1]]
         direction = "DESC" if descending else "ASC"
         sql += f" ORDER BY {order} {direction}" + (f", id {direction}" if order_by != ID else "")
         if limit is not None:
