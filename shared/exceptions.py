@@ -221,12 +221,13 @@ READ_BATCH = 500  # records read per query when a text filter may leave many out
 
 
 def iter_exceptions(ports: Ports, where: ExceptionFilter, *, after: str | None = None,
-                    batch: int = READ_BATCH) -> Iterator[dict]:
+                    batch: int | None = None) -> Iterator[dict]:
     """The records ``where`` matches, oldest first, after the cursor ``after``: read
     ``batch`` at a time through the indexed query (status, stage, destination,
     archived, time range), the reason text matched here on what it returns, so a
     rare text may read many records of the indexed set, never the others."""
     position = decode_cursor(after) if after else None
+    batch = batch or READ_BATCH
     while True:
         got = ports.docs.query(EXCEPTIONS, where=where.indexed(), order_by="created_at",
                                at_least=_stored_time(where.since), below=_stored_time(where.until),

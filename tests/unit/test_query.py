@@ -210,3 +210,14 @@ def test_the_audit_list_reads_an_index_range(docs):
 def test_the_firestore_index_file_is_the_one_the_code_lists():
     path = Path(__file__).parents[2] / "terraform" / "firestore_indexes.json"
     assert json.loads(path.read_text()) == firestore_indexes()
+
+
+def test_a_bulk_selection_reads_pages_and_leaves_out_records_made_after_it(docs, monkeypatch):
+    ports = _Ports(docs)
+    before = [exceptions.record_exception(ports, stage="route", status="failed", reason="x") for _ in range(7)]
+    monkeypatch.setattr(exceptions, "READ_BATCH", 3)  # several pages
+    ids, total = exceptions.select_exceptions(ports, ExceptionFilter(status="failed"))
+    first = next(ids)
+    # a retry that fails again makes a new record while the job runs: not selected
+    exceptions.record_exception(ports, stage="route", status="failed", reason="again")
+    assert total == 7 and [first, *ids] == before
