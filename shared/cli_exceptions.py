@@ -103,10 +103,11 @@ def _show(client: Client, args) -> int:
 
 
 def _progress(job: dict) -> None:
-    total = job["total"] or 1
     finished = job["done"] + job["failed"]
-    filled = BAR_WIDTH * finished // total
-    sys.stderr.write(f"\r{job['action']} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {finished}/{job['total']}"
+    total = job["total"] or max(finished, 1)  # None: not known until the job has read its items
+    filled = min(BAR_WIDTH, BAR_WIDTH * finished // total)
+    sys.stderr.write(f"\r{job['action']} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+                     f"{finished}/{job['total'] if job['total'] is not None else '?'}"
                      f" ({job['failed']} failed)")
     sys.stderr.flush()
 

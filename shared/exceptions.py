@@ -6,16 +6,24 @@ A record holds UIDs and ids, never patient data: ``stage``, ``status`` (``quaran
 a bad input, copied aside with the reason; ``held``: nowhere to go yet; ``failed``: a
 destination kept failing; ``refused``: a destination will not take it; ``retried``),
 ``reason``, ``attempts`` (time and reason of each try, the last :data:`ATTEMPTS_KEPT`),
+``archived`` (a boolean, so that lists can filter on it by an index) and
 ``archived_at`` once an operator archived it (kept, but out of default lists) and,
-when it can be retried, the message to republish (``retry``: topic and body)."""
+when it can be retried, the message to republish (``retry``: topic and body).
+
+Lists page through :meth:`shared.ports.DocumentStore.query` over the indexes of
+:mod:`shared.indexes`: status, stage, destination and archived by equality,
+``created_at`` as the order and the time range; the reason text is matched in the
+process on the records the index gives, a batch at a time."""
 
 from __future__ import annotations
 
 import base64
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from itertools import islice
+from typing import Iterator
 
 from shared import counters
 from shared.messages import (
@@ -77,6 +85,7 @@ def record_exception(ports: Ports, *, stage: str, reason: str, status: str,
         "status": status,
         "reason": reason,
         "created_at": created_at,
+        "archived": False,
         "attempts": attempts[-ATTEMPTS_KEPT:],
         "attempt_count": len(attempts),
         "retry": {"topic": topic, "body": body} if topic else None,
@@ -127,9 +136,7 @@ def take_attempts(ports: Ports, delivery_key: str) -> tuple[list[dict], int]:
 def list_exceptions(ports: Ports, status: str | None = None) -> list[dict]:
     """The exception records, oldest first; only those with ``status`` if given
     (archived ones included: the embedded server's ``GET /exceptions``)."""
-    records = ports.docs.list(EXCEPTIONS).values()
-    return sorted((r for r in records if status is None or r.get("status") == status),
-                  key=lambda r: r.get("created_at") or "")
+    return list(iter_exceptions(ports, ExceptionFilter(status=status, archived=None)))
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,12 @@ class ExceptionFilter:
     def is_empty(self) -> bool:
         return all(getattr(self, f) is None for f in ("status", "stage", "destination_id", "reason", "since", "until"))
 
+    def indexed(self) -> dict:
+        """The equality filters an index serves (shared/indexes.py)."""
+        equal = {"status": self.status, "stage": self.stage, "destination_id": self.destination_id,
+                 "archived": self.archived}
+        return {k: v for k, v in equal.items() if v is not None}
+
     def matches(self, record: dict) -> bool:
         if self.archived is not None and bool(record.get("archived_at")) != self.archived:
             return False
@@ -181,39 +194,78 @@ class ExceptionFilter:
         return True
 
 
-def _sort_key(record: dict) -> str:
-    return f"{record.get('created_at') or ''}|{record.get('id') or ''}"
+def _stored_time(at: datetime | None) -> str | None:
+    """``at`` as ``created_at`` is written (UTC ISO 8601), which sorts as text."""
+    return None if at is None else at.astimezone(timezone.utc).isoformat()
 
 
 def encode_cursor(record: dict) -> str:
-    return base64.urlsafe_b64encode(_sort_key(record).encode()).decode().rstrip("=")
+    key = f"{record.get('created_at') or ''}|{record.get('id') or ''}"
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> str:
-    """The sort key a cursor stands for; ValueError for one this module did not make."""
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """The position (created_at, id) a cursor stands for; ValueError for one this
+    module did not make."""
     try:
         key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (ValueError, UnicodeDecodeError):
         raise ValueError(f"cursor {cursor!r} is not one this server gave") from None
-    if "|" not in key:
+    created_at, bar, record_id = key.rpartition("|")
+    if not bar or not created_at or not record_id:
         raise ValueError(f"cursor {cursor!r} is not one this server gave")
-    return key
+    return created_at, record_id
 
 
-def find_exceptions(ports: Ports, where: ExceptionFilter, *, limit: int | None = None,
+READ_BATCH = 500  # records read per query when a text filter may leave many out
+
+
+def iter_exceptions(ports: Ports, where: ExceptionFilter, *, after: str | None = None,
+                    batch: int | None = None) -> Iterator[dict]:
+    """The records ``where`` matches, oldest first, after the cursor ``after``: read
+    ``batch`` at a time through the indexed query (status, stage, destination,
+    archived, time range), the reason text matched here on what it returns, so a
+    rare text may read many records of the indexed set, never the others."""
+    position = decode_cursor(after) if after else None
+    batch = batch or READ_BATCH
+    while True:
+        got = ports.docs.query(EXCEPTIONS, where=where.indexed(), order_by="created_at",
+                               at_least=_stored_time(where.since), below=_stored_time(where.until),
+                               after=position, limit=batch)
+        for record_id, record in got:
+            record.setdefault("id", record_id)  # the cursor's tie-break is the document id
+            if where.matches(record):  # the text filter; the rest the index already did
+                yield record
+        if len(got) < batch:
+            return
+        last_id, last = got[-1]
+        position = (last["created_at"], last_id)
+
+
+def find_exceptions(ports: Ports, where: ExceptionFilter, *, limit: int,
                     after: str | None = None) -> tuple[list[dict], str | None]:
-    """The records ``where`` matches, oldest first, at most ``limit`` of them after the
+    """A page: at most ``limit`` records ``where`` matches, oldest first, after the
     cursor ``after``; and the cursor of the next page (None on the last). A cursor is
     a position (time and id), so records added meanwhile neither shift nor repeat a
-    page. Reads the collection: exception records are what operators have to look at,
-    not every instance (status uses the counters)."""
-    start = decode_cursor(after) if after else ""
-    found = sorted((r for r in ports.docs.list(EXCEPTIONS).values() if where.matches(r) and _sort_key(r) > start),
-                   key=_sort_key)
-    if limit is None or len(found) <= limit:
+    page. Reads one index range of about the page's size (more with a reason filter)."""
+    batch = limit + 1 if where.reason is None else max(limit + 1, READ_BATCH)
+    found = list(islice(iter_exceptions(ports, where, after=after, batch=batch), limit + 1))
+    if len(found) <= limit:
         return found, None
     page = found[:limit]
     return page, encode_cursor(page[-1])
+
+
+def select_exceptions(ports: Ports, where: ExceptionFilter) -> tuple[Iterator[str], int | None]:
+    """The ids of the records ``where`` matches now, read page by page as they are
+    consumed (a bulk job), and how many there are when an index count can say (no
+    text filter, no time range; else None). Records created from now on are left out,
+    so an action that makes new records (a retry that fails again) never reaches them."""
+    bounded = replace(where, until=min(where.until or datetime.now(timezone.utc), datetime.now(timezone.utc)))
+    total = None
+    if where.reason is None and where.since is None and where.until is None:
+        total = ports.docs.count(EXCEPTIONS, where.indexed())
+    return (record["id"] for record in iter_exceptions(ports, bounded)), total
 
 
 def get_exception(ports: Ports, record_id: str) -> dict:
@@ -264,7 +316,7 @@ def archive_exception(ports: Ports, record_id: str) -> dict:
     record = get_exception(ports, record_id)
     if record.get("archived_at"):
         return record
-    updated = {**record, "archived_at": _now()}
+    updated = {**record, "archived": True, "archived_at": _now()}
     ports.docs.set(EXCEPTIONS, record_id, updated)
     if record.get("status") == "held" and record.get("destination_id"):
         ports.docs.delete(HELD_DELIVERIES, record_id)

@@ -36,6 +36,9 @@ class BlobStore(Protocol):
     def exists(self, ref: BlobRef) -> bool: ...
 
 
+ID = "__id__"  # DocumentStore.query: order by (and bound) the document id
+
+
 class DocumentStore(Protocol):
     """Documents by (collection, id): config, exception records, poller state."""
 
@@ -57,8 +60,22 @@ class DocumentStore(Protocol):
 
     def list(self, collection: str) -> dict[str, dict[str, Any]]: ...
 
-    def count(self, collection: str) -> int:
-        """How many documents ``collection`` holds, without reading them."""
+    def query(self, collection: str, *, where: dict[str, Any] | None = None, order_by: str = ID,
+              descending: bool = False, at_least: Any = None, below: Any = None,
+              after: tuple[Any, str] | None = None, limit: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """``(id, document)`` pairs of the documents whose fields equal ``where``'s values,
+        ordered by ``order_by`` (a top-level field, or :data:`ID`) then by id, ascending
+        or ``descending``; only those whose ``order_by`` value is ``>= at_least`` and
+        ``< below`` (either None: unbounded); starting after the position ``after``
+        (the ``order_by`` value and id of the last document of the previous page); at
+        most ``limit``. A document without the ``order_by`` field is never returned.
+        Served by an index (:mod:`shared.indexes` lists the ones the lists need), so a
+        page costs its own size, not the collection's. (Firestore cannot scan ids
+        descending without an equality filter: sort by a field then.)"""
+
+    def count(self, collection: str, where: dict[str, Any] | None = None) -> int:
+        """How many documents of ``collection`` have fields equal to ``where``'s values
+        (None: all), without reading them (an index count or a count aggregation)."""
 
     def increment(self, collection: str, doc_id: str, counts: dict[str, int],
                   fields: dict[str, Any] | None = None) -> None:

@@ -463,7 +463,7 @@ locals {
 resource "google_firestore_index" "index" {
   for_each = {
     for index in local.firestore_indexes :
-    "${index.collection}:${join(",", [for f in index.fields : "${f.field}:${f.order}"])}" => index
+    "${index.collection}:${join(",", [for f in index.fields : "${f.field_path}:${f.order}"])}" => index
   }
   project    = var.project_id
   database   = var.firestore.create ? google_firestore_database.database[0].name : var.firestore.database
@@ -472,7 +472,7 @@ resource "google_firestore_index" "index" {
   dynamic "fields" {
     for_each = each.value.fields
     content {
-      field_path = fields.value.field
+      field_path = fields.value.field_path
       order      = fields.value.order
     }
   }

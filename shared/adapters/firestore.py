@@ -24,7 +24,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from shared.ports import Claim
+from shared.ports import ID, Claim
 
 
 def _jsonable(doc: dict[str, Any]) -> dict[str, Any]:
@@ -92,10 +92,41 @@ class FirestoreDocumentStore:
     def list(self, collection):
         return {snap.id: snap.to_dict() for snap in self._col(collection).order_by("__name__").stream()}
 
-    def count(self, collection):
+    def query(self, collection, *, where=None, order_by=ID, descending=False, at_least=None, below=None,
+              after=None, limit=None):
+        # the composite indexes this needs are listed by shared/indexes.py
+        # (terraform/firestore_indexes.json); the emulator needs none
+        col = self._col(collection)
+        direction = firestore.Query.DESCENDING if descending else firestore.Query.ASCENDING
+        by_id = order_by == ID
+        order = "__name__" if by_id else order_by
+        value = (lambda v: col.document(v)) if by_id else (lambda v: v)  # ids are compared as references
+        q = self._where(col, where)
+        if at_least is not None:
+            q = q.where(filter=firestore.FieldFilter(order, ">=", value(at_least)))
+        if below is not None:
+            q = q.where(filter=firestore.FieldFilter(order, "<", value(below)))
+        q = q.order_by(order, direction=direction)
+        if not by_id:
+            q = q.order_by("__name__", direction=direction)
+        if after is not None:
+            q = q.start_after([col.document(after[-1])] if by_id else [after[0], col.document(after[1])])
+        if limit is not None:
+            q = q.limit(int(limit))
+        return [(snap.id, snap.to_dict()) for snap in q.stream()]
+
+    def count(self, collection, where=None):
         # a COUNT aggregation: billed per 1000 index entries, no document is read
-        [[result]] = self._col(collection).count(alias="n").get()
+        [[result]] = self._where(self._col(collection), where).count(alias="n").get()
         return int(result.value)
+
+    @staticmethod
+    def _where(q, where):
+        for field, value in (where or {}).items():
+            if field == ID or value is None or isinstance(value, (dict, list)):
+                raise ValueError(f"{field}: a query compares a field with a string, a number or a boolean")
+            q = q.where(filter=firestore.FieldFilter(field, "==", value))
+        return q
 
     def increment(self, collection, doc_id, counts, fields=None):
         # server-side increments: no transaction, no lost update between instances
@@ -213,11 +244,12 @@ class FirestoreDeliveryLedger:
         return snap.to_dict() if snap.exists else None
 
     def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        in_doubt = 0
-        for snap in self.collection.select(["state", "in_doubt"]).stream():
-            row = snap.to_dict() or {}
-            counts[row.get("state", "")] = counts.get(row.get("state", ""), 0) + 1
-            in_doubt += 1 if row.get("in_doubt") else 0
-        counts["in_doubt"] = in_doubt
+        """Claims by state and those in doubt: COUNT aggregations, no document read."""
+        def count(field, value) -> int:
+            [[result]] = self.collection.where(filter=firestore.FieldFilter(field, "==", value)).count(
+                alias="n").get()
+            return int(result.value)
+
+        counts = {state: n for state in ("delivered", "sending") if (n := count("state", state))}
+        counts["in_doubt"] = count("in_doubt", True)
         return counts

@@ -5,13 +5,15 @@ One connection per thread; WAL so readers never wait for the writer."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from shared.ports import Claim
+from shared.indexes import INDEXES, ORDERS
+from shared.ports import ID, Claim
 
 BUSY_WAIT_S = 30.0  # how long a statement waits for another writer before it fails
 
@@ -81,15 +83,49 @@ class _Transaction:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _column(field: str) -> str:
+    """The SQL expression of a top-level field: the same text in the indexes and the
+    queries, so that SQLite matches the one to the other."""
+    if field == ID:
+        return "id"
+    if not _FIELD_NAME.match(field):  # it is written into the SQL: names only
+        raise ValueError(f"{field!r} is not a field name a query can use")
+    return f"json_extract(data, '$.{field}')"
+
+
+def _collection(name: str) -> str:
+    """A collection name as an SQL literal: a partial index applies only to queries
+    that name its collection in their text, not as a bound value."""
+    if not _FIELD_NAME.match(name):
+        raise ValueError(f"{name!r} is not a collection name a query can use")
+    return f"'{name}'"
+
+
 class SQLiteDocumentStore:
-    """Documents as JSON rows keyed by (collection, id); the Firestore layout in a table."""
+    """Documents as JSON rows keyed by (collection, id); the Firestore layout in a table.
+    The fields :mod:`shared.indexes` names are indexed by expression indexes over
+    ``json_extract`` (collection, field, sort field, id; partial, one collection each), so a query
+    reads an index range."""
 
     def __init__(self, db: SQLiteDatabase):
         self.db = db
-        self.db.conn().execute(
+        conn = self.db.conn()
+        conn.execute(
             "CREATE TABLE IF NOT EXISTS documents (collection TEXT NOT NULL, id TEXT NOT NULL,"
             " data TEXT NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (collection, id))"
         )
+        wanted = [(i.collection, (i.equals, i.order_by)) for i in INDEXES] + [(c, (o,)) for c, o in ORDERS]
+        for collection, fields in wanted:
+            # partial: only that collection's rows pay for the index on a write (the
+            # counters, leases and config documents do not); led by the collection so
+            # that the planner prefers it to the primary key for the same equality
+            columns = ", ".join(_column(f) for f in fields if f != ID)
+            name = "documents_" + "_".join((collection, *(f.strip("_") for f in fields)))
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON documents (collection, {columns}, id)"
+                         f" WHERE collection={_collection(collection)}")
 
     def get(self, collection, doc_id):
         row = self.db.conn().execute(
@@ -137,8 +173,44 @@ class SQLiteDocumentStore:
         ).fetchall()
         return {doc_id: json.loads(data) for doc_id, data in rows}
 
-    def count(self, collection):
-        return self.db.conn().execute("SELECT count(*) FROM documents WHERE collection=?", (collection,)).fetchone()[0]
+    def query(self, collection, *, where=None, order_by=ID, descending=False, at_least=None, below=None,
+              after=None, limit=None):
+        order = _column(order_by)
+        sql, args = self._where(collection, where)
+        if order_by != ID:
+            sql += f" AND {order} IS NOT NULL"
+        if at_least is not None:
+            sql, args = sql + f" AND {order} >= ?", [*args, at_least]
+        if below is not None:
+            sql, args = sql + f" AND {order} < ?", [*args, below]
+        if after is not None:
+            beyond = "<" if descending else ">"
+            if order_by == ID:
+                sql, args = sql + f" AND id {beyond} ?", [*args, after[-1]]
+            else:
+                # the position (sort value, id), spelt so that the sort value bounds the
+                # index range (SQLite does not seek on a row value over an expression)
+                sql += f" AND {order} {beyond}= ? AND ({order} {beyond} ? OR id {beyond} ?)"
+                args = [*args, after[0], after[0], after[1]]
+        direction = "DESC" if descending else "ASC"
+        sql += f" ORDER BY {order} {direction}" + (f", id {direction}" if order_by != ID else "")
+        if limit is not None:
+            sql, args = sql + " LIMIT ?", [*args, int(limit)]
+        rows = self.db.conn().execute(f"SELECT id, data FROM documents WHERE {sql}", args).fetchall()
+        return [(doc_id, json.loads(data)) for doc_id, data in rows]
+
+    def count(self, collection, where=None):
+        sql, args = self._where(collection, where)
+        return self.db.conn().execute(f"SELECT count(*) FROM documents WHERE {sql}", args).fetchone()[0]
+
+    @staticmethod
+    def _where(collection, where) -> tuple[str, list]:
+        sql, args = f"collection={_collection(collection)}", []
+        for field, value in (where or {}).items():
+            if value is None or isinstance(value, (dict, list)):
+                raise ValueError(f"{field}: a query compares with a string, a number or a boolean")
+            sql, args = sql + f" AND {_column(field)}=?", [*args, value]
+        return sql, args
 
     def increment(self, collection, doc_id, counts, fields=None):
         with self.db.transaction() as conn:  # the write lock from the read on: no lost update
@@ -173,6 +245,10 @@ class SQLiteDeliveryLedger:
             "CREATE TABLE IF NOT EXISTS deliveries (key TEXT PRIMARY KEY, state TEXT NOT NULL,"
             " lease_until REAL NOT NULL, in_doubt INTEGER NOT NULL, info TEXT NOT NULL, updated_at REAL NOT NULL)"
         )
+        # partial indexes: the claims being sent and those in doubt, a few among millions
+        # delivered, counted by in_flight() without reading the others
+        self.db.conn().execute("CREATE INDEX IF NOT EXISTS deliveries_sending ON deliveries (key) WHERE state='sending'")
+        self.db.conn().execute("CREATE INDEX IF NOT EXISTS deliveries_in_doubt ON deliveries (key) WHERE in_doubt=1")
 
     def claim(self, key, lease_s, info) -> Claim:
         now = time.time()
@@ -205,7 +281,15 @@ class SQLiteDeliveryLedger:
         to the previous run, which died; expire them so they are taken over (in doubt)."""
         return self.db.conn().execute("UPDATE deliveries SET lease_until=0 WHERE state='sending'").rowcount
 
+    def in_flight(self) -> dict[str, int]:
+        """Claims being sent now and deliveries in doubt, from their partial indexes
+        (``/status``; delivered ones are counted by shared/counters.py)."""
+        conn = self.db.conn()
+        return {"sending": conn.execute("SELECT count(*) FROM deliveries WHERE state='sending'").fetchone()[0],
+                "in_doubt": conn.execute("SELECT count(*) FROM deliveries WHERE in_doubt=1").fetchone()[0]}
+
     def counts(self) -> dict[str, int]:
+        """Every claim by state: reads the whole table (inspection and tests)."""
         rows = self.db.conn().execute(
             "SELECT state, count(*), sum(in_doubt) FROM deliveries GROUP BY state"
         ).fetchall()

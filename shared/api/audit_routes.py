@@ -1,14 +1,16 @@
 """``GET /audit`` (``audit:read``): the audit log (shared.api.audit), newest first, with
-filters and paging. The DocumentStore port has no queries, so the entries are read
-and filtered here: fine for the thousands of entries of config work; a store with
-many more needs an indexed query in the port."""
+filters and paging, through :meth:`shared.ports.DocumentStore.query`: entries by
+``at`` then id (``since``/``until`` are its range; a cursor is the id of the last
+entry of a page, whose ``at`` is read back), an exact ``action`` by its index; an
+action prefix, ``user`` (id or email) and ``target`` prefix are matched here on the
+entries the query returns, a batch at a time."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from shared.api.app import get_ports
@@ -37,8 +39,14 @@ class AuditPage(BaseModel):
     next_cursor: str | None = Field(None, description="pass as `cursor` for the next (older) page; null on the last")
 
 
-def _utc(at: datetime) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+READ_BATCH = 500  # entries read per query when the filters matched here may leave many out
+
+
+def _stored(at: datetime | None) -> str | None:
+    """``at`` as an entry's ``at`` is written (UTC ISO 8601), which sorts as text."""
+    if at is None:
+        return None
+    return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).isoformat()
 
 
 @router.get("/audit", response_model=AuditPage, summary="The audit log, newest first")
@@ -53,19 +61,30 @@ def list_audit(
     limit: int = Query(100, ge=1, le=1000),
     cursor: str | None = Query(None, description="next_cursor of the previous page"),
 ) -> AuditPage:
-    since, until = (_utc(since) if since else None), (_utc(until) if until else None)
     user = user.strip().lower() if user else None
+    exact = {"action": action} if action and not action.endswith(".") else None
 
-    def wanted(entry_id: str, e: dict) -> bool:
-        at = datetime.fromisoformat(e["at"])
-        return ((cursor is None or entry_id < cursor)
-                and (not action or (e["action"].startswith(action) if action.endswith(".") else e["action"] == action))
+    def wanted(e: dict) -> bool:
+        return ((not action or exact is not None or e["action"].startswith(action))
                 and (not user or user in (e.get("user_id"), (e.get("email") or "").lower()))
-                and (not target or e["target"].startswith(target))
-                and (since is None or at >= since) and (until is None or at < until))
+                and (not target or e["target"].startswith(target)))
 
-    entries = get_ports(request).docs.list(AUDIT)
-    found = [i for i in sorted(entries, reverse=True) if wanted(i, entries[i])]  # ids sort by time
+    docs = get_ports(request).docs
+    batch = limit + 1 if not (user or target or (action and exact is None)) else max(limit + 1, READ_BATCH)
+    found: list[tuple[str, dict]] = []
+    position = None
+    if cursor:
+        last = docs.get(AUDIT, cursor)
+        if last is None:
+            raise HTTPException(400, f"cursor {cursor!r} is not one this server gave")
+        position = (last["at"], cursor)
+    while len(found) <= limit:
+        got = docs.query(AUDIT, where=exact, order_by="at", descending=True, at_least=_stored(since),
+                         below=_stored(until), after=position, limit=batch)
+        found += [(i, e) for i, e in got if wanted(e)]
+        if len(got) < batch:
+            break
+        position = (got[-1][1]["at"], got[-1][0])
     page = found[:limit]
-    return AuditPage(items=[AuditEntry(id=i, **entries[i]) for i in page],
-                     next_cursor=page[-1] if len(found) > limit else None)
+    return AuditPage(items=[AuditEntry(id=i, **e) for i, e in page],
+                     next_cursor=page[-1][0] if len(found) > limit else None)

@@ -138,7 +138,7 @@ def _bulk(name: str):
         if where.is_empty() and request.query_params.get("all") != "true":
             raise HTTPException(400, f"{name} of every record needs all=true; or give a filter: "
                                      f"{', '.join(FILTERS)}")
-        ids = [r["id"] for r in exceptions.find_exceptions(ports, where)[0]]
+        ids, total = exceptions.select_exceptions(ports, where)  # read page by page by the job
         about = {k: v for k, v in request.query_params.items()}
 
         def work(record_id: str, job_id: str) -> None:
@@ -147,7 +147,7 @@ def _bulk(name: str):
             except HTTPException as exc:  # as LookupError: the job keeps its text
                 raise LookupError(f"{record_id}: {exc.detail}") from None
 
-        job = start_job(ports, principal, f"exceptions.{name}", ids, work, about=about)
+        job = start_job(ports, principal, f"exceptions.{name}", ids, work, total=total, about=about)
         return {**job, "url": f"{request.url.path.rsplit('/exceptions/', 1)[0]}/jobs/{job['id']}"}
 
     endpoint.__name__ = f"bulk_{name}"
