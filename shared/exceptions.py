@@ -95,6 +95,28 @@ def record_exception(ports: Ports, *, stage: str, reason: str, status: str,
     return record_id
 
 
+MIGRATIONS = "migrations"  # DocumentStore collection: one document per data migration done
+ARCHIVED_FIELD = "exception-records-archived-field"
+
+
+def backfill_archived(docs) -> int:
+    """Give records written before the ``archived`` field one (true once archived):
+    the indexed lists filter on it, and a record without it would be missing from
+    them. Runs once per store (a document in ``migrations`` says it ran); returns the
+    number of records changed."""
+    if docs.get(MIGRATIONS, ARCHIVED_FIELD):
+        return 0
+    changed = 0
+    for record_id, record in docs.list(EXCEPTIONS).items():
+        if "archived" not in record:
+            docs.set(EXCEPTIONS, record_id, {**record, "archived": bool(record.get("archived_at"))})
+            changed += 1
+    docs.set(MIGRATIONS, ARCHIVED_FIELD, {"done_at": _now(), "changed": changed})
+    if changed:
+        log.info("exception records: %d given the archived field (indexed lists)", changed)
+    return changed
+
+
 def quarantine(ports: Ports, blob: BlobRef, reason: str, *, stage: str) -> BlobRef:
     """Copy a bad input to the quarantine bucket, record why, remove it from ingest."""
     target = ports.blobs.copy(blob, ports.config().settings.quarantine_bucket, blob.name)

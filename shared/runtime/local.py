@@ -180,6 +180,7 @@ class EmbeddedRuntime:
                                  tls=http_tls) if http_port is not None else None)
         if self._http:
             host_check.port = self._http.port  # port 0: the one the system chose
+        exceptions.backfill_archived(self.docs)  # records of older versions: into the indexed lists
         self.retention = Retention(self.blobs, self.docs, self.queue, lambda: self.config().settings,
                                    self.data_dir / "trash")
         self._stopping = threading.Event()

@@ -271,3 +271,17 @@ def test_legacy_routes_keep_working(ports):
     assert app.post(f"/exceptions/{exceptions.record_exception(ports, stage='match', status='quarantined', reason='x')}"
                     "/retry").status_code == 409
     assert ports.bus.on(TOPIC_INGEST) == []
+
+
+def test_records_of_an_older_version_are_listed_once_given_the_archived_field(ports, client):
+    kept = failed(ports)
+    old = {k: v for k, v in ports.docs.get(exceptions.EXCEPTIONS, kept).items() if k != "archived"}
+    ports.docs.set(exceptions.EXCEPTIONS, "old-open", {**old, "id": "old-open"})
+    ports.docs.set(exceptions.EXCEPTIONS, "old-archived", {**old, "id": "old-archived", "archived_at": old["created_at"]})
+    assert ids(client.get(f"{PREFIX}/exceptions")) == [kept]  # the index does not see them
+
+    assert exceptions.backfill_archived(ports.docs) == 2
+    assert sorted(ids(client.get(f"{PREFIX}/exceptions"))) == sorted([kept, "old-open"])
+    assert ids(client.get(f"{PREFIX}/exceptions", params={"archived": "true"})) == ["old-archived"]
+    ports.docs.set(exceptions.EXCEPTIONS, "later", {**old, "id": "later"})
+    assert exceptions.backfill_archived(ports.docs) == 0  # once per store
