@@ -7,7 +7,9 @@ with the functions' bundle as ``function_source``."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 
 import pytest
 import yaml
@@ -94,6 +96,12 @@ def test_terraform_gets_the_bundle_and_the_image_under_its_variable_names():
     assert "build_function_bundle.py --out-dir build > build.function-bundle-path" in step_text("function-bundle")
 
 
+def test_terraform_state_goes_to_a_gcs_backend_or_the_build_stops():
+    script = STEPS["terraform-init"]["args"][-1]
+    assert """grep -q 'backend "gcs"' *.tf""" in script
+    assert script.index("exit 1") < script.index("terraform init") and "-backend-config=\"bucket=${_TF_STATE_BUCKET}\"" in script
+
+
 def test_the_artifact_registry_repository_is_created_or_required_explicitly():
     script = STEPS["artifact-registry"]["args"][-1]
     assert "gcloud artifacts repositories describe" in script and "gcloud artifacts repositories create" in script
@@ -106,3 +114,44 @@ def test_terraform_declares_the_variables_the_build_sets():
         pytest.skip("terraform/ has no .tf files yet")
     for name in ("function_source", "gateway_image"):
         assert re.search(rf'variable\s+"{name}"', variables), f"terraform/ declares no variable {name}"
+
+
+def render(text: str, **overrides: str) -> str:
+    """``text`` after Cloud Build's substitution: defaults, then ``overrides``, built-ins
+    of a manual submit; ``$$`` becomes ``$``."""
+    values = {"PROJECT_ID": "proj", "BUILD_ID": "b-123", **BUILD["substitutions"], **overrides}
+    values = {k: v.replace("${BUILD_ID}", "b-123") for k, v in values.items()}  # dynamic substitutions
+    escaped = text.replace("$$", "\0")
+    return SUBSTITUTION.sub(lambda m: values[m.group(1) or m.group(2)], escaped).replace("\0", "$")
+
+
+def test_the_shell_steps_parse():
+    for step_id, step in STEPS.items():
+        shell = step.get("entrypoint")
+        if shell in ("bash", "sh"):
+            script = render(step["args"][-1])
+            checked = subprocess.run([shell, "-n", "-c", script], capture_output=True, text=True)
+            assert checked.returncode == 0, f"{step_id}: {checked.stderr}"
+
+
+def test_the_upload_step_writes_terraforms_values_for_the_bundle_it_uploaded(tmp_path):
+    """Run with a gcloud that records its arguments: the object is the bundle's name."""
+    (tmp_path / "bin").mkdir()
+    gcloud = tmp_path / "bin" / "gcloud"
+    gcloud.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/gcloud.args\n')
+    gcloud.chmod(0o755)
+    bundle = "build/functions-" + "ab" * 32 + ".zip"
+    (tmp_path / "build.function-bundle-path").write_text(bundle + "\n")
+    script = render(STEPS["upload-function-bundle"]["args"][-1], _FUNCTION_SOURCE_BUCKET="src-bucket")
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stderr
+    object_name = "functions/functions-" + "ab" * 32 + ".zip"
+    assert (tmp_path / "gcloud.args").read_text().split() == ["storage", "cp", "--no-clobber", bundle,
+                                                               f"gs://src-bucket/{object_name}"]
+    assert json.loads((tmp_path / "build.auto.tfvars.json").read_text()) == {
+        "function_source": {"bucket": "src-bucket", "object": object_name},
+        "gateway_image": "europe-west4-docker.pkg.dev/proj/axiom-flow/scp-gateway:b-123"}
+    unset = subprocess.run(["bash", "-c", render(STEPS["upload-function-bundle"]["args"][-1])], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert unset.returncode == 1 and "set _FUNCTION_SOURCE_BUCKET" in unset.stderr
