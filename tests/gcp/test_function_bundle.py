@@ -22,6 +22,7 @@ import time
 import uuid
 import venv
 import zipfile
+from io import BytesIO
 from pathlib import Path
 
 import httpx
@@ -78,7 +79,7 @@ def bundle(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def deployment(emulators, fake_gcs):
+def deployment(emulators, fake_gcs, tmp_path_factory):
     """Topics, buckets and the config in Firestore for one deployment (unique names);
     the environment the functions get."""
     firestore, pubsub = emulators
@@ -100,9 +101,10 @@ def deployment(emulators, fake_gcs):
              "actions": [{"action": "set", "tag": "InstitutionName", "value": INSTITUTION}],
              "destinations": ["archive"]}]}],
     }), FirestoreDocumentStore(prefix=collections))
+    base_dir = tmp_path_factory.mktemp("base")
     env = {**emulator_env(firestore, pubsub, fake_gcs), "AXIOM_TOPIC_PREFIX": prefix,
-           "AXIOM_COLLECTION_PREFIX": collections}
-    yield {"env": env, "admin": admin, "prefix": prefix, "ingest": ingest, "gcs": fake_gcs}
+           "AXIOM_COLLECTION_PREFIX": collections, "AXIOM_BASE_DIR": str(base_dir)}
+    yield {"env": env, "admin": admin, "prefix": prefix, "ingest": ingest, "gcs": fake_gcs, "archive": base_dir / "archive"}
     admin.close()
 
 
@@ -131,6 +133,8 @@ def eventarc_pubsub_event(project: str, topic: str, data: bytes, attributes: dic
 
 
 def test_the_bundle_installs_alone_and_its_entry_points_run_the_stages(bundle, deployment):
+    """match, morph and route, each called in the bundle's virtualenv with the message
+    the previous one published: the instance ends in the filesystem destination."""
     env, admin, prefix, gcs = deployment["env"], deployment["admin"], deployment["prefix"], deployment["gcs"]
     from shared.adapters.gcs import GCSBlobStore
     from shared.inputs.ingest import Ingestor
@@ -161,4 +165,11 @@ def test_the_bundle_installs_alone_and_its_entry_points_run_the_stages(bundle, d
     delivery = Delivery.model_validate_json(delivering.message.data)
     assert delivery.destination_id == "archive" and delivery.sop_instance_uid == plan.sop_instance_uid
     with GCSBlobStore(gcs.client()).local_path(delivery.blob) as path:
-        assert dcmread(path).InstitutionName == INSTITUTION  # morphed in the bundle's virtualenv
+        morphed = path.read_bytes()
+    assert dcmread(BytesIO(morphed)).InstitutionName == INSTITUTION  # morphed in the bundle's virtualenv
+
+    answer = call(bundle, env, "route", *eventarc_pubsub_event(PROJECT, f"{prefix}deliver", delivering.message.data,
+                                                               dict(delivering.message.attributes)))
+    assert answer["status"] == 200, answer["body"]
+    [delivered] = deployment["archive"].rglob("*.dcm")
+    assert delivered.read_bytes() == morphed  # the filesystem destination got the processed object as it is
