@@ -7,8 +7,9 @@ delivers them (binary mode, a Pub/Sub ``messagePublished`` whose message is the
 ingest bucket's OBJECT_FINALIZE notification), against the Firestore and Pub/Sub
 emulators and fake-gcs-server.
 
-Here (not in a directory of its own) to share the session's emulators. The install
-takes about a minute with a warm pip cache; PyPI must be reachable.
+Here (not in a directory of its own) to share the session's emulators. PyPI must be
+reachable; the install takes 1.5 to 2.5 minutes on the 2-core test bed with a warm pip
+cache (the whole test 2.5 to 5 minutes, with the emulators' start).
 """
 
 from __future__ import annotations
