@@ -511,7 +511,7 @@ module "gateway" {
   name                  = "${var.name_prefix}gateway"
   service_account_id    = "${var.name_prefix}gateway"
   roles                 = local.role_bindings["gateway"]
-  image                 = var.gateway.image
+  image                 = coalesce(var.gateway_image, var.gateway.image)
   environment           = local.gateway_environment
   dicom_port            = var.gateway.port
   network               = var.gateway.network

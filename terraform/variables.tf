@@ -327,8 +327,8 @@ variable "gateway" {
     error_message = "gateway.load_balancer: INTERNAL or EXTERNAL."
   }
   validation {
-    condition     = !var.gateway.enabled || var.gateway.image != null
-    error_message = "gateway.image is required when the gateway is enabled."
+    condition     = !var.gateway.enabled || var.gateway.image != null || var.gateway_image != null
+    error_message = "gateway.image (or gateway_image) is required when the gateway is enabled."
   }
   validation {
     condition     = !contains(var.gateway.allowed_source_ranges, "0.0.0.0/0")
@@ -358,4 +358,10 @@ variable "monitoring" {
     failure_rate_threshold = optional(number, 0.1)
   })
   default = {}
+}
+
+variable "gateway_image" {
+  description = "The gateway image built by Cloud Build (cloudbuild.yaml writes it to build.auto.tfvars.json); when set, it replaces gateway.image, so a deployment's own gateway settings need not name a build."
+  type        = string
+  default     = null
 }
