@@ -7,7 +7,10 @@ a bad input, copied aside with the reason; ``held``: nowhere to go yet; ``failed
 destination kept failing; ``refused``: a destination will not take it; ``retried``),
 ``reason``, ``attempts`` (time and reason of each try, the last :data:`ATTEMPTS_KEPT`),
 ``archived_at`` once an operator archived it (kept, but out of default lists) and,
-when it can be retried, the message to republish (``retry``: topic and body)."""
+when it can be retried, the message to republish (``retry``: topic and body).
+
+An open record holds the objects it names from retention until it is archived or its
+retry has settled (shared/holds.py: a GCS temporary hold)."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from shared import counters
+from shared import counters, holds
 from shared.messages import (
     TOPIC_DELIVER,
     TOPIC_INGEST,
@@ -71,7 +74,7 @@ def record_exception(ports: Ports, *, stage: str, reason: str, status: str,
     record_id = uuid.uuid4().hex
     created_at = _now()
     attempts = attempts or [{"at": created_at, "reason": reason}]
-    ports.docs.set(EXCEPTIONS, record_id, {
+    record = {
         "id": record_id,
         "stage": stage,
         "status": status,
@@ -81,7 +84,12 @@ def record_exception(ports: Ports, *, stage: str, reason: str, status: str,
         "attempt_count": len(attempts),
         "retry": {"topic": topic, "body": body} if topic else None,
         **{k: (str(v) if isinstance(v, BlobRef) else v) for k, v in refs.items()},
-    })
+    }
+    holds.pin(ports, record_id, record)  # before the record: never an open record without its hold
+    ports.docs.set(EXCEPTIONS, record_id, record)
+    source = holds.source_of(record)
+    if source is not None:  # a retry of this instance that ended here has settled
+        holds.settle(ports, source, record.get("destination_id"))
     log.warning("exception %s stage=%s status=%s: %s", record_id, stage, status, reason)
     return record_id
 
@@ -233,7 +241,13 @@ def retry_exception(ports: Ports, record_id: str) -> dict:
     if not retry.get("topic") or retry.get("body") is None:
         raise WrongState(f"exception record {record_id} ({record.get('status')}) has no message to retry")
     topic, body = _replannable(retry["topic"], retry["body"])
-    ports.bus.publish(topic, body.encode())
+    # the holds stay until the message settles; marked first, so a delivery at once settles them
+    holds.mark_retried(ports, record_id, record)
+    try:
+        ports.bus.publish(topic, body.encode())
+    except BaseException:
+        holds.mark_retried(ports, record_id, record, retried=False)
+        raise
     updated = {**record, "status": "retried", "retried_at": _now(), "retries": int(record.get("retries") or 0) + 1}
     ports.docs.set(EXCEPTIONS, record_id, updated)
     ports.docs.delete(HELD_DELIVERIES, record_id)
@@ -269,6 +283,7 @@ def archive_exception(ports: Ports, record_id: str) -> dict:
     if record.get("status") == "held" and record.get("destination_id"):
         ports.docs.delete(HELD_DELIVERIES, record_id)
         counters.count(ports, counters.destination(record["destination_id"]), held=-1)
+    holds.unpin(ports, record_id, record)  # after the record: a crash keeps a hold, never loses one
     log.info("exception %s archived", record_id)
     return updated
 
