@@ -13,7 +13,10 @@ when it can be retried, the message to republish (``retry``: topic and body).
 Lists page through :meth:`shared.ports.DocumentStore.query` over the indexes of
 :mod:`shared.indexes`: status, stage, destination and archived by equality,
 ``created_at`` as the order and the time range; the reason text is matched in the
-process on the records the index gives, a batch at a time."""
+process on the records the index gives, a batch at a time.
+
+An open record holds the objects it names from retention until it is archived or its
+retry has settled (shared/holds.py: a GCS temporary hold)."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from datetime import datetime, timezone
 from itertools import islice
 from typing import Iterator
 
-from shared import counters
+from shared import counters, holds
 from shared.messages import (
     TOPIC_DELIVER,
     TOPIC_INGEST,
@@ -79,7 +82,7 @@ def record_exception(ports: Ports, *, stage: str, reason: str, status: str,
     record_id = uuid.uuid4().hex
     created_at = _now()
     attempts = attempts or [{"at": created_at, "reason": reason}]
-    ports.docs.set(EXCEPTIONS, record_id, {
+    record = {
         "id": record_id,
         "stage": stage,
         "status": status,
@@ -90,7 +93,12 @@ def record_exception(ports: Ports, *, stage: str, reason: str, status: str,
         "attempt_count": len(attempts),
         "retry": {"topic": topic, "body": body} if topic else None,
         **{k: (str(v) if isinstance(v, BlobRef) else v) for k, v in refs.items()},
-    })
+    }
+    holds.pin(ports, record_id, record)  # before the record: never an open record without its hold
+    ports.docs.set(EXCEPTIONS, record_id, record)
+    source = holds.source_of(record)
+    if source is not None:  # a retry of this instance that ended here has settled
+        holds.settle(ports, source, record.get("destination_id"))
     log.warning("exception %s stage=%s status=%s: %s", record_id, stage, status, reason)
     return record_id
 
@@ -307,7 +315,13 @@ def retry_exception(ports: Ports, record_id: str) -> dict:
     if not retry.get("topic") or retry.get("body") is None:
         raise WrongState(f"exception record {record_id} ({record.get('status')}) has no message to retry")
     topic, body = _replannable(retry["topic"], retry["body"])
-    ports.bus.publish(topic, body.encode())
+    # the holds stay until the message settles; marked first, so a delivery at once settles them
+    holds.mark_retried(ports, record_id, record)
+    try:
+        ports.bus.publish(topic, body.encode())
+    except BaseException:
+        holds.mark_retried(ports, record_id, record, retried=False)
+        raise
     updated = {**record, "status": "retried", "retried_at": _now(), "retries": int(record.get("retries") or 0) + 1}
     ports.docs.set(EXCEPTIONS, record_id, updated)
     ports.docs.delete(HELD_DELIVERIES, record_id)
@@ -343,6 +357,7 @@ def archive_exception(ports: Ports, record_id: str) -> dict:
     if record.get("status") == "held" and record.get("destination_id"):
         ports.docs.delete(HELD_DELIVERIES, record_id)
         counters.count(ports, counters.destination(record["destination_id"]), held=-1)
+    holds.unpin(ports, record_id, record)  # after the record: a crash keeps a hold, never loses one
     log.info("exception %s archived", record_id)
     return updated
 

@@ -35,6 +35,11 @@ class BlobStore(Protocol):
 
     def exists(self, ref: BlobRef) -> bool: ...
 
+    def set_hold(self, ref: BlobRef, held: bool) -> None:
+        """Keep the object from retention's deletion (``held``) or let it go again; an
+        object gone already is no error. Called by shared/holds.py only, for the objects
+        of open exception records."""
+
 
 ID = "__id__"  # DocumentStore.query: order by (and bound) the document id
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from shared import counters
+from shared import counters, holds
 from shared.config import AppConfig
 from shared.dicom.io import Buffer, content_digest, mapped, read_instance, unmap
 from shared.dicom.original_attributes import ORIGINAL_ATTRIBUTES_SEQUENCE, OriginalAttributesPolicy
@@ -314,6 +314,7 @@ def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
     if claim is Claim.DELIVERED:
         log.info("duplicate delivery of %s to %s acknowledged, not sent", delivery.sop_instance_uid, dest.id)
         counters.count(ports, counters.destination(dest.id), duplicate=1)
+        holds.settle(ports, delivery.source, dest.id)
         return "duplicate"
     if claim is Claim.BUSY:
         raise RetryLater(f"delivery {key} is being sent by another worker", delay_s=5.0)
@@ -342,6 +343,7 @@ def route(ports: Ports, delivery: Delivery, attempt: int = 1) -> str:
                                       "sha256": delivery.sha256, "where": where,
                                       "delivered_at": datetime.now(timezone.utc).isoformat()})
     counters.count(ports, counters.destination(dest.id), delivered=1)
+    holds.settle(ports, delivery.source, dest.id)  # a retried record's holds go once it arrived
     if attempt > 1:
         take_attempts(ports, key)  # its failed tries led to no record
     log.info("delivered %s to %s", delivery.sop_instance_uid, dest.id)

@@ -159,12 +159,14 @@ locals {
     ]
     route = [
       ["roles/datastore.user", "project"],
-      ["roles/storage.objectViewer", "bucket:ingest"],
-      ["roles/storage.objectViewer", "bucket:processed"],
+      ["roles/storage.objectUser", "bucket:ingest"],
+      ["roles/storage.objectUser", "bucket:processed"],
       ["roles/secretmanager.secretAccessor", "secrets"],
     ]
     dead_letter = [
       ["roles/datastore.user", "project"],
+      ["roles/storage.objectUser", "bucket:ingest"],
+      ["roles/storage.objectUser", "bucket:processed"],
     ]
     release_held = [
       ["roles/datastore.user", "project"],

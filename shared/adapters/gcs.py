@@ -9,6 +9,12 @@ client library at the top is fine here; the core never imports it.
 * Custom metadata is the object's ``metadata`` map (string values).
 * A :class:`BlobRef` with a generation reads, copies and deletes that generation,
   so a later overwrite of the same name is never mistaken for the referenced bytes.
+* ``set_hold`` sets or clears the object's *temporary* hold (an objects.patch of
+  ``temporaryHold``): a lifecycle Delete rule, and any delete or overwrite, waits until
+  it is cleared. Not an event-based hold: without a bucket retention policy both
+  kinds protect alike, and clearing either leaves the lifecycle ``age`` (counted from
+  the object's creation) as it was, so an object past its age goes at the next
+  lifecycle run after its last hold is cleared.
 * ``STORAGE_EMULATOR_HOST`` (e.g. fake-gcs-server) is honoured by the client itself.
 * Memory does not grow with the object: uploads go in :data:`UPLOAD_CHUNK_BYTES`
   requests (the library's default reads 100 MB per request into memory), downloads
@@ -102,6 +108,14 @@ class GCSBlobStore:
 
     def exists(self, ref: BlobRef) -> bool:
         return self._blob(ref).exists()
+
+    def set_hold(self, ref: BlobRef, held: bool) -> None:
+        blob = self._blob(ref)
+        blob.temporary_hold = held
+        try:
+            blob.patch()  # sends only the changed field
+        except gexc.NotFound:
+            pass  # gone already (removed before it was planned, or deleted): nothing to keep
 
     # --- helpers (tests, tooling) ----------------------------------------------------
 

@@ -89,6 +89,10 @@ class LocalBlobStore:
     def exists(self, ref: BlobRef) -> bool:
         return self._path(ref.bucket, ref.name).exists()
 
+    def set_hold(self, ref: BlobRef, held: bool) -> None:
+        """Nothing to do: the retention sweeper (shared/runtime/retention.py) reads the
+        open exception records itself and never takes out an object one names."""
+
     def list(self, bucket: str) -> list[str]:
         base = self.root / bucket
         if not base.exists():

@@ -37,6 +37,7 @@ from shared.adapters.local_blobs import LocalBlobStore
 from shared.adapters.local_queue import LocalQueue
 from shared.config import Settings
 from shared.exceptions import EXCEPTIONS
+from shared.holds import objects_in, objects_of_record
 from shared.messages import BlobRef
 from shared.ports import DocumentStore
 
@@ -52,33 +53,8 @@ def is_open(record: dict) -> bool:
     return not record.get("archived_at") and record.get("status") not in ("retried", "quarantined")
 
 
-def _refs_in(value, into: set[tuple[str, str]]) -> None:
-    """Every BlobRef in a message (or a message inside a dead letter's body)."""
-    if isinstance(value, dict):
-        if isinstance(value.get("bucket"), str) and isinstance(value.get("name"), str):
-            into.add((value["bucket"], value["name"]))
-        for key, item in value.items():
-            if key == "body" and isinstance(item, str):
-                try:
-                    item = json.loads(item)
-                except ValueError:
-                    continue
-            _refs_in(item, into)
-    elif isinstance(value, list):
-        for item in value:
-            _refs_in(item, into)
-
-
 def _refs_of_record(record: dict, into: set[tuple[str, str]]) -> None:
-    for field in ("blob", "quarantined_as"):
-        text = record.get(field)
-        if isinstance(text, str):
-            try:
-                ref = BlobRef.parse(text)
-            except ValueError:
-                continue
-            into.add((ref.bucket, ref.name))
-    _refs_in(record.get("retry") or {}, into)
+    into.update((ref.bucket, ref.name) for ref in objects_of_record(record))
 
 
 def referenced_objects(docs: DocumentStore, queue: LocalQueue) -> set[tuple[str, str]]:
@@ -94,9 +70,11 @@ def referenced_objects(docs: DocumentStore, queue: LocalQueue) -> set[tuple[str,
     from_records()  # records first: a retry publishes, then marks its record retried
     for _, body in queue.queued():
         try:
-            _refs_in(json.loads(body), refs)
+            found: set[BlobRef] = set()
+            objects_in(json.loads(body), found)
         except ValueError:
             continue  # not a message of ours: it names nothing here
+        refs.update((ref.bucket, ref.name) for ref in found)
     from_records()  # and again: a failing delivery writes its record, then is acknowledged
     return refs
 

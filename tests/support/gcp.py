@@ -190,8 +190,10 @@ class FakeGCS(Proc):
     name = "fake-gcs"
 
     def __init__(self, log_dir: Path, root: Path, *, port: int | None = None, pubsub: PubSubEmulator | None = None,
-                 topic: str | None = None, event_bucket: str | None = None, project: str = PROJECT):
+                 topic: str | None = None, event_bucket: str | None = None, project: str = PROJECT,
+                 backend: str = "filesystem"):
         super().__init__(log_dir)
+        self.backend = backend  # "memory": see the chain's fixture
         self.root = Path(root)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -199,7 +201,7 @@ class FakeGCS(Proc):
 
     def start(self, timeout: float = 30.0) -> "FakeGCS":
         cmd = [str(fake_gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-               "-backend", "filesystem", "-filesystem-root", str(self.root), "-log-level", "warn"]
+               "-backend", self.backend, "-filesystem-root", str(self.root), "-log-level", "warn"]
         env = os.environ.copy()
         if self.topic:
             if not self.pubsub:
@@ -382,3 +384,28 @@ class PubSubAdmin:
     def close(self) -> None:
         self.subscriber.close()
         self.publisher.stop()
+
+
+def record_object_patches(client) -> list[tuple[str, dict, dict, int]]:
+    """Record what ``client`` (google-cloud-storage) sends as object PATCH requests:
+    (path, query, JSON body, status) each, as the server answered. fake-gcs-server
+    (v1.54) accepts ``temporaryHold`` but keeps no holds, so a hold is checked here by
+    the request the real client sends and the answer it gets."""
+    import json
+    from urllib.parse import parse_qs, urlsplit
+
+    session = client._http
+    send = session.request
+    seen: list[tuple[str, dict, dict, int]] = []
+
+    def request(method, url, *args, **kwargs):
+        response = send(method, url, *args, **kwargs)
+        if method.upper() == "PATCH" and "/o/" in url:
+            parts = urlsplit(url)
+            body = kwargs.get("data") or b"{}"
+            seen.append((parts.path, {k: v[0] for k, v in parse_qs(parts.query).items()},
+                         json.loads(body), response.status_code))
+        return response
+
+    session.request = request
+    return seen
