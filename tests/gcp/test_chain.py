@@ -123,7 +123,9 @@ def chain(emulators, gcp_logs, tmp_path_factory):
 
         docs = FirestoreDocumentStore(prefix=collections)
         down_port = free_port()  # nothing listens there
+        gateway_port = free_port()
         gcp_runtime.load_config(parse_config({
+            "listeners": [{"id": "main", "ae_title": "AXIOM", "host": "127.0.0.1", "port": gateway_port}],
             "settings": {"ingest_bucket": INGEST, "processed_bucket": PROCESSED, "quarantine_bucket": QUARANTINE},
             "destinations": [{"id": "pacs", "type": "cstore", "ae_title": scp.ae_title, "host": "127.0.0.1",
                               "port": scp.port, "retry": {"max_attempts": 3, "initial_backoff_s": 0.5}},
@@ -145,8 +147,9 @@ def chain(emulators, gcp_logs, tmp_path_factory):
         stack.callback(stop_all, list(functions.values()))
         for fn in functions.values():
             fn.start()
-        gateway = GatewayProcess(gcp_logs, {"GOOGLE_CLOUD_PROJECT": PROJECT, "STORAGE_EMULATOR_HOST": gcs.url},
-                                 bucket=INGEST)
+        gateway = GatewayProcess(gcp_logs, {"GOOGLE_CLOUD_PROJECT": PROJECT, "STORAGE_EMULATOR_HOST": gcs.url,
+                                            "FIRESTORE_EMULATOR_HOST": firestore.host,
+                                            "AXIOM_COLLECTION_PREFIX": collections}, bucket=INGEST, port=gateway_port)
         stack.callback(gateway.stop)
         gateway.start()
         with ThreadPoolExecutor(4) as pool:
