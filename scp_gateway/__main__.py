@@ -1,26 +1,38 @@
-"""The GCP-mode gateway (the container's command, ``python -m scp_gateway``):
-one C-STORE/C-ECHO listener that writes every received instance to the GCS ingest
-bucket and answers Success only once the upload has returned. The bucket's
-OBJECT_FINALIZE notification then starts ``match`` (see functions/main.py).
+"""The GCP-mode gateway (the container's command, ``python -m scp_gateway``): the
+config's C-STORE/C-ECHO listeners (``listeners`` in Firestore, as the embedded runtime
+reads them from its config: AE titles, ports, allow-lists, TLS), each writing every
+received instance to the GCS ingest bucket and answering Success only once the upload
+has returned. The bucket's OBJECT_FINALIZE notification then starts ``match`` (see
+functions/main.py).
+
+Listeners follow the config without a restart (``shared/inputs/cstore/follow.py``, the
+loop the embedded runtime runs too): the config's revision is read every
+``AXIOM_CONFIG_TTL_S`` seconds and, when it changed, a new listener opens, a removed one
+closes and a changed one reopens. TLS certificates and keys are secret references
+read through Secret Manager (``gsm:``; ``env:`` and ``file:`` too). Refused
+associations and listeners that cannot listen are counted in Firestore's ``counters``
+(``listener:<id>``), as in the embedded runtime. While Firestore cannot be read (at
+start or later) the gateway logs it, keeps the listeners it has (none at start) and
+tries again, backing off up to a minute; a config naming no listeners is logged as a
+warning and followed until it names some. The health check is
+``python -m scp_gateway.healthcheck``.
 
 Environment
 -----------
 AXIOM_INGEST_BUCKET   the ingest bucket (required)
-AXIOM_AE_TITLE        the listener's AE title (default AXIOM)
-AXIOM_LISTEN_HOST     address to bind (default 0.0.0.0)
-AXIOM_LISTEN_PORT     DICOM port (default 11112)
-AXIOM_LISTENER_ID     recorded as the source id of what arrives (default ``main``)
-AXIOM_MAX_PDU         maximum PDU size offered (default 131072)
-AXIOM_CALLED_AE_TITLES, AXIOM_CALLING_AE_TITLES, AXIOM_ALLOWED_SOURCES
-                      the listener's allow-lists, comma-separated (unset: no check; see
-                      shared.config.Listener); rejections are logged, not counted
+GOOGLE_CLOUD_PROJECT  project of the Firestore database holding the config (required)
+AXIOM_FIRESTORE_DATABASE, AXIOM_COLLECTION_PREFIX
+                      the config's database and collection prefix, as the functions'
+                      (shared/runtime/gcp.py)
+AXIOM_CONFIG_TTL_S    seconds between two looks at the config's revision (default 5)
 AXIOM_SPOOL_DIR       where datasets are received before upload (default: system tmp); data sets
-                      left there by a previous run (never answered Success) are removed at start
+                      left there by a previous run (never answered Success) are removed at start;
+                      the health check's ``listeners.json`` is kept there
 AXIOM_MIN_FREE_BYTES  below this much free space in the spool dir, refuse associations and
                       C-STOREs (default: settings.min_free_bytes's, 1 GiB; 0: never)
 AXIOM_LOG_LEVEL       logging level (default INFO); AXIOM_PYNETDICOM_LOG_LEVEL for pynetdicom (WARNING)
 AXIOM_LOG_FORMAT      json (default: one Cloud Logging structured entry a line) or text
-GOOGLE_CLOUD_PROJECT, STORAGE_EMULATOR_HOST   for the GCS client
+FIRESTORE_EMULATOR_HOST, STORAGE_EMULATOR_HOST   honoured by the client libraries
 
 Runs until SIGTERM (what Cloud Run / Kubernetes send) or SIGINT; associations in
 progress are finished by pynetdicom's shutdown before the process exits.
@@ -34,32 +46,33 @@ import signal
 import tempfile
 import threading
 
+from scp_gateway.healthcheck import state_path, write_state
 from shared import logs
-from shared.config import Listener, Settings
+from shared.config import Settings
 from shared.dicom import reactor
+from shared.inputs.cstore.follow import follow_listeners
 from shared.inputs.cstore.gateway import Gateway
 from shared.inputs.cstore.receive import sweep_spool
 from shared.inputs.ingest import Ingestor
+from shared.runtime import gcp
+from shared.runtime.configcache import CachedConfig
 
 log = logging.getLogger("scp_gateway")
 
-
-def listener_from_env(env=os.environ) -> Listener:
-    return Listener(
-        id=env.get("AXIOM_LISTENER_ID", "main"),
-        ae_title=env.get("AXIOM_AE_TITLE", "AXIOM"),
-        host=env.get("AXIOM_LISTEN_HOST", "0.0.0.0"),
-        port=int(env.get("AXIOM_LISTEN_PORT", "11112")),
-        max_pdu=int(env.get("AXIOM_MAX_PDU", "131072")),
-        called_ae_titles=_env_list(env, "AXIOM_CALLED_AE_TITLES"),
-        calling_ae_titles=_env_list(env, "AXIOM_CALLING_AE_TITLES"),
-        allowed_sources=_env_list(env, "AXIOM_ALLOWED_SOURCES"),
-    )
+# the config is read again when its revision changes (one document read per look) and
+# at the latest this often, in case a write bypassed the revision
+FULL_RELOAD_S = 300.0
+# how often the listeners open are written for the health check
+STATE_EVERY_S = 1.0
 
 
-def _env_list(env, name: str) -> list[str] | None:
-    items = [item.strip() for item in env.get(name, "").split(",") if item.strip()]
-    return items or None
+def open_listeners(gateway: Gateway) -> list[dict]:
+    """The listeners ``gateway`` has open, in config order, as the health check reads them."""
+    ports = gateway.ports
+    return [{"id": lsn.id, "host": lsn.host, "port": ports[lsn.id], "tls": lsn.tls is not None,
+             "called_ae": (lsn.called_ae_titles or [lsn.ae_title])[0],
+             "calling_ae": (lsn.calling_ae_titles or [None])[0]}
+            for lsn in list(gateway.listeners) if ports.get(lsn.id) is not None]
 
 
 def main() -> int:
@@ -69,6 +82,9 @@ def main() -> int:
     bucket = os.environ.get("AXIOM_INGEST_BUCKET")
     if not bucket:
         log.error("AXIOM_INGEST_BUCKET is not set")
+        return 2
+    if not os.environ.get("GOOGLE_CLOUD_PROJECT"):
+        log.error("GOOGLE_CLOUD_PROJECT is not set: it names the Firestore database holding the listeners")
         return 2
     spool = os.environ.get("AXIOM_SPOOL_DIR")
     if spool:  # pynetdicom receives datasets into tempfile's directory
@@ -82,17 +98,36 @@ def main() -> int:
     from shared.adapters.gcs import GCSBlobStore  # the GCP clients only in GCP mode
     from shared.adapters.secret_manager import SecretManagerSecrets
 
-    listener = listener_from_env()
-    gateway = Gateway([listener], Ingestor(GCSBlobStore(), bucket), secrets=SecretManagerSecrets(),
-                      min_free_bytes=min_free_bytes)
+    docs = gcp.document_store()
+    config = CachedConfig(docs, ttl_s=FULL_RELOAD_S, watch_revision=True)
+
+    def sources() -> list:
+        # C-MOVE attribution (gateway.handle_store); the cached config, read by the follower
+        try:
+            return config().sources
+        except Exception:  # noqa: BLE001 - an unreadable config must not fail a C-STORE: label it as the listener's
+            return []
+
+    gateway = Gateway([], Ingestor(GCSBlobStore(), bucket), secrets=SecretManagerSecrets(), sources=sources,
+                      min_free_bytes=min_free_bytes, docs=docs)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
-    gateway.start()
-    log.info("gateway ready: AE %s on %s:%d -> gs://%s", listener.ae_title, listener.host,
-             gateway.ports[listener.id], bucket)
-    stop.wait()
+    follower = threading.Thread(target=follow_listeners, args=(gateway, config, stop, gcp.config_ttl_s()),
+                                kwargs={"no_listeners_level": logging.WARNING}, name="follow-listeners", daemon=True)
+    follower.start()
+    log.info("gateway started: listeners from the config in Firestore -> gs://%s", bucket)
+    state, written = state_path(), None
+    while not stop.wait(STATE_EVERY_S):
+        current = open_listeners(gateway)
+        if current != written:
+            try:
+                write_state(state, current)
+                written = current
+            except OSError as exc:
+                log.warning("cannot write %s for the health check (%s)", state, logs.describe_error(exc))
     log.info("stopping")
+    follower.join(10)
     gateway.stop()
     return 0
 

@@ -12,7 +12,8 @@ AXIOM_TOPIC_PREFIX          prefix of every Pub/Sub topic name (default ``axiom-
                             subscriptions).
 AXIOM_FIRESTORE_DATABASE    Firestore database id (default ``(default)``)
 AXIOM_COLLECTION_PREFIX     prefix of every Firestore collection name (default empty)
-AXIOM_CONFIG_TTL_S          seconds a config read from Firestore is reused (default 5)
+AXIOM_CONFIG_TTL_S          seconds a config read from Firestore is reused (default 5); the SCP
+                            gateway checks the config's revision this often
 AXIOM_BASE_DIR              where relative filesystem-destination paths start (default /tmp)
 AXIOM_TMP_DIR               where objects are downloaded while a stage works on them
                             (default: the system temporary directory)
@@ -56,6 +57,13 @@ def _project(env: Mapping[str, str]) -> str:
     return project
 
 
+def config_ttl_s(env: Mapping[str, str] | None = None) -> float:
+    """Seconds a config read from Firestore is reused (the gateway: how often it checks
+    the config's revision)."""
+    env = os.environ if env is None else env
+    return float(env.get("AXIOM_CONFIG_TTL_S", "5"))
+
+
 def document_store(env: Mapping[str, str] | None = None):
     from shared.adapters.firestore import FirestoreDocumentStore, make_client
 
@@ -84,7 +92,7 @@ def build_ports(env: Mapping[str, str] | None = None) -> Ports:
         docs=docs,
         ledger=FirestoreDeliveryLedger(docs.client, prefix=docs.prefix),
         bus=PubSubBus(project, prefix=topic_prefix(env)),
-        config=CachedConfig(docs, ttl_s=float(env.get("AXIOM_CONFIG_TTL_S", "5"))),
+        config=CachedConfig(docs, ttl_s=config_ttl_s(env)),
         senders=Senders(base_dir=Path(env.get("AXIOM_BASE_DIR") or "/tmp"), secrets=secrets),
         secrets=secrets,
     )

@@ -42,6 +42,7 @@ from shared.config.store import replace_config
 from shared.destinations import Senders
 from shared.dicom import reactor
 from shared.http import HostCheck, HttpServer, create_app
+from shared.inputs.cstore.follow import follow_listeners
 from shared.inputs.cstore.gateway import Gateway
 from shared.inputs.ingest import Ingestor
 from shared.inputs.pollers.scheduler import SourceScheduler
@@ -227,7 +228,10 @@ class EmbeddedRuntime:
         self._retention_thread = threading.Thread(target=self.retention.run, args=(self._stopping,),
                                                   name="retention", daemon=True)
         self._retention_thread.start()
-        self._listeners_thread = threading.Thread(target=self._follow_listeners, name="follow-listeners", daemon=True)
+        # listeners open, close and change with the config, without a restart
+        self._listeners_thread = threading.Thread(
+            target=follow_listeners, args=(self.gateway, self.config, self._stopping, FOLLOW_LISTENERS_EVERY_S),
+            name="follow-listeners", daemon=True)
         self._listeners_thread.start()
         if self.poll_sources:
             self.sources.start()  # after the gateway: C-MOVE retrievals arrive there
@@ -244,14 +248,6 @@ class EmbeddedRuntime:
                 log.exception("releasing held deliveries failed")
             if self._stopping.wait(RELEASE_HELD_EVERY_S):
                 return
-
-    def _follow_listeners(self) -> None:
-        """Listeners open, close and change with the config, without a restart."""
-        while not self._stopping.wait(FOLLOW_LISTENERS_EVERY_S):
-            try:
-                self.gateway.apply(self.config().listeners)
-            except Exception:  # noqa: BLE001 - try again on the next round
-                log.exception("applying the listeners of the config failed")
 
     def stop(self) -> None:
         self._stopping.set()

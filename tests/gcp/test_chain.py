@@ -67,6 +67,7 @@ class Chain:
     functions: dict[str, FunctionProcess]
     docs: object
     work: Path
+    listeners: list[dict]  # the gateway's, in every config a test loads: it follows the config
     sent: dict[str, Path] = field(default_factory=dict)  # SOP Instance UID -> source file
 
     def diagnostics(self) -> str:
@@ -137,7 +138,10 @@ def chain(emulators, gcp_logs, tmp_path_factory):
 
         docs = FirestoreDocumentStore(prefix=collections)
         down_port = free_port()  # nothing listens there
+        gateway_port = free_port()
+        listeners = [{"id": "main", "ae_title": "AXIOM", "host": "127.0.0.1", "port": gateway_port}]
         gcp_runtime.load_config(parse_config({
+            "listeners": listeners,
             "settings": {"ingest_bucket": INGEST, "processed_bucket": PROCESSED, "quarantine_bucket": QUARANTINE},
             "destinations": [{"id": "pacs", "type": "cstore", "ae_title": scp.ae_title, "host": "127.0.0.1",
                               "port": scp.port, "retry": {"max_attempts": 3, "initial_backoff_s": 0.5}},
@@ -159,8 +163,9 @@ def chain(emulators, gcp_logs, tmp_path_factory):
         stack.callback(stop_all, list(functions.values()))
         for fn in functions.values():
             fn.start()
-        gateway = GatewayProcess(gcp_logs, {"GOOGLE_CLOUD_PROJECT": PROJECT, "STORAGE_EMULATOR_HOST": gcs.url},
-                                 bucket=INGEST)
+        gateway = GatewayProcess(gcp_logs, {"GOOGLE_CLOUD_PROJECT": PROJECT, "STORAGE_EMULATOR_HOST": gcs.url,
+                                            "FIRESTORE_EMULATOR_HOST": firestore.host,
+                                            "AXIOM_COLLECTION_PREFIX": collections}, bucket=INGEST, port=gateway_port)
         stack.callback(gateway.stop)
         gateway.start()
         with ThreadPoolExecutor(4) as pool:
@@ -175,7 +180,7 @@ def chain(emulators, gcp_logs, tmp_path_factory):
         admin.create_pull_subscription(f"{prefix}deliver-tap", f"{prefix}deliver")
 
         yield Chain(prefix=prefix, collections=collections, admin=admin, gcs=gcs, scp=scp, gateway=gateway,
-                    functions=functions, docs=docs, work=work)
+                    functions=functions, docs=docs, work=work, listeners=listeners)
 
 
 def _source_files(work: Path) -> list[Path]:
@@ -338,6 +343,7 @@ def test_every_instance_answered_success_ends_somewhere_with_a_record(chain):
     config = mix_config({"ae_title": chain.scp.ae_title, "host": "127.0.0.1", "port": chain.scp.port},
                         down_port=free_port())
     config["settings"] = {"ingest_bucket": INGEST, "processed_bucket": PROCESSED, "quarantine_bucket": QUARANTINE}
+    config["listeners"] = chain.listeners
     gcp_runtime.load_config(parse_config(config), chain.docs)
     time.sleep(3)  # the functions' config cache (AXIOM_CONFIG_TTL_S=2)
     mix = make_mix(chain.work / "mix", 14, seed=7)
@@ -371,6 +377,7 @@ def test_release_held_function_sends_what_a_destination_enabled_again_held(chain
     config = mix_config({"ae_title": chain.scp.ae_title, "host": "127.0.0.1", "port": chain.scp.port},
                         down_port=free_port(), off_path="released")
     config["settings"] = {"ingest_bucket": INGEST, "processed_bucket": PROCESSED, "quarantine_bucket": QUARANTINE}
+    config["listeners"] = chain.listeners
     config["rulesets"][0]["rules"] = [{"id": "to-off", "destinations": ["off"]}]
     gcp_runtime.load_config(parse_config(config), chain.docs)
     time.sleep(3)  # the functions' config cache

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from tests.support.certs import Pki, make_pki
+from tests.support.certs import Pki, make_pki, tls_args
 from tests.support.dicomgen import make_ct_study
 from tests.support.procs import AxiomServer, StoreSCP, free_port, storescu, wait_for
 
@@ -35,12 +35,6 @@ def study(tmp_path_factory) -> list[Path]:
 
 def uid(path: Path) -> str:
     return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-
-
-def tls_args(key: Path, cert: Path, ca: Path) -> list[str]:
-    """storescu/storescp TLS options: our key and certificate (PEM, unencrypted, so
-    ``-pw``: no password prompt), and the CA to verify the peer against."""
-    return ["+tls", str(key), str(cert), "-pw", "+cf", str(ca)]
 
 
 def route_exceptions(server: AxiomServer) -> list[dict]:

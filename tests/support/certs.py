@@ -112,3 +112,9 @@ def make_pki(folder: Path) -> Pki:
     other = CA(Path(folder) / "other", "Other Test CA")
     return Pki(ca=ca, server=ca.issue("server"), client=ca.issue("client"), other_ca=other,
                stranger=other.issue("stranger"))
+
+
+def tls_args(key: Path, cert: Path, ca: Path) -> list[str]:
+    """storescu/storescp TLS options: our key and certificate (PEM, unencrypted, so
+    ``-pw``: no password prompt), and the CA to verify the peer against."""
+    return ["+tls", str(key), str(cert), "-pw", "+cf", str(ca)]

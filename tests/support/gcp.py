@@ -279,20 +279,23 @@ def _try(fn) -> bool:
 
 
 class GatewayProcess(Proc):
-    """``python -m scp_gateway`` (the GCP-mode gateway container's command)."""
+    """``python -m scp_gateway`` (the GCP-mode gateway container's command). Its
+    listeners come from the config in Firestore (``env`` names the emulator, project
+    and collection prefix); ``start`` waits for ``port``, one of them, when given."""
 
     name = "scp-gateway"
 
-    def __init__(self, log_dir: Path, env: dict[str, str], *, bucket: str, ae_title: str = "AXIOM",
-                 port: int | None = None):
+    def __init__(self, log_dir: Path, env: dict[str, str], *, bucket: str, port: int | None = None,
+                 ae_title: str = "AXIOM"):
         super().__init__(log_dir)
-        self.port = port or free_port()
+        self.port = port
         self.ae_title = ae_title
-        self.env = {**os.environ, **env, "AXIOM_INGEST_BUCKET": bucket, "AXIOM_AE_TITLE": ae_title,
-                    "AXIOM_LISTEN_HOST": "127.0.0.1", "AXIOM_LISTEN_PORT": str(self.port), "PYTHONUNBUFFERED": "1"}
+        self.env = {**os.environ, **env, "AXIOM_INGEST_BUCKET": bucket, "PYTHONUNBUFFERED": "1"}
 
     def start(self, timeout: float = 30.0) -> "GatewayProcess":
         self._spawn([sys.executable, "-m", "scp_gateway"], env=self.env, cwd=REPO)
+        if self.port is None:
+            return self
 
         def listening():
             wait_port(self.port, timeout=0.2)

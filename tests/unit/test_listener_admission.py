@@ -65,11 +65,3 @@ def test_a_bad_allow_list_is_refused_naming_the_field(field, value, path):
         parse_config({"listeners": [{"id": "main", field: value}]})
     assert [p["path"] for p in caught.value.problems] == [path]
 
-
-def test_the_gcp_gateway_takes_its_allow_lists_from_the_environment():
-    from scp_gateway.__main__ import listener_from_env
-
-    listener = listener_from_env({"AXIOM_CALLED_AE_TITLES": "AXIOM, AXIOM_CT", "AXIOM_ALLOWED_SOURCES": "10.0.0.0/8,::1"})
-    assert listener.called_ae_titles == ["AXIOM", "AXIOM_CT"] and listener.allowed_sources == ["10.0.0.0/8", "::1"]
-    assert listener.calling_ae_titles is None
-    assert listener_from_env({}).allowed_sources is None
