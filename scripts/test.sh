@@ -12,7 +12,7 @@ command -v Orthanc >/dev/null || need_apt+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
-# the gateway image test (tests/container): podman with runc, and mmdebstrap for a base image
+# the gateway image test (tests/gcp/test_gateway_image.py): podman with runc, and mmdebstrap for a base image
 command -v podman >/dev/null || need_apt+=(podman)
 command -v runc >/dev/null || need_apt+=(runc)
 command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)

@@ -1,9 +1,10 @@
 """The gateway image (scp_gateway/Dockerfile) built and run for real with podman, on
 a base made here from Debian packages (mmdebstrap, ``podman import``) and passed as
 the BASE build argument (../shared/TESTBED.md, "Containers"): it runs as a user
-without privileges, its health check (a C-ECHO to itself) passes, and it answers
-dcmtk's C-ECHO and C-STORE, the received instance landing in fake-gcs-server's
-ingest bucket with the data set's bytes unchanged.
+without privileges, its health check (a C-ECHO to its listener) passes, and, with
+its listener read from the config in the Firestore emulator, it answers dcmtk's
+C-ECHO and C-STORE, the received instance landing in fake-gcs-server's ingest bucket
+with the data set's bytes unchanged.
 
 The base tar is cached between runs (AXIOM_CACHE_DIR, default ~/.cache/axiom-flow);
 podman caches the image's layers, so only a changed lock or source rebuilds them.
@@ -25,10 +26,13 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
-from tests.support.gcp import PROJECT, FakeGCS, unique
+from shared.adapters.firestore import FirestoreDocumentStore
+from shared.config import parse_config
+from shared.runtime import gcp as gcp_runtime
+from tests.support.gcp import PROJECT, unique
 from tests.support.procs import DCMTK_ENV, REPO, free_port, require, storescu, wait_port
 
-pytestmark = pytest.mark.container
+pytestmark = [pytest.mark.container, pytest.mark.dcmtk]
 
 # python3-venv: the Dockerfile's virtualenv; passwd: useradd; ca-certificates: pip's TLS
 BASE_PACKAGES = ["python3", "python3-venv", "passwd", "ca-certificates"]
@@ -113,28 +117,22 @@ def gateway_image(local_base) -> str:
 
 
 @pytest.fixture
-def gcs(tmp_path):
-    server = FakeGCS(tmp_path / "logs", tmp_path / "gcs")
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def gateway(gateway_image, gcs):
+def gateway(gateway_image, fake_gcs, firestore_emulator):
     bucket, port, name = unique("ingest"), free_port(), f"axiom-gw-{uuid.uuid4().hex[:8]}"
-    gcs.create_buckets(bucket)
+    collections = unique("img") + "-"
+    fake_gcs.create_buckets(bucket)
+    listener = {"id": "main", "ae_title": "AXIOMGW", "host": "0.0.0.0", "port": port}
+    gcp_runtime.load_config(parse_config({"listeners": [listener]}), FirestoreDocumentStore(prefix=collections))
     podman("run", "-d", "--rm", "--name", name, "--network", "host", *RUN_LIMITS,
-           "-e", f"AXIOM_INGEST_BUCKET={bucket}", "-e", f"AXIOM_LISTEN_PORT={port}", "-e", "AXIOM_AE_TITLE=AXIOMGW",
-           "-e", f"GOOGLE_CLOUD_PROJECT={PROJECT}", "-e", f"STORAGE_EMULATOR_HOST={gcs.url}", gateway_image)
+           "-e", f"AXIOM_INGEST_BUCKET={bucket}", "-e", f"GOOGLE_CLOUD_PROJECT={PROJECT}",
+           "-e", f"STORAGE_EMULATOR_HOST={fake_gcs.url}", "-e", f"FIRESTORE_EMULATOR_HOST={firestore_emulator.host}",
+           "-e", f"AXIOM_COLLECTION_PREFIX={collections}", "-e", "AXIOM_MIN_FREE_BYTES=0", gateway_image)
     try:
         try:
             wait_port(port, timeout=60)
         except TimeoutError:
             raise AssertionError(f"the gateway never listened:\n{podman('logs', name, check=False).stderr}") from None
-        yield {"name": name, "port": port, "bucket": bucket, "gcs": gcs}
+        yield {"name": name, "port": port, "bucket": bucket, "gcs": fake_gcs}
     finally:
         podman("stop", "--time", "10", name, check=False)
 
@@ -155,7 +153,7 @@ def test_the_image_runs_unprivileged_with_its_health_check_and_its_base_as_an_ar
     health = podman("healthcheck", "run", gateway["name"], check=False)
     assert health.returncode == 0, health.stdout + health.stderr
     # the health check fails when nothing answers (another port, the same image)
-    wrong = podman("exec", "-e", f"AXIOM_LISTEN_PORT={free_port()}", gateway["name"],
+    wrong = podman("exec", "-e", f"AXIOM_HEALTHCHECK_PORT={free_port()}", gateway["name"],
                    "python", "-m", "scp_gateway.healthcheck", check=False)
     assert wrong.returncode == 1, wrong.stdout + wrong.stderr
 
