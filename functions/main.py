@@ -19,6 +19,12 @@ Environment: see :mod:`shared.runtime.gcp`; AXIOM_LOG_LEVEL (INFO) and
 AXIOM_PYNETDICOM_LOG_LEVEL (WARNING) set the logging levels, AXIOM_LOG_FORMAT the
 format (``json``, Cloud Logging's structured entries, unless ``text``). Every line
 logged while a function runs carries the trace of the request that called it.
+
+Cold start: importing this module imports functions-framework, Flask and the logging
+setup only; each function imports what it calls (the stages, pydicom, pydantic models,
+the inputs) on its first call, and :mod:`shared.runtime.gcp` the Google clients and
+FastAPI when it builds them. An instance serves one function, so it imports that
+function's modules only (docs/architecture.md, "Cold start"; bench/coldstart.py).
 """
 
 from __future__ import annotations
@@ -31,13 +37,7 @@ import flask
 import functions_framework
 import functions_framework.aio
 
-from shared import exceptions, logs, stages
-from shared.adapters import pubsub
-from shared.adapters.pubsub import Push
-from shared.inputs.healthcare_notify import ingest_healthcare_notification
-from shared.inputs.pollers import poll_by_id
-from shared.inputs.stow.http import stow_http_function
-from shared.messages import Delivery, Plan
+from shared import logs
 from shared.runtime import gcp
 
 logs.configure(os.environ.get("AXIOM_LOG_LEVEL", "INFO"), os.environ.get("AXIOM_LOG_FORMAT") or "json")
@@ -69,6 +69,10 @@ def _traced(function):
 @_traced
 def match(cloud_event) -> None:
     """GCS notification of the ingest bucket (or a republished ObjectFinalized) -> match."""
+    from shared import stages
+    from shared.adapters import pubsub
+    from shared.adapters.pubsub import Push
+
     event = pubsub.object_finalized(Push.from_cloud_event(cloud_event))
     if event is not None:
         stages.match(gcp.ports(), event)
@@ -77,12 +81,20 @@ def match(cloud_event) -> None:
 @functions_framework.cloud_event
 @_traced
 def morph(cloud_event) -> None:
+    from shared import stages
+    from shared.adapters.pubsub import Push
+    from shared.messages import Plan
+
     stages.morph(gcp.ports(), Push.from_cloud_event(cloud_event).message(Plan))
 
 
 @functions_framework.cloud_event
 @_traced
 def route(cloud_event) -> None:
+    from shared import stages
+    from shared.adapters.pubsub import Push
+    from shared.messages import Delivery
+
     push = Push.from_cloud_event(cloud_event)
     delivery = push.message(Delivery)
     result = stages.route(gcp.ports(), delivery, push.attempt)
@@ -92,6 +104,10 @@ def route(cloud_event) -> None:
 @functions_framework.cloud_event
 @_traced
 def dead_letter(cloud_event) -> None:
+    from shared import stages
+    from shared.adapters import pubsub
+    from shared.adapters.pubsub import Push
+
     stages.dead_letter(gcp.ports(), pubsub.dead_letter(Push.from_cloud_event(cloud_event)))
 
 
@@ -100,6 +116,8 @@ def dead_letter(cloud_event) -> None:
 def release_held(cloud_event) -> None:
     """Cloud Scheduler (any message): send the deliveries held for destinations that
     are enabled again."""
+    from shared import exceptions
+
     released = exceptions.release_held(gcp.ports())
     log.info("release_held: %d released", len(released))
 
@@ -108,6 +126,9 @@ def release_held(cloud_event) -> None:
 @_traced
 def poll(cloud_event) -> None:
     """One poll of a source; Cloud Scheduler publishes ``{"source_id": "..."}``."""
+    from shared.adapters.pubsub import Push
+    from shared.inputs.pollers import poll_by_id
+
     result = poll_by_id(gcp.ports(), Push.from_cloud_event(cloud_event).json()["source_id"])
     log.info("poll %s: %s", result.source_id, result.to_dict())
 
@@ -116,6 +137,9 @@ def poll(cloud_event) -> None:
 @_traced
 def ghc_ingest(cloud_event) -> None:
     """A Healthcare API DICOM store notification (data: the instance resource name)."""
+    from shared.adapters.pubsub import Push
+    from shared.inputs.healthcare_notify import ingest_healthcare_notification
+
     push = Push.from_cloud_event(cloud_event)
     ingest_healthcare_notification(gcp.ports(), push.body, push.attributes)
 
@@ -124,6 +148,8 @@ def ghc_ingest(cloud_event) -> None:
 @_traced
 def stow(request):
     """STOW-RS: POST .../studies[/{StudyInstanceUID}]."""
+    from shared.inputs.stow.http import stow_http_function
+
     return stow_http_function(request, gcp.ports())
 
 

@@ -16,7 +16,8 @@ is handled here:
   their frames but lose the exception messages; no other library's message is
   longer than :data:`MAX_MESSAGE`. pydicom's validation of values as they are read, which only
   warns, is turned off (``reading_validation_mode = IGNORE``): match validates what
-  it needs itself (``shared/rules.validate_instance``).
+  it needs itself (``shared/rules.validate_instance``). That setting is made when
+  pydicom is imported (:func:`after_import`), so installing imports no pydicom.
 
 Output: :func:`configure` is the one logging setup of every process (``axiom-flow``
 and its pipeline children, the SCP gateway, the Cloud Functions). ``text`` is a line
@@ -33,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import importlib.abc
+import importlib.util
 import json
 import logging
 import os
@@ -42,7 +45,8 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Literal, Mapping
+from types import ModuleType
+from typing import Callable, Iterator, Literal, Mapping
 
 from shared.errors import DeliveryRefused, RetryLater, Unprocessable
 
@@ -149,6 +153,57 @@ def _scrub(record: logging.LogRecord) -> None:
 _installed = False
 
 
+def _ignore_reading_validation(pydicom_config: ModuleType) -> None:
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+
+
+class _ThenLoader(importlib.abc.Loader):
+    """``loader``, calling ``then(module)`` once it has run the module's code."""
+
+    def __init__(self, loader: importlib.abc.Loader, then: Callable[[ModuleType], None]):
+        self.loader, self.then = loader, then
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)
+        self.then(module)
+
+    def __getattr__(self, name: str):  # get_source, get_filename... for tracebacks and inspect
+        return getattr(self.loader, name)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Ahead of the other finders until module ``name`` is imported: its spec gets a
+    loader that calls ``then`` after the module's code ran."""
+
+    def __init__(self, name: str, then: Callable[[ModuleType], None]):
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)  # once; the finders after it find the module
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenLoader(spec.loader, self.then)
+        return spec
+
+
+def after_import(name: str, then: Callable[[ModuleType], None]) -> None:
+    """Call ``then(module)`` with module ``name``: now when it is imported already, else
+    as soon as something imports it. A process that never uses the module does not
+    pay for importing it (pydicom imports numpy, when installed, for its pixel
+    handlers: the Cloud Functions' cold start, docs/architecture.md)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        then(module)
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, then))
+
+
 def install() -> None:
     """Make every log record of this process safe (see the module docstring).
     Idempotent; call it once per process, early."""
@@ -156,9 +211,7 @@ def install() -> None:
     if _installed:
         return
     _installed = True
-    from pydicom import config as pydicom_config
-
-    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    after_import("pydicom.config", _ignore_reading_validation)
     make_record = logging.getLogRecordFactory()
 
     def safe_record(*args, **kwargs) -> logging.LogRecord:

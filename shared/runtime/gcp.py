@@ -22,6 +22,11 @@ FIRESTORE_EMULATOR_HOST, PUBSUB_EMULATOR_HOST, STORAGE_EMULATOR_HOST
 
 Config lives in Firestore in the layout of :func:`shared.config.to_documents`;
 :func:`load_config` writes a YAML file (or an AppConfig) there.
+
+Cold start: this module is imported by the entry module (functions/main.py) and so
+imports nothing heavy itself; the config models, pydicom, pynetdicom, the Google
+clients and FastAPI are imported by the first call that builds the ports or the API
+(docs/architecture.md, "Cold start").
 """
 
 from __future__ import annotations
@@ -29,14 +34,13 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from shared.config import AppConfig, load_yaml
-from shared.config.store import replace_config
-from shared.dicom import reactor
 from shared.logs import install as install_log_safety
-from shared.ports import Ports
-from shared.runtime.configcache import CachedConfig
+
+if TYPE_CHECKING:
+    from shared.config import AppConfig
+    from shared.ports import Ports
 
 DEFAULT_TOPIC_PREFIX = "axiom-"
 
@@ -80,6 +84,9 @@ def build_ports(env: Mapping[str, str] | None = None) -> Ports:
     from shared.adapters.pubsub import PubSubBus
     from shared.adapters.secret_manager import SecretManagerSecrets
     from shared.destinations import Senders
+    from shared.dicom import reactor
+    from shared.ports import Ports
+    from shared.runtime.configcache import CachedConfig
 
     install_log_safety()  # before a stage runs in this process: no tag values in its logs (shared/logs.py)
     reactor.install()  # before the first association: they wait for work, not for the clock
@@ -111,11 +118,11 @@ def ports() -> Ports:
 def api():
     """The config API (:func:`shared.api.app.create_api`) over :func:`ports`, built on
     first use and then reused; built again when the process's ports were replaced."""
+    from shared.api.app import create_api
+
     global _api
     current = ports()
     if _api is None or _api.state.ports is not current:
-        from shared.api.app import create_api
-
         with _lock:
             if _api is None or _api.state.ports is not current:
                 _api = create_api(current)
@@ -125,6 +132,9 @@ def api():
 def load_config(config: AppConfig | str | Path, docs=None) -> AppConfig:
     """Validate ``config`` (an AppConfig or a YAML file) and replace the config
     collections in Firestore with it. Returns the validated config."""
+    from shared.config import AppConfig, load_yaml
+    from shared.config.store import replace_config
+
     if not isinstance(config, AppConfig):
         config = load_yaml(config)
     replace_config(docs or document_store(), config)

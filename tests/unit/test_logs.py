@@ -43,11 +43,13 @@ def test_redact_withholds_quoted_values_of_either_kind():
 def test_installed_logging_keeps_values_out_of_every_line():
     """In a process of its own: install() changes the process's logging for good."""
     script = textwrap.dedent(f"""
-        import logging, warnings
+        import logging, sys, warnings
         from shared.logs import install
         logging.basicConfig(level=logging.DEBUG, format="%(name)s %(levelname)s %(message)s")
         install()
+        assert "pydicom" not in sys.modules, "install() imported pydicom"
         from pydicom import config
+        assert config.settings.reading_validation_mode == config.IGNORE  # set as pydicom was imported
         from pydicom.misc import warn_and_log
         from pydicom.valuerep import validate_value
         warn_and_log("Invalid value for VR DA: '{CANARY}'.")          # pydicom's logger and a warning
@@ -229,3 +231,21 @@ def test_a_stage_run_ends_with_its_outcome_and_duration():
     assert done[0][LABELS_FIELD] == planned_line[LABELS_FIELD]
     assert all(isinstance(d["duration_ms"], float) and d["duration_ms"] >= 0 for d in done)
     assert done[0]["message"].startswith("stage match done: planned in ")
+
+
+def test_after_import_calls_back_once_the_module_is_imported(tmp_path, monkeypatch):
+    import importlib
+
+    from shared.logs import after_import
+
+    (tmp_path / "axiom_after_import_probe.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    after_import("axiom_after_import_probe", seen.append)
+    assert seen == []  # not imported by after_import
+    module = importlib.import_module("axiom_after_import_probe")
+    assert seen == [module] and module.VALUE == 1
+    assert not any(type(f).__name__ == "_AfterImport" for f in sys.meta_path)  # the finder is gone
+    after_import("axiom_after_import_probe", seen.append)  # imported already: called at once
+    assert seen == [module, module]
+    monkeypatch.delitem(sys.modules, "axiom_after_import_probe")

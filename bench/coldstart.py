@@ -1,0 +1,150 @@
+"""Cold start of the Cloud Functions entry module (functions/main.py), per target.
+
+    .venv/bin/python bench/coldstart.py [--runs 7] [--targets match,api]
+
+Every measurement runs in a fresh interpreter (``python -X importtime`` aside, nothing
+is shared between runs; the bytecode caches are warm, as in a deployed function after
+its first start). Three figures, each the median, min and max over ``--runs`` runs:
+
+* **import**: ``import main`` with the bundle's layout on ``sys.path`` (functions/ and
+  the repository root, as the bundle puts main.py next to ``shared/``), timed inside the
+  child from just before the import. The same module for every target, so once.
+* **ready**: as Cloud Run starts a function: from spawning the interpreter until
+  functions-framework's ``create_app(target=..., source=functions/main.py)`` returned
+  (interpreter start, functions-framework, main.py and the app). Per target.
+* **first call**: the imports the target's first call needs, timed in the ready child:
+  the target is called once through the app with a real-shaped request (a Pub/Sub push
+  CloudEvent, or a POST for the HTTP targets) without ``GOOGLE_CLOUD_PROJECT``, so it
+  imports everything it uses and stops where it would build the Google clients
+  (:func:`shared.runtime.gcp.build_ports` raises first). Client creation and the first
+  RPCs are not in it.
+
+Each figure is given as wall clock and as the child's CPU time (user + system; for
+**ready**, since the interpreter started): on a shared machine the wall clock grows
+with the load, the CPU time much less, so compare CPU times across runs made under
+different loads. Also printed: the load average, and the modules of note that ``import main`` loaded (numpy, pydicom,
+pynetdicom, grpc, google.cloud.*, fastapi, pydantic), from the first run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MAIN = REPO / "functions" / "main.py"
+TARGETS = ("match", "morph", "route", "dead_letter", "release_held", "poll", "ghc_ingest", "stow", "api")
+BLOB = {"bucket": "ingest", "name": "1.2.3.dcm", "generation": "1"}
+# What each CloudEvent target is pushed on its first call: a message it decodes, so the
+# call goes on to the stage (and to the ports) as a real one would.
+PUSHES = {
+    "match": ({"bucket": "ingest", "name": "1.2.3.dcm"},
+              {"eventType": "OBJECT_FINALIZE", "bucketId": "ingest", "objectId": "1.2.3.dcm", "objectGeneration": "1",
+               "payloadFormat": "JSON_API_V1"}),
+    "morph": ({"blob": BLOB, "ingest": {}, "sop_instance_uid": "1.2.3"}, {}),
+    "route": ({"sop_instance_uid": "1.2.3", "destination_id": "archive", "blob": BLOB, "source": BLOB, "ingest": {}}, {}),
+    "dead_letter": ({"topic": "planned", "body": "{}", "attempts": 5}, {}),
+    "release_held": ({}, {}),
+    "poll": ({"source_id": "pacs"}, {}),
+    "ghc_ingest": ("projects/p/locations/l/datasets/d/dicomStores/s/dicomWeb/studies/1/series/2/instances/3", {}),
+}
+NOTED = ("numpy", "pydicom", "pynetdicom", "grpc", "google.cloud.firestore", "google.cloud.pubsub",
+         "google.cloud.storage", "fastapi", "pydantic", "httpx", "flask", "starlette")
+
+# One run in a fresh interpreter; argv: mode, target, the parent's spawn time (time.time()),
+# the push for a CloudEvent target (JSON: data, attributes).
+CHILD = r"""
+import base64, json, sys, time
+mode, target, spawned, push = sys.argv[1], sys.argv[2], float(sys.argv[3]), json.loads(sys.argv[4])
+sys.path[:0] = [{functions!r}, {repo!r}]
+out = {{}}
+if mode == "import":
+    t, c = time.perf_counter(), time.process_time()
+    import main
+    out["import_ms"] = (time.perf_counter() - t) * 1000
+    out["import_cpu_ms"] = (time.process_time() - c) * 1000
+    out["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in {roots!r} or m in {noted!r})
+else:
+    from functions_framework import create_app
+    app = create_app(target=target, source={main!r})
+    out["ready_ms"] = (time.time() - spawned) * 1000
+    out["ready_cpu_ms"] = time.process_time() * 1000
+    t, c = time.perf_counter(), time.process_time()
+    if target == "api":
+        from starlette.testclient import TestClient
+        status = TestClient(app, raise_server_exceptions=False).get("/api/v1/me").status_code
+    elif target == "stow":
+        status = app.test_client().post("/studies", data=b"", headers={{"Content-Type": "application/dicom"}}).status_code
+    else:
+        data = push[0] if isinstance(push[0], str) else json.dumps(push[0])
+        message = {{"data": base64.b64encode(data.encode()).decode(), "messageId": "1", "attributes": push[1]}}
+        body = {{"message": message,
+                 "subscription": "projects/p/subscriptions/axiom-" + target}}
+        event = {{"specversion": "1.0", "type": "google.cloud.pubsub.topic.v1.messagePublished",
+                  "source": "//pubsub.googleapis.com/projects/p/topics/axiom-" + target, "id": "1",
+                  "datacontenttype": "application/json", "data": body}}
+        status = app.test_client().post("/", json=event,
+                                        headers={{"Content-Type": "application/cloudevents+json"}}).status_code
+    out["first_call_ms"] = (time.perf_counter() - t) * 1000
+    out["first_call_cpu_ms"] = (time.process_time() - c) * 1000
+    out["status"] = status
+print(json.dumps(out))
+"""
+
+
+def child_source() -> str:
+    return CHILD.format(functions=str(MAIN.parent), repo=str(REPO), main=str(MAIN),
+                        roots=("numpy", "pydicom", "pynetdicom", "grpc", "fastapi", "pydantic"), noted=NOTED)
+
+
+def run_child(mode: str, target: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "GOOGLE_CLOUD_PROJECT"}
+    env["AXIOM_LOG_LEVEL"] = "CRITICAL"  # the first calls fail by design (no project): no tracebacks on stderr
+    result = subprocess.run([sys.executable, "-c", child_source(), mode, target, repr(time.time()),
+                             json.dumps(PUSHES.get(target, ({}, {})))],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    if result.returncode != 0:
+        raise SystemExit(f"{mode} {target} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def summary(runs: list[dict], figure: str) -> str:
+    """median, min, max of the wall clock, then of the CPU time, in ms."""
+    return " ".join(f"{statistics.median(v):7.0f} {min(v):7.0f} {max(v):7.0f}"
+                    for v in ([r[figure + "_ms"] for r in runs], [r[figure + "_cpu_ms"] for r in runs]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=7, help="fresh interpreters per figure (default 7)")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated entry points (default: all)")
+    args = parser.parse_args()
+    targets = [t for t in args.targets.split(",") if t]
+    unknown = set(targets) - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+
+    print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}"
+          f" on {os.cpu_count()} CPUs; python {sys.version.split()[0]}; {args.runs} runs each")
+    imports = [run_child("import", "-") for _ in range(args.runs)]
+    heavy = [m for m in imports[0]["modules"] if m in NOTED]
+    print(f"import main loads: {', '.join(heavy) or 'none of ' + ', '.join(NOTED)}")
+    print(f"{'':24} {'wall clock, ms':^23} {'CPU time, ms':^23}")
+    print(f"{'':24} {'median':>7} {'min':>7} {'max':>7} {'median':>7} {'min':>7} {'max':>7}")
+    print(f"{'import main':24} {summary(imports, 'import')}")
+    for target in targets:
+        runs = [run_child("app", target) for _ in range(args.runs)]
+        print(f"{'ready ' + target:24} {summary(runs, 'ready')}")
+        print(f"{'first call ' + target:24} {summary(runs, 'first_call')}"
+              f"  (answered {sorted({r['status'] for r in runs})})")
+    print(f"load average after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
