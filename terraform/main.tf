@@ -128,10 +128,7 @@ locals {
     AXIOM_FIRESTORE_DATABASE   = var.firestore.database
     AXIOM_COLLECTION_PREFIX    = var.firestore.collection_prefix
     AXIOM_INGEST_BUCKET        = local.bucket_names["ingest"]
-    AXIOM_AE_TITLE             = var.gateway.ae_title
-    AXIOM_LISTEN_PORT          = tostring(var.gateway.port)
-    AXIOM_LISTENER_ID          = var.gateway.listener_id
-    AXIOM_MAX_PDU              = tostring(var.gateway.max_pdu)
+    AXIOM_HEALTHCHECK_PORT     = tostring(var.gateway.port) # the container's C-ECHO check
     AXIOM_SPOOL_DIR            = "/spool"
     AXIOM_MIN_FREE_BYTES       = tostring(var.gateway.min_free_bytes)
     AXIOM_LOG_LEVEL            = var.log_level

@@ -300,8 +300,10 @@ variable "gateway" {
   description = <<-EOT
     The SCP gateway (scp_gateway/): enabled, image (built from scp_gateway/Dockerfile),
     network and subnetwork (Private Google Access on), load_balancer INTERNAL or EXTERNAL,
-    allowed_source_ranges (the only addresses that reach the DICOM port), ae_title, port,
-    listener_id, max_pdu, min_free_bytes (refuse below this free spool space),
+    allowed_source_ranges (the only addresses that reach the DICOM port), port (the
+    DICOM port the load balancer, firewall and health checks use: the config's listeners
+    decide what the gateway opens, so one of them must listen on it), min_free_bytes
+    (refuse below this free spool space),
     machine_type, instance_count, boot_disk_gb (holds the spool).
   EOT
   type = object({
@@ -311,10 +313,7 @@ variable "gateway" {
     subnetwork            = optional(string, "default")
     load_balancer         = optional(string, "INTERNAL")
     allowed_source_ranges = optional(list(string), [])
-    ae_title              = optional(string, "AXIOM")
     port                  = optional(number, 11112)
-    listener_id           = optional(string, "main")
-    max_pdu               = optional(number, 131072)
     min_free_bytes        = optional(number, 1073741824)
     machine_type          = optional(string, "e2-standard-2")
     instance_count        = optional(number, 2)

@@ -23,11 +23,6 @@ TF = ROOT / "terraform"
 CHECKOV_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "axiom-checkov"
 # read by code another change adds (structured logs, issue 15); drop once it lands
 ENV_PENDING: set[str] = set()  # names Terraform sets before the code reads them
-# the gateway's one-listener variables: its listeners come from the config store now
-# (scp_gateway/__main__.py); drop once terraform/ no longer sets them
-ENV_RETIRED = {"AXIOM_AE_TITLE", "AXIOM_LISTEN_PORT", "AXIOM_LISTENER_ID", "AXIOM_MAX_PDU"}
-
-
 def unq(value):
     """A python-hcl2 string without the quotes some versions keep."""
     if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
@@ -232,7 +227,7 @@ def test_environment_names_are_the_codes():
     code = code_env_names()
     env = root_locals()
     for block in ("function_environment", "api_environment", "gateway_environment"):
-        assert set(env[block]) <= code | ENV_PENDING | ENV_RETIRED, (block, set(env[block]) - code)
+        assert set(env[block]) <= code | ENV_PENDING, (block, set(env[block]) - code)
     gcp_reads = {n for n in re.findall(r'env\.get\("([A-Z_]+)"|env\["([A-Z_]+)"\]|"(GOOGLE_CLOUD_PROJECT)"',
                                        (ROOT / "shared/runtime/gcp.py").read_text()) for n in n if n}
     # AXIOM_BASE_DIR: only filesystem destinations, whose default (/tmp) is the only writable place
