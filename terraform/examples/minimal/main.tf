@@ -8,7 +8,7 @@ module "axiom_flow" {
 
   function_source = {
     bucket = var.source_bucket
-    object = "functions/bundle.zip"
+    object = var.source_object
   }
 
   gateway = {
@@ -28,6 +28,11 @@ variable "project_id" {
 
 variable "source_bucket" {
   description = "Bucket Cloud Build uploaded the function bundles to."
+  type        = string
+}
+
+variable "source_object" {
+  description = "The bundle's object in source_bucket (functions/functions-<sha256>.zip, as Cloud Build names it)."
   type        = string
 }
 
