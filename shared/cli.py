@@ -8,6 +8,7 @@ other exception is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -91,6 +92,13 @@ def _host_names(value: str) -> list[str]:
         return HostCheck.parse(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IPv4 or IPv6 address, e.g. 10.0.0.7") from None
 
 
 def _iso_time(value: str) -> datetime:
@@ -322,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--config", type=_readable_file, default=env_config, metavar="FILE", help=config_help)
     test.add_argument("--calling-ae", metavar="AE", help="as if sent by this calling AE title")
     test.add_argument("--called-ae", metavar="AE", help="as if sent to this called AE title")
-    test.add_argument("--source-ip", metavar="IP", help="as if sent from this IP address")
+    test.add_argument("--source-ip", type=_ip_address, metavar="IP", help="as if sent from this IP address")
     test.add_argument("--source-type", default="cstore", choices=typing.get_args(SourceType),
                       help="how the instance arrived")
     test.add_argument("--source-id", metavar="ID", help="the id of the source (a poller's, or stow.id)")
@@ -387,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"axiom-flow: {exc}", file=sys.stderr)
         return exc.status
+    except BrokenPipeError:  # stdout's reader stopped early (| head): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush is quiet too
+        return 1
     except OSError as exc:  # a file, directory or port the system refused
         where = f": {exc.filename}" if exc.filename else ""
         print(f"axiom-flow: {exc.strerror or exc}{where}", file=sys.stderr)

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from datetime import datetime
 from typing import Callable
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -67,8 +68,16 @@ def _table(rows: list[dict], columns: list[tuple[str, str, int]]) -> str:
     return "\n".join(lines)
 
 
-LIST_COLUMNS = [("id", "ID", 32), ("created_at", "CREATED", 19), ("status", "STATUS", 11), ("stage", "STAGE", 8),
+LIST_COLUMNS = [("id", "ID", 32), ("created_at", "CREATED", 25), ("status", "STATUS", 11), ("stage", "STAGE", 8),
                 ("destination_id", "DESTINATION", 20), ("attempt_count", "TRIES", 5), ("reason", "REASON", 70)]
+
+
+def _to_the_second(at: str | None) -> str | None:
+    """An ISO 8601 time without its fraction of a second, so a table shows it whole."""
+    try:
+        return datetime.fromisoformat(at).replace(microsecond=0).isoformat()
+    except (TypeError, ValueError):
+        return at
 
 
 def _list(client: Client, args) -> int:
@@ -82,7 +91,7 @@ def _list(client: Client, args) -> int:
     if args.json:
         print(json.dumps({"items": items, "next_cursor": cursor}, indent=2))
     else:
-        print(_table(items, LIST_COLUMNS))
+        print(_table([{**r, "created_at": _to_the_second(r.get("created_at"))} for r in items], LIST_COLUMNS))
         more = f"; more: --all-pages, or the API's next_cursor {cursor}" if cursor else ""
         print(f"{len(items)} record(s){more}", file=sys.stderr)
     return 0
@@ -130,8 +139,8 @@ def _act(action: str) -> Callable[[Client, argparse.Namespace], int]:
                 print(json.dumps(results, indent=2))
             else:
                 for r in results:  # what went wrong on stderr, one line each
-                    if r["ok"]:
-                        print(f"{r['id']}: {r['status']}")
+                    if r["ok"]:  # an archived record keeps its status: say what was done
+                        print(f"{r['id']}: {'archived' if action == 'archive' else r['status']}")
                     else:
                         print(f"axiom-flow: {r['id']}: {r['error']}", file=sys.stderr)
             return 0 if all(r["ok"] for r in results) else 1

@@ -304,7 +304,7 @@ def configure(level: int | str = "INFO", fmt: LogFormat | None = None, *, proces
     """The logging setup of a process: ``level``, ``fmt`` (``text`` or ``json``; default
     ``$AXIOM_LOG_FORMAT``, else text) on stderr, pynetdicom at WARNING unless
     ``$AXIOM_PYNETDICOM_LOG_LEVEL`` says otherwise (its INFO is a line per association
-    and request), and :func:`install`'s scrubbing. ``process_label`` names a child
+    and request), httpx at WARNING, and :func:`install`'s scrubbing. ``process_label`` names a child
     process (``pipeline``): in the logger name in text, as the ``process`` label in JSON.
     As ``logging.basicConfig``, it leaves a root logger that has handlers as it is (a host
     that set up logging, such as a test running ``main()``) unless ``force``; the scrubbing
@@ -330,6 +330,8 @@ def configure(level: int | str = "INFO", fmt: LogFormat | None = None, *, proces
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel(os.environ.get("AXIOM_PYNETDICOM_LOG_LEVEL", "WARNING"))
+    # httpx logs every request at INFO: a line per API call of the CLI, per STOW-RS batch
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     install()
 
 

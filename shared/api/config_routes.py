@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response
+from pydantic import IPvAnyAddress
 
 from shared.api.app import CONFIG_SCHEMA, PREFIX, get_ports
 from shared.api.audit import record
@@ -225,7 +226,8 @@ def delete_document(kind: ConfigKind, doc_id: str, if_match: str | None = Header
                  "multipart/related": {"schema": {"type": "string", "format": "binary"}},
                  "multipart/form-data": {"schema": {"type": "object",
                                                     "properties": {"file": {"type": "string", "format": "binary"}}}}}}})
-async def test_rules(request: Request, calling_ae: str = "", called_ae: str = "", source_ip: str = "",
+async def test_rules(request: Request, calling_ae: str = "", called_ae: str = "",
+                     source_ip: IPvAnyAddress | None = Query(None, description="as if sent from this IP address"),
                      source_type: SourceType = "cstore", source_id: str = "",
                      at: datetime | None = Query(None, description="evaluate schedules at this time (default: now)"),
                      ports: Ports = Depends(get_ports), _: Principal = Depends(require(Permission.RULES_TEST))) -> dict:
@@ -247,7 +249,7 @@ async def test_rules(request: Request, calling_ae: str = "", called_ae: str = ""
     if not body:
         raise HTTPException(422, "no instance in the body")
     ingest = IngestMetadata(source_type=source_type, source_id=source_id, calling_ae=calling_ae,
-                            called_ae=called_ae, peer_ip=source_ip, **({"received_at": at} if at else {}))
+                            called_ae=called_ae, peer_ip=str(source_ip or ""), **({"received_at": at} if at else {}))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "instance.dcm"
         path.write_bytes(body)

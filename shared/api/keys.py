@@ -111,10 +111,13 @@ def create(docs: DocumentStore, user_id: str, *, name: str | None = None,
             return f"{prefix}.{secret}", summary(prefix, doc)
 
 
+def _last_used_at(docs: DocumentStore, prefix: str) -> str | None:
+    return (docs.get(API_KEY_USES, prefix) or {}).get("last_used")
+
+
 def of_user(docs: DocumentStore, user_id: str) -> list[dict[str, Any]]:
     """Summaries of ``user_id``'s keys, newest first."""
-    found = [summary(p, d, (docs.get(API_KEY_USES, p) or {}).get("last_used"))
-             for p, d in docs.list(API_KEYS).items() if d["user_id"] == user_id]
+    found = [summary(p, d, _last_used_at(docs, p)) for p, d in docs.list(API_KEYS).items() if d["user_id"] == user_id]
     return sorted(found, key=lambda k: k["created"], reverse=True)
 
 
@@ -124,11 +127,12 @@ def revoke(docs: DocumentStore, prefix: str) -> tuple[dict[str, Any], dict[str, 
     doc = docs.get(API_KEYS, prefix) if _PREFIX.match(prefix) else None
     if doc is None:
         raise KeyError(prefix)
-    before = summary(prefix, doc)
+    last_used = _last_used_at(docs, prefix)
+    before = summary(prefix, doc, last_used)
     if not doc.get("revoked"):
         doc = {**doc, "revoked": True, "revoked_at": users.now_iso()}
         docs.set(API_KEYS, prefix, doc)
-    return before, summary(prefix, doc)
+    return before, summary(prefix, doc, last_used)
 
 
 def revoke_all(docs: DocumentStore, user_id: str) -> list[str]:

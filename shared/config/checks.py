@@ -31,10 +31,22 @@ def _duplicates(items, where: Loc) -> list[tuple[Loc, str]]:
     out = []
     for n, item in items:
         key = item.get("id")
-        if isinstance(key, str) and key in seen:
+        if not isinstance(key, str):  # a missing or non-string id is a field error
+            continue
+        if key in seen:
             out.append(((*where, n, "id"), f"duplicate id {key!r}"))
         seen.add(key)
     return out
+
+
+def _unknown(name: Any, known: set[str]) -> bool:
+    """``name`` refers to nothing in ``known``; a list, mapping or number there is a field
+    error of its own (pydantic's), not a reference."""
+    return (name is None or isinstance(name, str)) and name not in known
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
 
 
 def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
@@ -50,24 +62,25 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
         if port != 0 and any(p == port and (h == host or {h, host} & _ANY_ADDRESS) for h, p in bound):
             problems.append((("listeners", n, "port"), f"port {port} is already taken by another listener"))
         bound.append((host, port))
-    ids = {kind: {item.get("id") for _, item in _items(data, kind)} for kind in LIST_COLLECTIONS}
+    ids = {kind: {item["id"] for _, item in _items(data, kind) if isinstance(item.get("id"), str)}
+           for kind in LIST_COLLECTIONS}
     for i, ruleset in _items(data, "rulesets"):
         ruleset = aliases.ruleset(ruleset)
         problems += _duplicates(_items(ruleset, "rules"), ("rulesets", i, "rules"))
         for j, rule in _items(ruleset, "rules"):
             at = ("rulesets", i, "rules", j)
             schedule = rule.get("schedule")
-            if schedule is not None and schedule not in ids["schedules"]:
+            if schedule is not None and _unknown(schedule, ids["schedules"]):
                 problems.append(((*at, "schedule"), f"unknown schedule {schedule!r}"))
             for n, action in _items(rule, "actions"):
-                if action.get("action") == "crosswalk" and action.get("table") not in ids["crosswalks"]:
+                if action.get("action") == "crosswalk" and _unknown(action.get("table"), ids["crosswalks"]):
                     problems.append(((*at, "actions", n, "table"), f"unknown crosswalk table {action.get('table')!r}"))
-            for n, dest in enumerate(rule.get("destinations") or []):
-                if dest not in ids["destinations"]:
+            for n, dest in enumerate(_list(rule.get("destinations"))):
+                if _unknown(dest, ids["destinations"]):
                     problems.append(((*at, "destinations", n), f"unknown destination {dest!r}"))
     route = data.get("default_route")
-    for n, dest in enumerate(route.get("destinations") or [] if isinstance(route, dict) else []):
-        if dest not in ids["destinations"]:
+    for n, dest in enumerate(_list(route.get("destinations")) if isinstance(route, dict) else []):
+        if _unknown(dest, ids["destinations"]):
             problems.append((("default_route", "destinations", n), f"unknown destination {dest!r}"))
     return problems
 

@@ -43,7 +43,13 @@ class ConfigError(ValueError):
 
     @classmethod
     def from_validation(cls, exc: ValidationError, data: Any = None, prefix: str = "") -> "ConfigError":
-        return cls.from_problems([], data, prefix, field_errors=[(tuple(e["loc"]), e["msg"]) for e in exc.errors()])
+        return cls.from_problems([], data, prefix, field_errors=[(tuple(e["loc"]), field_message(e)) for e in exc.errors()])
+
+
+def field_message(error: dict[str, Any]) -> str:
+    """pydantic's message for one field, without the "Value error, " it puts before our
+    validators' own words."""
+    return error["msg"].removeprefix("Value error, ")
 
 
 def parse_config(data: dict[str, Any], *, complete: bool = False) -> AppConfig:
@@ -57,7 +63,7 @@ def parse_config(data: dict[str, Any], *, complete: bool = False) -> AppConfig:
     except ValidationError as exc:
         # the model-wide check (loc ()) ran only if every field was valid; run it on
         # the data instead, so references are reported beside the field errors
-        fields = [(tuple(e["loc"]), e["msg"]) for e in exc.errors() if e["loc"] or not isinstance(data, dict)]
+        fields = [(tuple(e["loc"]), field_message(e)) for e in exc.errors() if e["loc"] or not isinstance(data, dict)]
         raise ConfigError.from_problems(reference_problems(data), data, field_errors=fields) from None
     if complete:
         missing = unusable(config.model_dump(mode="json", by_alias=True))

@@ -152,7 +152,9 @@ class ConfigStore:
                 referenced = reference_problems(data)
                 if referenced:
                     error = ConfigError.from_problems(referenced, data)
-                    raise Conflict(f"{collection}/{doc_id} is still referenced", error.errors)
+                    # where it is used (each would name it as unknown once it is gone)
+                    raise Conflict(f"{collection}/{doc_id} is still referenced",
+                                   [p["path"] for p in error.problems])
             config = parse_config(data)
             # stored canonical: aliases converted, defaults filled in (as a file would be)
             after = None if new is None else to_documents(config)[collection][doc_id]

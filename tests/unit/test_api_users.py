@@ -133,6 +133,16 @@ def test_last_used_is_written_at_most_once_a_minute(ports, client, monkeypatch):
     assert keys.of_user(ports.docs, user.id)[0]["last_used"] is not None
 
 
+def test_the_revoked_key_answers_when_it_was_last_used(tmp_path, capsys, ports, client):
+    admin_key = create_admin(tmp_path, capsys)
+    user = users.create(ports.docs, "rv@example.org", Role.VIEWER)
+    key, made = keys.create(ports.docs, user.id)
+    assert client.get(f"{PREFIX}/me", headers=api_key(key)).status_code == 200
+    revoked = client.delete(f"{PREFIX}/keys/{made['prefix']}", headers=api_key(admin_key)).json()
+    assert revoked["revoked"] and revoked["last_used"] == keys.of_user(ports.docs, user.id)[0]["last_used"]
+    assert revoked["last_used"] is not None
+
+
 # --- Google ID tokens -------------------------------------------------------------------
 
 

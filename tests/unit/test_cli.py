@@ -105,6 +105,11 @@ def test_rules_test_refuses_a_bad_time(config):
                       2, "'notatime' is not an ISO 8601 time")
 
 
+def test_rules_test_refuses_a_source_ip_that_is_no_address(config):
+    assert_user_error(axiom_flow("rules", "test", CT, "--config", str(config), "--source-ip", "ct-room.local"),
+                      2, "--source-ip", "'ct-room.local' is not an IPv4 or IPv6 address")
+
+
 def test_rules_test_refuses_a_missing_file(config, tmp_path):
     assert_user_error(axiom_flow("rules", "test", CT, str(tmp_path / "nonexistent.dcm"), "--config", str(config)),
                       2, "nonexistent.dcm: no such file or directory")
@@ -119,6 +124,16 @@ def test_rules_test_takes_the_config_from_axiom_config(config):
     # --config wins over the environment
     assert_user_error(axiom_flow("rules", "test", CT, "--config", "/nope.yaml", env={"AXIOM_CONFIG": str(config)}),
                       2, "/nope.yaml")
+
+
+def test_a_reader_that_stops_early_gets_no_error_line(config):
+    """``axiom-flow ... | head``: the pipe closes before the output is written."""
+    script = Path(sys.executable).parent / "axiom-flow"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "shared.cli"]
+    proc = subprocess.Popen([*cmd, "rules", "test", CT, "--config", str(config)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # long before the child has loaded the config and written its JSON
+    assert proc.wait(timeout=60) == 1 and proc.stderr.read() == ""
 
 
 def test_no_command_and_unknown_options_are_one_line():

@@ -5,6 +5,9 @@ actions with a progress bar on stderr, and one-line errors with a non-zero exit.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from fastapi import HTTPException, Request
@@ -16,6 +19,7 @@ from shared.api.permissions import Principal, Role
 from shared.cli import main
 from shared.http import HostCheck, HttpServer, create_app
 from shared.messages import TOPIC_DELIVER
+from tests.support.procs import REPO
 from tests.support.stageports import build_ports
 from tests.unit.test_exceptions_api import DESTINATIONS, delivery, failed
 
@@ -61,6 +65,18 @@ def test_list_as_a_table_and_as_json(served, capsys, monkeypatch):
     assert "1 record(s)" in err
     code, out, _ = run(capsys, "list", "--url", url, "--json", "--limit", "1", "--all-pages")
     assert code == 0 and len(json.loads(out)["items"]) == 2
+    created = ports.docs.get(exceptions.EXCEPTIONS, first)["created_at"]
+    assert created[:19] + "+00:00" in lines[1]  # the whole time to the second, not cut short
+
+
+def test_the_command_prints_no_log_line_of_its_http_client(served):
+    """As an operator runs it: its own process, logging set up by main()."""
+    ports, url = served
+    failed(ports, "pacs", "association rejected")
+    done = subprocess.run([sys.executable, "-m", "shared.cli", "exceptions", "list", "--url", url],
+                          env={**os.environ, "AXIOM_API_KEY": KEY}, cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stderr == "1 record(s)\n"
 
 
 def test_show_prints_the_attempts(served, capsys):
@@ -86,6 +102,9 @@ def test_retry_ids_and_bulk_archive_with_a_progress_bar(served, capsys):
     assert "exceptions.archive [" in err and "4/4 (0 failed)" in err
     assert all(ports.docs.get(exceptions.EXCEPTIONS, i)["archived_at"] for i in many)
     assert not ports.docs.get(exceptions.EXCEPTIONS, one).get("archived_at")
+    code, out, _ = run(capsys, "archive", one, "--url", url, "--api-key", KEY)
+    assert code == 0 and out.strip() == f"{one}: archived"  # its status stays retried
+    assert ports.docs.get(exceptions.EXCEPTIONS, one)["archived_at"]
 
 
 @pytest.mark.parametrize("argv, says, code", [

@@ -61,6 +61,23 @@ def test_every_problem_is_named_at_once_references_included():
     assert len(err.value.errors) == 8 and "destinations.0.cstore.ae_title" in str(err.value)
 
 
+@pytest.mark.parametrize("doc, path", [
+    ({**BASE, "destinations": [{"id": {}, "type": "filesystem", "path": "out"}, BASE["destinations"][0]]},
+     "destinations[0].id"),
+    ({**BASE, "default_route": {"destinations": [{}]}}, "default_route.destinations[0]"),
+    (with_rule(destinations=[["archive"]]), "rulesets[main].rules[r1].destinations[0]"),
+    (with_rule(schedule={"id": "nights"}), "rulesets[main].rules[r1].schedule"),
+    (with_rule(actions=[{"action": "crosswalk", "tag": "PatientID", "table": {}}]),
+     "rulesets[main].rules[r1].actions[0].table"),
+    ({**BASE, "default_route": {"destinations": "archive"}}, "default_route.destinations"),
+])
+def test_a_mapping_or_list_where_a_name_belongs_is_a_field_error(doc, path):
+    """As a schema fuzzer or a slip in YAML gives it: named, not a crash in the references check."""
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc)
+    assert [p["path"] for p in err.value.problems] == [path], err.value.errors
+
+
 def test_an_empty_config_is_refused_where_a_whole_one_is_needed():
     assert parse_config({}).destinations == []  # a part of a config, as the stages' tests use
     with pytest.raises(ConfigError, match="no destination is configured"):

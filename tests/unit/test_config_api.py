@@ -103,8 +103,9 @@ def test_delete_is_refused_while_referenced(client, ports):
     refused = client.delete(url("/config/destinations/archive"))
     assert refused.status_code == 409
     references = refused.json()["detail"]["references"]
-    assert any("rulesets[site].rules[all].destinations" in r for r in references)
-    assert any("default_route.destinations" in r for r in references)
+    assert "rulesets[site].rules[all].destinations[0]" in references
+    assert any(r.startswith("default_route.destinations") for r in references)
+    assert not any("unknown" in r for r in references)  # it is known: these are where it is used
     assert client.delete(url("/config/schedules/nights")).status_code == 409
     assert ports.docs.get("destinations", "archive") and ports.docs.get("schedules", "nights")
     assert client.delete(url("/config/destinations/spare")).status_code == 204  # referenced by nothing
@@ -177,6 +178,18 @@ def test_rule_test_answers_the_dry_run_and_routes_nothing(client, ports):
     assert other["matched"] == [] and other["default_route"] is True and other["destinations"] == ["archive"]
     assert ports.bus.sent == [] and ports.events == []  # nothing ingested, nothing published
     assert client.post(url("/rules/test"), content=b"x", headers={"Content-Type": "text/plain"}).status_code == 415
+
+
+def test_rule_test_refuses_a_source_ip_that_is_no_address(client, ports):
+    put = client.put(url("/config/rulesets/site"), json={"id": "site", "rules": [
+        {"id": "ward", "when": {"association": "source_ip", "value": "10.0.0.0/8"}, "destinations": ["archive"]}]})
+    assert put.status_code == 200, put.text
+    body = _part10(pydicom.dcmread(get_testdata_file("CT_small.dcm")))
+    dicom = {"Content-Type": "application/dicom"}
+    answer = client.post(url("/rules/test"), params={"source_ip": "ct-room.local"}, content=body, headers=dicom)
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["query", "source_ip"]
+    matched = client.post(url("/rules/test"), params={"source_ip": "10.1.2.3"}, content=body, headers=dicom).json()
+    assert matched["matched"] == ["site/ward"]
 
 
 def test_export_then_import_with_a_dry_run_diff(client, ports):
