@@ -120,7 +120,7 @@ def _serve(args) -> int:
     from shared.runtime.local import EmbeddedRuntime
 
     config = _load_config(args.config)
-    runtime = EmbeddedRuntime(config, Path(args.data_dir), http_host=args.http_host,
+    runtime = EmbeddedRuntime(config, Path(args.data_dir), config_name=args.config, http_host=args.http_host,
                               http_port=None if args.http_port == 0 else args.http_port,
                               pipeline_processes=args.pipeline_processes, route_processes=args.route_processes,
                               http_allowed_hosts=args.http_allowed_hosts, http_tls=args.tls)
@@ -132,7 +132,7 @@ def _serve(args) -> int:
             runtime.start()
         except OSError as exc:
             if exc.filename is None:  # a socket: the DICOM listeners are what start() binds
-                where = ", ".join(f"{lsn.host}:{lsn.port}" for lsn in config.listeners)
+                where = ", ".join(f"{lsn.host}:{lsn.port}" for lsn in runtime.config().listeners)
                 raise OSError(exc.errno, f"{exc.strerror} (DICOM listeners on {where})") from None
             raise
         status = runtime.status()

@@ -26,6 +26,9 @@ from shared.config.checks import reference_problems
 from shared.config.loading import ConfigError, dump_yaml, parse_config, parse_yaml, to_documents
 
 REVISION = ("config_meta", "revision")
+# the config file ``serve --config`` last loaded (its digest): not a config collection,
+# so an import or an API write leaves it as it is
+FILE_SOURCE = ("config_file", "serve")
 # the singletons' names in the API and CLI -> their document in collection "settings"
 SINGLETONS = {"settings": "global", "default-route": "default_route", "stow": "stow"}
 SETTINGS = "settings"
@@ -89,6 +92,36 @@ def replace_config(docs, config: AppConfig) -> None:
     """Replace every config document with ``config`` (serve's config file, an import,
     GCP's ``load_config``), with a new revision in the same write."""
     docs.replace_collections({**to_documents(config), REVISION[0]: {REVISION[1]: new_revision()}})
+
+
+def config_digest(config: AppConfig) -> str:
+    """sha256 of a config as resolved (``${VAR}`` substituted): what a file says."""
+    return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def load_config_file(docs, config: AppConfig, *, name: str) -> tuple[str, str | None]:
+    """``serve --config FILE`` at start, against the config already stored: the store
+    keeps what the API and ``config import`` changed, unless the file itself changed
+    since it was last loaded. Returns the outcome and, when the file replaced a stored
+    config, that config as YAML (for the audit log):
+
+    - ``"loaded"``: nothing was stored yet;
+    - ``"kept"``: the file is as it was when last loaded (or a config was stored before
+      any file was), so the stored config, with every change made since, stays;
+    - ``"replaced"``: the file changed since it was last loaded, and replaced the
+      stored config as an import would."""
+    digest = config_digest(config)
+    last = docs.get(*FILE_SOURCE)
+    if docs.get(*REVISION) is None:
+        outcome, before = "loaded", None
+    elif last is None or last.get("sha256") == digest:
+        docs.set(*FILE_SOURCE, {"name": name, "sha256": digest})
+        return "kept", None
+    else:
+        outcome, before = "replaced", ConfigStore(docs).export_yaml()
+    replace_config(docs, config)
+    docs.set(*FILE_SOURCE, {"name": name, "sha256": digest})
+    return outcome, before
 
 
 def address(kind: str) -> tuple[str, str | None]:

@@ -38,7 +38,7 @@ from shared.adapters.local_queue import LocalQueue, Subscription
 from shared.adapters.secrets import LocalSecrets
 from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger, SQLiteDocumentStore
 from shared.config import AppConfig
-from shared.config.store import replace_config
+from shared.config.store import ConfigStore, load_config_file
 from shared.destinations import Senders
 from shared.dicom import reactor
 from shared.http import HostCheck, HttpServer, create_app
@@ -139,11 +139,30 @@ def _pipeline_process(data_dir: str, route_workers: int, log_level: int, parent_
     stores.ports.senders.close()
 
 
+def _load_config(docs, config: AppConfig, name: str) -> None:
+    """Store the config to run: ``config`` (serve's file) when nothing is stored or the
+    file changed since it was last loaded; else the stored one stays, with what the API
+    and imports changed (:func:`shared.config.store.load_config_file`)."""
+    outcome, replaced = load_config_file(docs, config, name=name)
+    if outcome == "replaced":
+        from types import SimpleNamespace
+
+        from shared.api.audit import record
+
+        record(SimpleNamespace(docs=docs), None, "config.import", "config", before=replaced,
+               after=ConfigStore(docs).export_yaml())
+        log.warning("config: %s changed since it was last loaded, so it replaced the stored config "
+                    "(GET /api/v1/audit has the config it replaced)", name)
+    elif outcome == "kept":
+        log.info("config: the stored one, with any change made through the API or an import since %s was "
+                 "loaded; %s is loaded again only once it changes (or: axiom-flow config import)", name, name)
+
+
 class EmbeddedRuntime:
     def __init__(self, config: AppConfig, data_dir: Path, *, http_host: str = "127.0.0.1",
                  http_port: int | None = 8080, route_workers: int = 4, pipeline_processes: int = 0,
                  route_processes: int = 0, poll_sources: bool = True, http_allowed_hosts: list[str] = (),
-                 http_tls: ssl.SSLContext | None = None):
+                 http_tls: ssl.SSLContext | None = None, config_name: str = "the config given"):
         reactor.install()  # before the first association: they wait for work, not for the clock
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -156,11 +175,12 @@ class EmbeddedRuntime:
         # data dir's filesystem lets the gateway rename instead of copy.
         tempfile.tempdir = str(tmp)
 
-        replace_config(SQLiteDocumentStore(SQLiteDatabase(self.data_dir / "state.db")), config)
+        _load_config(SQLiteDocumentStore(SQLiteDatabase(self.data_dir / "state.db")), config, config_name)
         self.stores = _Stores(self.data_dir, notify=True)
         self.docs, self.ledger, self.queue = self.stores.docs, self.stores.ledger, self.stores.queue
         self.config, self.blobs, self.secrets = self.stores.config, self.stores.blobs, self.stores.secrets
         self.ports = self.stores.ports
+        config = self.config()  # the one loaded or kept above
         self.route_workers = route_workers
         self.poll_sources = poll_sources
         self.pipeline_processes = pipeline_processes
