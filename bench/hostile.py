@@ -74,7 +74,7 @@ def abuse_once(kind: str, dicom_port: int, http_port: int, rng: random.Random) -
             elif kind == "associate_then_silence":
                 sock.sendall(associate_rq())
             elif kind == "http_slow_headers":
-                sock.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                sock.sendall(b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
                 deadline = time.monotonic() + hold
                 while time.monotonic() < deadline:
                     sock.sendall(b"X-A: b\r\n")
@@ -86,7 +86,7 @@ def abuse_once(kind: str, dicom_port: int, http_port: int, rng: random.Random) -
                 answer = sock.recv(64)
                 return f"answered {answer[9:12].decode(errors='replace')}" if answer else "closed without an answer"
             elif kind == "http_foreign_host":
-                sock.sendall(b"GET /exceptions HTTP/1.1\r\nHost: rebind.attacker.example\r\n\r\n")
+                sock.sendall(b"GET /api/v1/exceptions HTTP/1.1\r\nHost: rebind.attacker.example\r\n\r\n")
                 answer = sock.recv(64)
                 return f"answered {answer[9:12].decode(errors='replace')}" if answer else "closed without an answer"
             sock.settimeout(hold)

@@ -11,7 +11,7 @@ What is measured, per run (each run uses a fresh receiver and a fresh output dir
   blob + SQLite publish), so this is the time until all are safe.
 * drain time (axiom-flow only, informative): from the same start until the pipeline is
   idle (match -> morph -> route delivered every instance to the filesystem
-  destination), observed by polling ``/status`` every 0.2 s; and the CPU seconds
+  destination), observed by polling ``/api/v1/status`` every 0.2 s; and the CPU seconds
   axiom-flow's processes used over it (from /proc).
 
 Both receivers write to the same local disk. ``storescp`` runs bit-preserving (``+B``)

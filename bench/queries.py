@@ -9,7 +9,7 @@ the embedded runtime (SQLite).
    many of each one instance makes, counted by running a CT through match, morph and
    route to a filesystem destination over the same stores. Printed per operation and
    per instance, to be set against an instance's cost in bench/results/route.md.
-2. ``GET /exceptions``'s page read (``exceptions.find_exceptions``, 100 records, a
+2. ``GET /api/v1/exceptions``'s page read (``exceptions.find_exceptions``, 100 records, a
    status filter) on a collection of each ``--sizes`` exception records: the first
    page and a page 90% of the way through (by its cursor); the median of 20 reads.
    For contrast, once per size, what the list cost before (every record read and

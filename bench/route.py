@@ -19,7 +19,7 @@ associations) and a fresh router, and ``sync`` runs before each timed send.
 
 Both routers get every instance from one ``storescu`` process on one association. The
 time of a run is from spawning ``storescu`` until every instance is on disk at the
-storescp and the router says it is done with it: axiom-flow's ``/status`` shows no
+storescp and the router says it is done with it: axiom-flow's ``/api/v1/status`` shows no
 pending message and ``--count`` deliveries delivered; Orthanc has no instance left
 (it deletes each one only after the storescp answered its C-STORE). Both are polled
 every 0.05 s once storescp holds ``--count`` files. Because a destination answers only

@@ -263,13 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", metavar="DIR", default=os.environ.get("AXIOM_DATA_DIR") or "data",
                        help="where blobs, queue and state live ($AXIOM_DATA_DIR)")
     serve.add_argument("--http-host", metavar="HOST", default=os.environ.get("AXIOM_HTTP_HOST") or "127.0.0.1",
-                       help="address of the HTTP endpoints: status, exceptions, STOW-RS ($AXIOM_HTTP_HOST)")
+                       help="address of the HTTP endpoints: the API (/api/v1), STOW-RS, /healthz ($AXIOM_HTTP_HOST)")
     serve.add_argument("--http-port", type=_port, metavar="PORT", default=os.environ.get("AXIOM_HTTP_PORT") or "8080",
                        help="port of the HTTP endpoints, 0 turns HTTP off ($AXIOM_HTTP_PORT)")
     serve.add_argument("--http-allowed-hosts", type=_host_names, metavar="NAMES",
                        default=os.environ.get("AXIOM_HTTP_ALLOWED_HOSTS") or "",
-                       help="more names (comma-separated, each NAME or NAME:PORT) under which /status and /exceptions "
-                            "answer, besides localhost and the HTTP address; others get 421, against DNS rebinding "
+                       help="more names (comma-separated, each NAME or NAME:PORT) under which the API (/api/v1) "
+                            "answers, besides localhost and the HTTP address; others get 421, against DNS rebinding "
                             "($AXIOM_HTTP_ALLOWED_HOSTS)")
     serve.add_argument("--tls-cert", type=_readable_file, metavar="FILE", default=os.environ.get("AXIOM_TLS_CERT") or None,
                        help="serve the HTTP endpoints as HTTPS with this PEM certificate (the server's, then any "

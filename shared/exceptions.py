@@ -165,7 +165,7 @@ def take_attempts(ports: Ports, delivery_key: str) -> tuple[list[dict], int]:
 
 def list_exceptions(ports: Ports, status: str | None = None) -> list[dict]:
     """The exception records, oldest first; only those with ``status`` if given
-    (archived ones included: the embedded server's ``GET /exceptions``)."""
+    (archived ones included; reads every one: for tests and small stores)."""
     return list(iter_exceptions(ports, ExceptionFilter(status=status, archived=None)))
 
 

@@ -1,17 +1,22 @@
 """HTTP endpoints served by ``axiom-flow serve`` (and, per endpoint, by Cloud
-Functions): health, status, exception records, and STOW-RS (``shared/inputs/stow/``);
-the config API in a later issue. Also the server that serves them (:class:`HttpServer`).
+Functions): ``/healthz``, STOW-RS (``shared/inputs/stow/``) and the API under
+``/api/v1`` (:mod:`shared.api`: status, exception records and the config, each route
+behind a key or Google ID token and a role). Also the server that serves them
+(:class:`HttpServer`).
 
-Host check (DNS rebinding). The control routes (``/status``, ``/exceptions``, retry)
-have no authentication yet (users and roles come with the config API). A web page
-that a browser on this machine opens could otherwise read them by pointing a name
-of its own at 127.0.0.1 (DNS rebinding): the browser then sends that name in the
-Host header. So they answer only requests whose Host is one of this server's own
-names (:class:`HostCheck`) and refuse any other with 421 Misdirected Request (RFC
-9110 15.5.20). ``/healthz`` tells nothing and STOW-RS has its API keys: neither is
-host-checked, so load-balancer probes and remote senders that reach the server
-under a name of their own (a DNS alias, a proxy, a NAT address) keep working, and
-a rebinding page cannot send to STOW-RS without a key it does not have.
+``/healthz`` is the liveness probe of load balancers, which have no key: it needs no
+credentials and answers ``ok`` and nothing else (``/api/v1/health`` says which store
+is down, so it needs ``status:read``).
+
+Host check (DNS rebinding). A web page that a browser on this machine opens could
+point a name of its own at 127.0.0.1 (DNS rebinding), and the browser then sends that
+name in the Host header. So the API (its document and docs page included) answers only
+requests whose Host is one of this server's own names (:class:`HostCheck`) and
+refuses any other with 421 Misdirected Request (RFC 9110 15.5.20). ``/healthz``
+tells nothing and STOW-RS has its API keys: neither is host-checked, so
+load-balancer probes and remote senders that reach the server under a name of their
+own (a DNS alias, a proxy, a NAT address) keep working, and a rebinding page cannot
+send to STOW-RS without a key it does not have.
 
 The server. waitress (pure Python) reads every request on one event loop and hands
 only complete requests to a fixed pool of threads, so connections that send their
@@ -58,7 +63,6 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask
 from waitress.utilities import Error
 
-from shared import exceptions
 from shared.logs import describe_os_error
 
 log = logging.getLogger(__name__)
@@ -165,15 +169,13 @@ def _json_error(status: int, message: str) -> Response:
     return response
 
 
-def create_app(ports, status: Callable[[], dict], *, stow: bool = True, api=True,
+def create_app(ports, status: Callable[[], dict] | None = None, *, stow: bool = True, api=True,
                host_check: HostCheck | None = None) -> Flask:
     """The embedded runtime's HTTP app over its :class:`shared.ports.Ports`. ``api``:
     serve the API under ``/api/v1`` (True: :func:`shared.api.app.create_api` over
-    ``ports``; or the FastAPI app to serve).
-
-    Exception records can be listed and retried here without authentication (users
-    and roles come with the config API): only requests for this server's own names
-    (``host_check``; by default ``localhost``, see :class:`HostCheck`) are answered."""
+    ``ports``, with ``status`` as the runtime's own status; or the FastAPI app to
+    serve). Only requests for this server's own names reach the API (``host_check``;
+    by default ``localhost``, see :class:`HostCheck`)."""
     app = Flask("axiom-flow")
     host_check = host_check or HostCheck("localhost", None)
 
@@ -190,22 +192,8 @@ def create_app(ports, status: Callable[[], dict], *, stow: bool = True, api=True
 
     @app.get("/healthz")
     def healthz():
+        """Liveness for load balancers: no credentials, says nothing but ``ok``."""
         return "ok\n", 200, {"Content-Type": "text/plain"}
-
-    @app.get("/status")
-    def status_view():
-        return jsonify(status())
-
-    @app.get("/exceptions")
-    def exceptions_view():
-        return jsonify(exceptions.list_exceptions(ports, request.args.get("status")))
-
-    @app.post("/exceptions/<record_id>/retry")
-    def retry_view(record_id: str):
-        try:
-            return jsonify(exceptions.retry_exception(ports, record_id))
-        except exceptions.NotRetryable as exc:
-            return jsonify({"error": str(exc)}), 404 if isinstance(exc, exceptions.NoSuchRecord) else 409
 
     stow_bp = None
     if stow:
@@ -229,18 +217,18 @@ def create_app(ports, status: Callable[[], dict], *, stow: bool = True, api=True
 
     app.extensions[EARLY_ANSWER] = early
     if api:
-        _mount_api(app, ports, None if api is True else api)
+        _mount_api(app, ports, None if api is True else api, status)
     return app
 
 
-def _mount_api(app: Flask, ports, api=None) -> None:
+def _mount_api(app: Flask, ports, api=None, status: Callable[[], dict] | None = None) -> None:
     """Serve the API (:mod:`shared.api`, ASGI) under ``/api/v1`` from this WSGI app:
     requests for it go to FastAPI through a2wsgi, with their full path."""
     from a2wsgi import ASGIMiddleware
 
     from shared.api.app import PREFIX, create_api
 
-    asgi = ASGIMiddleware(api if api is not None else create_api(ports))
+    asgi = ASGIMiddleware(api if api is not None else create_api(ports, runtime_status=status))
     flask_wsgi = app.wsgi_app
 
     def dispatch(environ, start_response):

@@ -23,7 +23,7 @@ class Index:
     descending: bool = False
 
 
-# exception records (shared/exceptions.py): filters of GET /exceptions and the bulk
+# exception records (shared/exceptions.py): filters of GET /api/v1/exceptions and the bulk
 # actions, oldest first (created_at, then id)
 _EXCEPTION_FILTERS = ("archived", "status", "stage", "destination_id")
 # the audit log (shared/api/audit.py): newest first (at, then id)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 
@@ -26,13 +28,17 @@ ROUTERS: tuple[str, ...] = (
 )
 
 
-def create_api(ports: Ports, *, version: str = "0") -> FastAPI:
-    """The API over ``ports`` (the runtime's), served under :data:`PREFIX`."""
+def create_api(ports: Ports, *, version: str = "0", runtime_status: Callable[[], dict] | None = None) -> FastAPI:
+    """The API over ``ports`` (the runtime's), served under :data:`PREFIX`.
+    ``runtime_status``: what the runtime alone knows (the embedded one: queue depths,
+    listener ports, child processes; :meth:`shared.runtime.local.EmbeddedRuntime.status`),
+    shown as ``runtime`` by ``GET /status``; GCP has none."""
     import importlib
 
     api = FastAPI(title="Axiom Flow API", version=version, openapi_url=f"{PREFIX}/openapi.json",
                   docs_url=f"{PREFIX}/docs", redoc_url=None)
     api.state.ports = ports
+    api.state.runtime_status = runtime_status
     api.add_exception_handler(HTTPException, _problems_as_documented)
     for name in ROUTERS:
         router: APIRouter = importlib.import_module(name).router
@@ -74,3 +80,8 @@ async def _problems_as_documented(request: Request, exc: HTTPException):
 def get_ports(request: Request) -> Ports:
     """A route dependency: the runtime's ports."""
     return request.app.state.ports
+
+
+def get_runtime_status(request: Request) -> Callable[[], dict] | None:
+    """A route dependency: the runtime's own status, if it has one (see :func:`create_api`)."""
+    return getattr(request.app.state, "runtime_status", None)

@@ -1,18 +1,25 @@
 """``GET /status``: counters per listener, source and destination, with their last
-errors (:mod:`shared.counters`: one document each, never the records); ``GET /health``:
-this process answers and its document store, bus and blob store can be reached (503
-naming the ones that cannot)."""
+errors (:mod:`shared.counters`: one document each, never the records), and under
+``runtime`` what only the runtime knows (the embedded one: queues, deliveries being
+sent, listener ports, free space, pollers, child processes, retention; absent in GCP);
+``GET /health``: this process answers and its document store, bus and blob store can
+be reached (503 naming the ones that cannot).
+
+Both need ``status:read``: ``/health`` names what is down and why. A load balancer,
+which has no key, probes ``/healthz`` (:mod:`shared.http`): unauthenticated, it says
+``ok`` and nothing else."""
 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from shared import counters, exceptions
-from shared.api.app import get_ports
+from shared.api.app import get_ports, get_runtime_status
 from shared.api.auth import require
 from shared.api.permissions import Permission, Principal
 from shared.logs import describe_error
@@ -25,11 +32,76 @@ router = APIRouter(tags=["status"])
 HEALTH_PROBE = ".axiom-health"  # a name looked up (never written) in the ingest bucket
 
 
-@router.get("/status", summary="Counters and last errors per listener, source and destination")
-def status(ports: Ports = Depends(get_ports), _: Principal = Depends(require(Permission.STATUS_READ))) -> dict:
-    return {**counters.snapshot(ports),
+def _counts(name: str, fields: tuple[str, ...], what: str) -> type[BaseModel]:
+    """The model of one counters document (:func:`shared.counters.snapshot`)."""
+    return create_model(
+        name, __doc__=what, **{f: (int, ...) for f in fields},
+        last_error=(str | None, Field(None, description="The last error counted, if any (ids, never PHI)")),
+        last_error_at=(str | None, Field(None, description="When the last error was counted (ISO 8601, UTC)")))
+
+
+ListenerCounts = _counts("ListenerCounts", counters.LISTENER_FIELDS, "A C-STORE listener's counters.")
+SourceCounts = _counts("SourceCounts", counters.ORIGIN_FIELDS, "A source's counters (pollers, STOW-RS, buckets).")
+DestinationCounts = _counts("DestinationCounts", (*counters.DESTINATION_FIELDS, "queued"),
+                            "A destination's counters; queued: enqueued less what ended.")
+
+
+class GatewayStatus(BaseModel):
+    """The C-STORE gateway: free space against its floor, connections, listeners that cannot listen."""
+
+    model_config = ConfigDict(extra="allow")
+    free_bytes: int = Field(description="Free bytes under the data dir")
+    min_free_bytes: int = Field(description="The floor (settings.min_free_bytes); 0: none")
+    below_floor: bool = Field(description="True while new associations and C-STOREs are refused for lack of space")
+    connections: int = Field(description="Associations open now, over every listener")
+    listener_errors: dict[str, str] = Field(description="Why a listener cannot listen, by listener id")
+
+
+class RetentionStatus(BaseModel):
+    """The retention sweep since this process started."""
+
+    model_config = ConfigDict(extra="allow")
+    deleted: int
+    bytes_freed: int
+    kept_unsettled: int = Field(description="Objects past their age but not settled, at the last sweep")
+    trash: int = Field(description="Objects in the trash now")
+    last_sweep: str | None = Field(description="When the last sweep ran (ISO 8601), if it has")
+
+
+class RuntimeStatus(BaseModel):
+    """What the embedded runtime (``axiom-flow serve``) alone knows."""
+
+    model_config = ConfigDict(extra="allow")
+    queue: dict[str, int] = Field(description="Messages waiting, by topic")
+    deliveries: dict[str, int] = Field(description="delivered (the destinations' delivered counters summed), "
+                                                   "sending (claims being sent now), in_doubt")
+    exceptions: int = Field(description="Exception records, archived included")
+    listeners: dict[str, int | None] = Field(description="The port each listener listens on; null while it cannot")
+    gateway: GatewayStatus
+    sources: dict[str, dict[str, Any]] = Field(description="Per poller: its state, counters, last run and error")
+    pipeline_processes: list[int] = Field(description="Process ids of the pipeline children alive")
+    retention: RetentionStatus
+
+
+class StatusAnswer(BaseModel):
+    listeners: dict[str, ListenerCounts]
+    sources: dict[str, SourceCounts]
+    destinations: dict[str, DestinationCounts]
+    exceptions: int = Field(description="Exception records, archived included")
+    held_deliveries: int = Field(description="Deliveries held for a disabled or missing destination")
+    runtime: RuntimeStatus | None = Field(None, description="The runtime's own status; absent in GCP")
+
+
+@router.get("/status", summary="Counters and last errors per listener, source and destination; the runtime's own",
+            response_model=StatusAnswer, response_model_exclude_unset=True)
+def status(ports: Ports = Depends(get_ports), runtime_status=Depends(get_runtime_status),
+           _: Principal = Depends(require(Permission.STATUS_READ))) -> dict:
+    body = {**counters.snapshot(ports),
             "exceptions": ports.docs.count(exceptions.EXCEPTIONS),
             "held_deliveries": ports.docs.count(exceptions.HELD_DELIVERIES)}
+    if runtime_status is not None:
+        body["runtime"] = runtime_status()
+    return body
 
 
 def _bus_check(ports: Ports) -> Callable[[], object] | None:

@@ -193,8 +193,8 @@ class EmbeddedRuntime:
         self.gateway = Gateway(config.listeners, ingestor, secrets=self.secrets, sources=lambda: self.config().sources,
                                min_free_bytes=config.settings.min_free_bytes, spool_dir=tmp, docs=self.docs)
         self.sources = SourceScheduler(self.config, ingestor, self.docs, self.secrets, tmp_dir=tmp)
-        # HTTP: waitress with timeouts and a connection limit (shared/http.py); the control
-        # routes answer only for this server's own names (DNS rebinding)
+        # HTTP: waitress with timeouts and a connection limit (shared/http.py); the API
+        # answers only for this server's own names (DNS rebinding) and shows self.status
         host_check = HostCheck(http_host, http_port, http_allowed_hosts)
         app = create_app(self.ports, self.status, host_check=host_check)
         self._http = (HttpServer(app, http_host, http_port, max_request_body=config.stow.max_request_bytes,
@@ -210,9 +210,10 @@ class EmbeddedRuntime:
         self._listeners_thread: threading.Thread | None = None
 
     def status(self) -> dict:
-        """The embedded ``/status``: counts from the status counters and from indexes
-        (queue depth, claims in flight, exception records), never a read of every
-        record; ``deliveries.delivered`` is the destinations' ``delivered`` counters."""
+        """The embedded runtime's own status (``runtime`` of ``GET /api/v1/status``):
+        counts from the status counters and from indexes (queue depth, claims in flight,
+        exception records), never a read of every record; ``deliveries.delivered`` is
+        the destinations' ``delivered`` counters."""
         destinations = counters.snapshot(self.ports)["destinations"]
         return {
             "queue": {t: self.queue.pending(t) for t in TOPICS},

@@ -29,7 +29,7 @@ def _archived(server) -> list:
 
 
 def _retry(server, record_id: str) -> dict:
-    answer = httpx.post(f"http://127.0.0.1:{server.http_port}/exceptions/{record_id}/retry", timeout=10)
+    answer = server.retry(record_id)
     assert answer.status_code == 200, answer.text
     return answer.json()
 

@@ -60,9 +60,9 @@ def test_full_disk_answers_out_of_resources_then_recovers(tmp_path):
         assert list(statuses.values()).count(SUCCESS) >= 1
         assert list(statuses.values()).count(OUT_OF_RESOURCES) >= 1
 
-        # below the floor: new associations are refused, and /status says why
+        # below the floor: new associations are refused, and the status says why
         gateway = wait_for(lambda: (s := server.status()["gateway"])["below_floor"] and s, 10,
-                           what="/status to report free space below the floor")
+                           what="the status to report free space below the floor")
         assert gateway["free_bytes"] < gateway["min_free_bytes"] == FLOOR
         assert not echo(server.dicom_port)
 

@@ -1,5 +1,5 @@
 """Hostile HTTP against ``axiom-flow serve``: foreign Host names (DNS rebinding) on
-the control routes, bodies that never come, slow headers, and a large STOW-RS body
+the API (``/api/v1``), bodies that never come, slow headers, and a large STOW-RS body
 that must not be held in memory. Loopback only."""
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def server(tmp_path_factory):
         yield srv
 
 
-def get(server, path: str, host: str | None, method: str = "GET") -> httpx.Response:
-    headers = {} if host is None else {"Host": host}
+def get(server, path: str, host: str | None, method: str = "GET", headers: dict | None = None) -> httpx.Response:
+    headers = {**(headers or {}), **({} if host is None else {"Host": host})}
     return httpx.request(method, f"http://127.0.0.1:{server.http_port}{path}", headers=headers, timeout=10)
 
 
@@ -72,24 +72,29 @@ def status_and_json(answer: bytes) -> tuple[int, dict]:
 # --- Host check (item 3) --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path,method", [("/status", "GET"), ("/exceptions", "GET"),
-                                         ("/exceptions/0123/retry", "POST")])
-def test_control_routes_refuse_names_that_are_not_the_servers(server, path, method):
+@pytest.mark.parametrize("path,method", [("/api/v1/status", "GET"), ("/api/v1/exceptions", "GET"),
+                                         ("/api/v1/exceptions/0123/retry", "POST"), ("/api/v1/openapi.json", "GET")])
+def test_the_api_refuses_names_that_are_not_the_servers(server, path, method):
+    """Even with a valid key: a rebinding page must not reach the API at all."""
     port = server.http_port
     for host in ("attacker.example", f"attacker.example:{port}", f"127.0.0.1:{port + 1}", f"pacs.example:{port}",
                  "localhost.attacker.example", "127.0.0.1.nip.io"):
-        answer = get(server, path, host, method)
+        answer = get(server, path, host, method, server.auth)
         assert answer.status_code == 421, host
         assert "Host" in answer.json()["error"] and answer.json()["status"] == 421
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", "router.example", "ROUTER.example.:8443",
                  "pacs.example:9999"):
-        answer = get(server, path, host, method)
-        assert answer.status_code != 421, host
-        assert answer.status_code == (200 if method == "GET" else 404)
+        answer = get(server, path, host, method, server.auth)
+        assert answer.status_code == (200 if method == "GET" else 404), host
+
+
+def test_the_old_control_routes_are_gone(server):
+    for path, method in (("/status", "GET"), ("/exceptions", "GET"), ("/exceptions/0123/retry", "POST")):
+        assert get(server, path, "localhost", method).status_code == 404, path
 
 
 def test_request_without_host_is_refused(server):
-    status, body = status_and_json(raw_request(server.http_port, b"GET /status HTTP/1.0\r\n\r\n"))
+    status, body = status_and_json(raw_request(server.http_port, b"GET /api/v1/status HTTP/1.0\r\n\r\n"))
     assert status == 421 and body["status"] == 421
 
 
@@ -152,8 +157,8 @@ def test_body_that_never_comes_is_answered_from_the_headers(server):
     # a client that waits for "100 Continue" is answered instead, and sends nothing
     answer = raw_request(port, stow_head(port, 3_000_000_000, extra=b"Expect: 100-continue\r\n"))
     assert answer.startswith(b"HTTP/1.1 401")
-    # bodies to the control routes are refused too, before they are read
-    status, _ = status_and_json(raw_request(port, b"POST /exceptions/x/retry HTTP/1.1\r\nHost: localhost\r\n"
+    # bodies to the API are refused too, before they are read
+    status, _ = status_and_json(raw_request(port, b"POST /api/v1/exceptions/x/retry HTTP/1.1\r\nHost: localhost\r\n"
                                                   b"Content-Length: 900000000\r\n\r\n"))
     assert status == 413
     # and the server still works

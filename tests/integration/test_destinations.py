@@ -420,7 +420,7 @@ def test_destination_down_for_a_while(tmp_path, study):
 
 def test_destination_that_stays_down_ends_in_exception_records(tmp_path, study):
     """After ``max_attempts`` each delivery is an exception record holding its message;
-    once a peer listens, retrying one record (POST /exceptions/{id}/retry) delivers
+    once a peer listens, retrying one record (POST /api/v1/exceptions/{id}/retry) delivers
     that instance, once."""
     files = study[:4]
     retry = {"max_attempts": 3, **FAST_RETRY}
@@ -453,7 +453,7 @@ def test_destination_that_stays_down_ends_in_exception_records(tmp_path, study):
 
             scp.start()
             one = next(r for r in records if r["destination_id"] == "dimse")
-            r = httpx.post(f"http://127.0.0.1:{server.http_port}/exceptions/{one['id']}/retry", timeout=10)
+            r = server.retry(one["id"])
             assert r.status_code == 200, r.text
             assert r.json()["status"] == "retried"
             wait_for(lambda: server.status()["deliveries"].get("delivered", 0) >= 1, 30, what="the retried delivery")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -139,6 +141,29 @@ def storescu(port: int, files: list[Path], *, called_ae: str = "AXIOM", calling_
     return result
 
 
+def api_key(docs, role: str = "admin") -> str:
+    """A new API key of the user ``<role>@example.org`` (made with ``role`` if missing)
+    in the document store ``docs``, as ``axiom-flow users create-admin`` makes one."""
+    from shared.api import keys, users
+    from shared.api.permissions import Role
+
+    email = f"{role}@example.org"
+    user = users.by_email(docs, email) or users.create(docs, email, Role(role))
+    key, _ = keys.create(docs, user.id, name="tests")
+    return key
+
+
+def admin_key(data_dir: Path) -> str:
+    """A new admin API key in the embedded store of ``data_dir`` (``serve``'s state.db)."""
+    from shared.adapters.sqlite import SQLiteDatabase, SQLiteDocumentStore
+
+    db = SQLiteDatabase(Path(data_dir) / "state.db")  # makes the data dir
+    try:
+        return api_key(SQLiteDocumentStore(db))
+    finally:
+        db.conn().close()
+
+
 class AxiomServer:
     """``axiom-flow serve`` as a child process with a config written from ``config``."""
 
@@ -155,10 +180,12 @@ class AxiomServer:
         self.config = config
         self.args = list(args)  # more ``serve`` options
         self.proc: subprocess.Popen | None = None
+        self.api_key = ""
 
     def start(self) -> "AxiomServer":
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config))
+        self.api_key = admin_key(self.data_dir)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "serve", "--config", str(self.config_path),
@@ -169,15 +196,42 @@ class AxiomServer:
         wait_port(self.http_port)
         return self
 
-    def status(self) -> dict:
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/api/v1"
+
+    @property
+    def auth(self) -> dict:
+        """The headers of an admin's API key."""
+        return {"Authorization": f"Api-Key {self.api_key}"}
+
+    def api_status(self) -> dict:
+        """``GET /api/v1/status`` as an admin."""
         import httpx
 
-        return httpx.get(f"http://127.0.0.1:{self.http_port}/status", timeout=5).json()
+        answer = httpx.get(f"{self.api}/status", headers=self.auth, timeout=5)
+        answer.raise_for_status()
+        return answer.json()
+
+    def status(self) -> dict:
+        """The runtime's own status (``runtime`` of ``GET /api/v1/status``): queue,
+        deliveries, exceptions, listeners, gateway, pipeline_processes, retention."""
+        return self.api_status()["runtime"]
+
+    def retry(self, record_id: str):
+        """``POST /api/v1/exceptions/{id}/retry`` as an admin: the httpx response."""
+        import httpx
+
+        return httpx.post(f"{self.api}/exceptions/{record_id}/retry", headers=self.auth, timeout=10)
 
     def exceptions(self) -> list[dict]:
-        import httpx
-
-        return httpx.get(f"http://127.0.0.1:{self.http_port}/exceptions", timeout=5).json()
+        """Every exception record as stored (archived ones too), oldest first: with the
+        message a record holds (``retry``), which the API does not show. Read from the
+        state database, as the tests check what was recorded."""
+        with sqlite3.connect(f"file:{self.data_dir / 'state.db'}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT id, data FROM documents WHERE collection='exceptions'"
+                              " ORDER BY json_extract(data, '$.created_at'), id").fetchall()
+        return [{"id": record_id, **json.loads(data)} for record_id, data in rows]
 
     def wait_idle(self, timeout: float = 120.0) -> dict:
         """Until no message is pending in any topic; returns the last status."""

@@ -19,7 +19,7 @@ from shared.api.auth import authenticate
 from shared.api.permissions import Principal, Role
 from shared.errors import RetryLater
 from shared.inputs.ingest import Ingestor
-from shared.messages import TOPIC_DELIVER, TOPIC_INGEST, BlobRef, Delivery, IngestMetadata
+from shared.messages import TOPIC_DELIVER, BlobRef, Delivery, IngestMetadata
 from tests.support.procs import free_port
 from tests.support.stageports import build_ports, run_all
 
@@ -260,17 +260,25 @@ def test_health_is_ok_or_503_naming_what_is_down(ports, client, tmp_path):
     assert "Input/output error" in down.json()["checks"]["documents"]["error"]
 
 
-def test_legacy_routes_keep_working(ports):
-    from shared.http import HostCheck, create_app
+def test_the_old_unauthenticated_routes_are_gone(ports):
+    """Exception records and status are served under /api/v1 only, behind a key."""
+    from shared.http import create_app
 
     record_id = failed(ports)
-    app = create_app(ports, dict, stow=False, api=False, host_check=HostCheck("127.0.0.1", None)).test_client()
-    assert [r["id"] for r in app.get("/exceptions?status=failed").json] == [record_id]
-    assert app.post(f"/exceptions/{record_id}/retry").json["status"] == "retried"
-    assert app.post("/exceptions/nope/retry").status_code == 404
-    assert app.post(f"/exceptions/{exceptions.record_exception(ports, stage='match', status='quarantined', reason='x')}"
-                    "/retry").status_code == 409
-    assert ports.bus.on(TOPIC_INGEST) == []
+    app = create_app(ports, stow=False).test_client()
+    assert app.get("/status").status_code == 404
+    assert app.get("/exceptions").status_code == 404
+    assert app.post(f"/exceptions/{record_id}/retry").status_code == 404
+    assert app.post(f"{PREFIX}/exceptions/{record_id}/retry").status_code == 401
+    assert ports.docs.get(exceptions.EXCEPTIONS, record_id)["status"] == "failed"
+    assert ports.bus.on(TOPIC_DELIVER) == []
+    assert app.get("/healthz").status_code == 200
+
+
+def test_status_without_a_runtime_status_has_no_runtime_key(client):
+    """GCP: the API has no status of a runtime of its own to show."""
+    got = client.get(f"{PREFIX}/status").json()
+    assert "runtime" not in got and {"listeners", "sources", "destinations", "exceptions"} <= set(got)
 
 
 def test_records_of_an_older_version_are_listed_once_given_the_archived_field(ports, client):

@@ -14,10 +14,11 @@ from shared import exceptions, stages
 from shared.adapters.files import drop_cached
 from shared.adapters.local_blobs import LocalBlobStore
 from shared.adapters.sqlite import SQLiteDatabase, SQLiteDeliveryLedger
+from shared.api.app import PREFIX
 from shared.dicom.io import content_digest
 from shared.errors import RetryLater
 from shared.messages import Delivery, IngestMetadata, ObjectFinalized, Plan
-from tests.support.procs import free_port
+from tests.support.procs import api_key, free_port
 from tests.support.stageports import config, ingest, run_all
 
 CT = Path(get_testdata_file("CT_small.dcm"))
@@ -208,13 +209,15 @@ def test_failed_delivery_can_be_retried_from_its_exception_record(make_ports):
     assert stages.route(ports, delivery, 1) == "failed"
     [(record_id, record)] = ports.docs.list(exceptions.EXCEPTIONS).items()
 
-    client = create_app(ports, lambda: {}, stow=False).test_client()
-    assert client.get("/exceptions?status=failed").json == [record]
-    answer = client.post(f"/exceptions/{record_id}/retry")
+    client = create_app(ports, stow=False).test_client()
+    operator = {"X-API-Key": api_key(ports.docs, "operator")}
+    listed = client.get(f"{PREFIX}/exceptions?status=failed", headers=operator).json["items"]
+    assert [r["id"] for r in listed] == [record_id] and listed[0]["retryable"]
+    answer = client.post(f"{PREFIX}/exceptions/{record_id}/retry", headers=operator)
     assert answer.status_code == 200 and answer.json["status"] == "retried" and answer.json["retries"] == 1
     retried = ports.bus.sent[-1]
     assert retried[0] == stages.TOPIC_DELIVER and Delivery.from_bytes(retried[1]) == delivery
-    assert client.post("/exceptions/nope/retry").status_code == 404
+    assert client.post(f"{PREFIX}/exceptions/nope/retry", headers=operator).status_code == 404
 
 
 @pytest.mark.parametrize("bucket,name", [
