@@ -46,11 +46,23 @@ def _time(name: str, value: str | None) -> datetime | None:
         raise HTTPException(400, f"{name} {value!r} is not an ISO 8601 time, e.g. 2026-05-01T14:30:00Z") from None
 
 
-def parse_filter(params) -> ExceptionFilter:
+def _known_destination(ports: Ports, destination_id: str | None) -> None:
+    """400 for a destination that is neither in the config nor named by any record (a
+    destination removed from the config still has its records)."""
+    if destination_id is None:
+        return
+    known = [d.id for d in ports.config().destinations]
+    if destination_id not in known and not ports.docs.count(exceptions.EXCEPTIONS, {"destination_id": destination_id}):
+        raise HTTPException(400, f"destination_id {destination_id!r} is not a destination of the config "
+                                 f"({', '.join(known) or 'none'}) and no record names it")
+
+
+def parse_filter(params, ports: Ports) -> ExceptionFilter:
     """The filter from query parameters; 400 naming an unknown parameter or value."""
     unknown = sorted(set(params) - set(FILTERS) - {"limit", "cursor", "all"})
     if unknown:
         raise HTTPException(400, f"unknown query parameter(s) {', '.join(unknown)}; filters are {', '.join(FILTERS)}")
+    _known_destination(ports, params.get("destination_id"))
     archived = params.get("archived", "false")
     if archived not in ("false", "true", "any"):
         raise HTTPException(400, f"archived {archived!r} is not one of false, true, any")
@@ -79,7 +91,7 @@ def detail(record: dict) -> dict:
 @router.get("/exceptions", summary="Exception records, oldest first, filtered, a page at a time")
 def list_exceptions(request: Request, ports: Ports = Depends(get_ports), _: Principal = Depends(read)) -> dict:
     params = request.query_params
-    where = parse_filter(params)
+    where = parse_filter(params, ports)
     raw_limit = params.get("limit", str(DEFAULT_LIMIT))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
         raise HTTPException(400, f"limit {raw_limit!r} is not a whole number from 1 to {MAX_LIMIT}")
@@ -134,7 +146,7 @@ def _one(name: str):
 
 def _bulk(name: str):
     def endpoint(request: Request, ports: Ports = Depends(get_ports), principal: Principal = Depends(act)) -> dict:
-        where = parse_filter(request.query_params)
+        where = parse_filter(request.query_params, ports)
         if where.is_empty() and request.query_params.get("all") != "true":
             raise HTTPException(400, f"{name} of every record needs all=true; or give a filter: "
                                      f"{', '.join(FILTERS)}")

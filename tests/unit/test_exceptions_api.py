@@ -89,11 +89,18 @@ def test_filters_select_by_status_stage_destination_reason_and_time(ports, clien
     ({"status": "bogus"}, "status 'bogus'"), ({"stage": "nowhere"}, "stage 'nowhere'"),
     ({"since": "yesterday"}, "since 'yesterday'"), ({"until": "2026-13-01"}, "until '2026-13-01'"),
     ({"archived": "maybe"}, "archived 'maybe'"), ({"limit": "0"}, "limit '0'"), ({"cursor": "!!"}, "cursor"),
-    ({"colour": "red"}, "colour"),
+    ({"colour": "red"}, "colour"), ({"destination_id": "nope"}, "destination_id 'nope'"),
 ])
 def test_an_unknown_filter_value_is_a_400_naming_it(client, params, named):
     answer = client.get(f"{PREFIX}/exceptions", params=params)
     assert answer.status_code == 400 and named in answer.json()["detail"]
+
+
+def test_a_destination_gone_from_the_config_is_a_filter_while_records_name_it(ports, client):
+    kept = failed(ports, destination_id="retired")  # its destination was removed since
+    assert ids(client.get(f"{PREFIX}/exceptions", params={"destination_id": "retired"})) == [kept]
+    assert client.get(f"{PREFIX}/exceptions", params={"destination_id": "pacs"}).json()["items"] == []
+    assert client.post(f"{PREFIX}/exceptions/retry", params={"destination_id": "nope"}).status_code == 400
 
 
 def test_pages_follow_next_until_every_record_is_seen_once(ports, client):
