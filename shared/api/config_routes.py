@@ -64,7 +64,8 @@ def _write(ports: Ports, principal: Principal, op: str, kind: str, doc_id: str,
     collection, _ = address(kind)
     done = _answer(lambda: ConfigStore(ports.docs).write(collection, doc_id, change, if_match=if_match))
     target = f"{kind}/{doc_id}" if kind in LIST_COLLECTIONS else kind
-    record(ports, principal, f"config.{op}", target, before=done.before, after=done.after)
+    if done.before != done.after:
+        record(ports, principal, f"config.{op}", target, before=done.before, after=done.after)
     return None if done.after is None else _document(done.after, response)
 
 

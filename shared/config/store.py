@@ -65,7 +65,10 @@ def _matches(if_match: str | None, doc: Any) -> bool:
     tags = [t.strip() for t in if_match.split(",")]
     if "*" in tags:
         return doc is not None
-    return doc is not None and etag(doc) in {t.removeprefix("W/") for t in tags}
+    # strong comparison (RFC 9110 13.1.1): a weak tag never matches; the quotes a
+    # copy-paste loses are put back
+    strong = {t if t.startswith('"') else f'"{t}"' for t in tags if t and not t.startswith("W/")}
+    return doc is not None and etag(doc) in strong
 
 
 def new_revision() -> dict[str, str]:
@@ -191,6 +194,8 @@ class ConfigStore:
             config = parse_config(data)
             # stored canonical: aliases converted, defaults filled in (as a file would be)
             after = None if new is None else to_documents(config)[collection][doc_id]
+            if after == before:  # nothing to change: no write, no new revision
+                return Change(collection, doc_id, before, after, config)
             if self.docs.compare_and_set([(collection, doc_id, before, after), (*REVISION, revision, new_revision())]):
                 return Change(collection, doc_id, before, after, config)
         raise Conflict("the config kept changing while this change was being made; try again")

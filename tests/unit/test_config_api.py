@@ -83,6 +83,11 @@ def test_create_read_list_replace_patch_delete_with_etags_and_audit(client, port
     # the ETag read before the patch no longer matches: a lost race
     stale = client.put(url("/config/destinations/pacs"), json={**new, "port": 1}, headers={"If-Match": etag})
     assert stale.status_code == 412 and ports.docs.get("destinations", "pacs")["port"] == 11113
+    assert client.patch(url("/config/destinations/pacs"), json={"port": 11113},  # a weak tag never matches
+                        headers={"If-Match": "W/" + patched.headers["ETag"]}).status_code == 412
+    unchanged = client.patch(url("/config/destinations/pacs"), json={"port": 11113},  # nothing to change: no audit
+                             headers={"If-Match": patched.headers["ETag"].strip('"')})  # quotes lost in a copy
+    assert unchanged.status_code == 200 and unchanged.headers["ETag"] == patched.headers["ETag"]
     replaced = client.put(url("/config/destinations/pacs"), json={**new, "ae_title": "PACS2"},
                           headers={"If-Match": patched.headers["ETag"]})
     assert replaced.status_code == 200 and replaced.json()["port"] == 104 and replaced.json()["ae_title"] == "PACS2"
