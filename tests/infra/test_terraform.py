@@ -245,6 +245,31 @@ def checkov_binary() -> str | None:
 
 
 @pytest.mark.timeout(900)
+def test_monitoring_reads_the_fields_the_stage_lines_carry():
+    """monitoring.tf's log fields, labels and failure outcomes are those of the
+    ``stage_done`` line shared/logs.py writes (a JSON line's fields are its jsonPayload)."""
+    import io
+
+    from shared import logs
+
+    stream = io.StringIO()
+    logs.configure("INFO", "json", stream=stream, force=True)
+    try:
+        with logs.stage_run("route", sop_uid="1.2.3", destination="pacs", rule="main/all"):
+            logs.note_outcome("failed")
+    finally:
+        logs.configure("INFO", "text", force=True)
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    labels = line["logging.googleapis.com/labels"]
+    found = root_locals()
+    for name, value in found.items():
+        if name.startswith("log_field_"):
+            assert value.removeprefix("jsonPayload.") in line, (name, value)
+        elif name.startswith("log_label_"):
+            assert value.removeprefix("labels.") in labels, (name, value)
+    assert set(found["outcome_failed"]) <= logs._WARNING_OUTCOMES
+
+
 def test_checkov_passes_or_each_skip_is_justified():
     checkov = checkov_binary()
     if checkov is None:
