@@ -20,7 +20,7 @@ from pynetdicom.sop_class import CTImageStorage
 
 from shared.api.app import PREFIX
 from tests.support.dicomgen import make_ct_study
-from tests.support.procs import AxiomServer, free_port, storescu, wait_for
+from tests.support.procs import AxiomServer, accepts_connections, free_port, storescu, wait_for
 
 pytestmark = pytest.mark.dcmtk
 
@@ -31,14 +31,6 @@ def refuses_connections(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
-
-
-def accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def archived(folder: Path) -> set[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from shared.runtime import gcp as gcp_runtime
 from tests.support.certs import Pki, make_pki, tls_args
 from tests.support.dicomgen import make_ct_study
 from tests.support.gcp import PROJECT, GatewayProcess, unique
-from tests.support.procs import REPO, free_port, storescu, wait_for, wait_port
+from tests.support.procs import REPO, accepts_connections, free_port, storescu, wait_for, wait_port
 
 pytestmark = pytest.mark.dcmtk
 
@@ -76,14 +75,6 @@ def data_set(data: bytes) -> bytes:
     offset, _ = part10_layout(data)
     assert offset is not None
     return data[offset:]
-
-
-def accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def healthcheck(spool: Path, **env: str) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ from shared import http
 from shared.http import HostCheck
 from tests.support import fuzz
 from tests.support.dicomgen import make_ct_study
-from tests.support.procs import AxiomServer, wait_for
+from tests.support.procs import AxiomServer, read_until_closed, wait_for
 
 KEY = "http-key-0123456789abcdef"
 ENV = {"AXIOM_TEST_STOW_KEYS": KEY, "AXIOM_HTTP_ALLOWED_HOSTS": "router.example, pacs.example:9999"}
@@ -55,13 +55,7 @@ def raw_request(port: int, head: bytes, body: bytes = b"", *, timeout: float = 2
     server closes or ``timeout`` passes without a byte."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(head + body)
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except (TimeoutError, ConnectionResetError):
-            pass
-        return b"".join(chunks)
+        return read_until_closed(sock)
 
 
 def status_and_json(answer: bytes) -> tuple[int, dict]:

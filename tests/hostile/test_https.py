@@ -28,7 +28,7 @@ from tests.support import fuzz
 from tests.support.apiusers import api_key
 from tests.support.certs import make_pki
 from tests.support.dicomgen import make_ct_study
-from tests.support.procs import AxiomServer, wait_for
+from tests.support.procs import AxiomServer, read_until_closed, wait_for
 from tests.support.stageports import build_ports, config
 
 KEY = "https-key-0123456789abcdef"
@@ -72,16 +72,6 @@ def tls_socket(server, pki, **kwargs) -> ssl.SSLSocket:
     return ctx.wrap_socket(raw, server_hostname="127.0.0.1", **kwargs)
 
 
-def read_all(sock) -> bytes:
-    chunks = []
-    try:
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except (TimeoutError, ConnectionResetError):
-        pass
-    return b"".join(chunks)
-
-
 def log_text(server) -> str:
     return server.log_path.read_text(errors="replace")
 
@@ -119,7 +109,7 @@ def test_early_answer_over_tls_before_the_body(server, pki, key, status):
     the body never sent; then our close_notify (a clean TLS close, not a bare EOF)."""
     with tls_socket(server, pki, suppress_ragged_eofs=False) as sock:
         sock.sendall(stow_head(server.http_port, 3_000_000_000, key))
-        answer = read_all(sock)  # SSLEOFError here, were the TLS close not clean
+        answer = read_until_closed(sock)  # SSLEOFError here, were the TLS close not clean
     assert answer.startswith(b"HTTP/1.1 %d" % status), answer[:200]
 
 
@@ -151,7 +141,7 @@ def test_client_that_does_not_trust_the_ca_fails_verification(server, pki, clien
 def test_plain_http_to_the_tls_port_is_closed_and_the_server_goes_on(server, client):
     with socket.create_connection(("127.0.0.1", server.http_port), timeout=20) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        assert read_all(sock) == b""  # closed, nothing in clear
+        assert read_until_closed(sock) == b""  # closed, nothing in clear
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{server.http_port}/healthz", timeout=10)
     assert client.get("/healthz").status_code == 200

@@ -49,15 +49,27 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
         time.sleep(interval)
 
 
-def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
-    def is_open():
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+def accepts_connections(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
-    wait_for(is_open, timeout, what=f"{host}:{port} to listen")
+
+def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
+    wait_for(lambda: accepts_connections(port, host, 0.5), timeout, what=f"{host}:{port} to listen")
+
+
+def read_until_closed(sock) -> bytes:
+    """Everything ``sock`` receives until the peer closes it or its timeout passes."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return b"".join(chunks)
 
 
 def require(tool: str) -> str:
