@@ -26,12 +26,14 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, url: str, api_key: str | None, *, timeout: float = 30.0):
+    def __init__(self, url: str, api_key: str | None, *, timeout: float = 30.0, cacert: str | None = None):
         import httpx
 
         headers = {"Authorization": f"Api-Key {api_key}"} if api_key else {}
         self.base = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base + API, headers=headers, timeout=timeout)
+        # cacert: the CA of a server whose certificate the system does not trust (serve --tls-cert)
+        self.http = httpx.Client(base_url=self.base + API, headers=headers, timeout=timeout,
+                                 verify=cacert if cacert else True)
 
     def call(self, method: str, path: str, **params) -> dict:
         import httpx
@@ -174,6 +176,8 @@ def add_commands(sub, command: Callable[..., argparse.ArgumentParser]) -> None:
                             help="the server's HTTP address ($AXIOM_URL)")
         parser.add_argument("--api-key", default=None, metavar="KEY",
                             help="API key (default: $AXIOM_API_KEY)")
+        parser.add_argument("--cacert", default=os.environ.get("AXIOM_CA_CERT"), metavar="FILE",
+                            help="CA certificate of an https:// server the system does not trust ($AXIOM_CA_CERT)")
         parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     def filters(parser: argparse.ArgumentParser) -> None:
@@ -212,7 +216,10 @@ def add_commands(sub, command: Callable[..., argparse.ArgumentParser]) -> None:
 
 def _with_client(run: Callable[[Client, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def call(args) -> int:
-        client = Client(args.url, args.api_key or os.environ.get("AXIOM_API_KEY"))
+        if args.cacert and not os.path.isfile(args.cacert):
+            print(f"axiom-flow: --cacert {args.cacert}: no such file", file=sys.stderr)
+            return 2
+        client = Client(args.url, args.api_key or os.environ.get("AXIOM_API_KEY"), cacert=args.cacert)
         try:
             return run(client, args)
         except ApiError as exc:

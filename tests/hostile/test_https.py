@@ -176,6 +176,13 @@ def test_curl_with_cacert(server, pki, capsys):
     untrusted = subprocess.run([curl, "-sS", f"{server.url}/healthz"], capture_output=True, timeout=30)
     assert untrusted.returncode == 60  # "peer certificate cannot be authenticated with known CA certificates"
 
+    # the command line, the same way
+    assert main(["exceptions", "list", "--url", server.url, "--api-key", key, "--cacert", str(pki.ca.cert),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == []
+    assert main(["exceptions", "list", "--url", server.url, "--api-key", key]) == 1  # the system does not trust it
+    assert "certificate" in capsys.readouterr().err
+
 
 # --- the command line and the warning --------------------------------------------------
 
