@@ -30,7 +30,7 @@ from shared.adapters.firestore import FirestoreDocumentStore
 from shared.config import parse_config
 from shared.runtime import gcp as gcp_runtime
 from tests.support.gcp import PROJECT, unique
-from tests.support.procs import DCMTK_ENV, REPO, free_port, require, storescu, wait_port
+from tests.support.procs import DCMTK_ENV, REPO, free_port, require, storescu, wait_for, wait_port
 
 pytestmark = [pytest.mark.container, pytest.mark.dcmtk]
 
@@ -150,8 +150,10 @@ def test_the_image_runs_unprivileged_with_its_health_check_and_its_base_as_an_ar
     user, healthcheck = config.split("|", 1)
     assert user == "10001" and "scp_gateway.healthcheck" in healthcheck
     assert podman("exec", gateway["name"], "id", "-u").stdout.strip() == "10001"
-    health = podman("healthcheck", "run", gateway["name"], check=False)
-    assert health.returncode == 0, health.stdout + health.stderr
+    # the gateway notes its open listeners for the check every second after they open
+    # (the image's start period covers that)
+    wait_for(lambda: podman("healthcheck", "run", gateway["name"], check=False).returncode == 0, 30,
+             what="the container's health check to pass")
     # the health check fails when nothing answers (another port, the same image)
     wrong = podman("exec", "-e", f"AXIOM_HEALTHCHECK_PORT={free_port()}", gateway["name"],
                    "python", "-m", "scp_gateway.healthcheck", check=False)
