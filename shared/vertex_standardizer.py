@@ -120,7 +120,7 @@ class VertexStandardizer:
             log.info("standardizer: %s value %s answered from the cache", kind, hashed)
             return Standardized(cached["answer"], "cache")
         if not self._take_budget():
-            return self._fallback(kind, value, hashed, "the daily budget of model calls is spent")
+            return self._fallback(kind, value, hashed, "the daily budget of model calls is spent", budget_spent=True)
         if not self._rate.acquire(self.settings.timeout_s):
             return self._fallback(kind, value, hashed, "the model call rate limit is reached")
         started = time.monotonic()
@@ -155,13 +155,13 @@ class VertexStandardizer:
         calls = int((self.docs.get(BUDGET, day) or {}).get("calls") or 0)
         return calls <= self.settings.daily_budget
 
-    def _fallback(self, kind: str, value: str, hashed: str, reason: str) -> Standardized:
+    def _fallback(self, kind: str, value: str, hashed: str, reason: str, *, budget_spent: bool = False) -> Standardized:
         fallback = self.settings.fallback
         log.warning("standardizer: %s value %s takes the fallback %r: %s", kind, hashed, fallback, reason)
         if fallback == "fail":
             raise Unprocessable(f"AI standardization of a {kind} value failed: {reason}")
         if fallback == "hold":
-            delay = self._seconds_to_tomorrow() if "budget" in reason else HOLD_DELAY_S
+            delay = self._seconds_to_tomorrow() if budget_spent else HOLD_DELAY_S  # a budget renews at 00:00 UTC
             raise RetryLater(f"AI standardization of a {kind} value waits: {reason}", delay_s=delay)
         return Standardized(self.settings.default if fallback == "default" else value, "fallback", reason)
 

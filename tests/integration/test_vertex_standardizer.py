@@ -150,6 +150,32 @@ def test_the_daily_budget_stops_calls(vertex, store):
     assert list(docs.list(BUDGET).values()) == [{"calls": 2}]
 
 
+def test_concurrent_workers_never_spend_more_than_the_budget(vertex, store):
+    vertex.delay_s = 0.05
+    workers = [standardizer(vertex, store(), daily_budget=3) for _ in range(4)]  # four processes' worth
+    results: list[Standardized] = []
+
+    def ask(worker: VertexStandardizer, n: int) -> None:
+        results.append(worker.answer("free_text", f"value {n}", allowed=ALLOWED))
+
+    threads = [threading.Thread(target=ask, args=(workers[n % 4], n)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(vertex.requests) <= 3
+    assert sum(r.source == "model" for r in results) == len(vertex.requests)
+    assert sum(r.source == "fallback" for r in results) == 12 - len(vertex.requests)
+
+
+def test_a_held_value_waits_for_the_budget_of_the_next_day(vertex, store):
+    service = standardizer(vertex, store(), daily_budget=0, fallback="hold")
+    with pytest.raises(RetryLater, match="budget") as held:
+        service.answer("free_text", VALUE, allowed=ALLOWED)
+    assert 0 < held.value.delay_s <= 24 * 3600
+    assert vertex.requests == []
+
+
 def test_an_answer_outside_the_allowed_values_takes_the_fallback_and_is_not_cached(vertex, store):
     vertex.answer = "T2 CORONAL"
     service = standardizer(vertex, store(), fallback="default", default="UNKNOWN")
