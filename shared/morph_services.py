@@ -17,7 +17,7 @@ import difflib
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Iterable, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     from shared.config import AppConfig, CrosswalkTable
@@ -50,6 +50,17 @@ class Standardizer(Protocol):
     def standardize(self, kind: str, value: str, *, allowed: list[str] | None = None,
                     instructions: str | None = None) -> str:
         ...
+
+
+@dataclass(frozen=True)
+class Standardized:
+    """One standardizer answer and where it came from: ``cache`` (asked before),
+    ``model`` (asked now) or ``fallback`` (the model could not answer: ``reason`` says
+    why, without the value). The rule test's dry-run shows it."""
+
+    value: str
+    source: Literal["cache", "model", "fallback"]
+    reason: str | None = None
 
 
 class InMemoryCrosswalk:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from shared.config.base import Doc, TagAddress
 
@@ -30,6 +32,45 @@ class Retention(Doc):
     sweep_every_s: float = Field(
         default=600.0, gt=0,
         description="Seconds between two sweeps for objects past their age.")
+
+
+class AIStandardizer(Doc):
+    """Vertex AI Gemini for the `ai_standardize` actions (shared/vertex_standardizer.py):
+    each distinct value is asked once and the answer kept in the document store."""
+
+    model: str = Field(default="gemini-2.5-flash", examples=["gemini-2.5-flash"],
+                       description="The Gemini model asked, by its Vertex AI name.")
+    project: str | None = Field(default=None, examples=["my-project"],
+                                description="Google Cloud project billed for the calls; none: $GOOGLE_CLOUD_PROJECT, "
+                                            "else the project of the default credentials.")
+    location: str = Field(default="us-central1", examples=["europe-west4"],
+                          description="Vertex AI region the calls go to (and the values sent to the model).")
+    endpoint: str | None = Field(default=None, examples=["https://europe-west4-aiplatform.googleapis.com"],
+                                 description="Base URL of the Vertex AI API (a Private Service Connect endpoint); "
+                                             "none: Google's endpoint for `location`.")
+    daily_budget: int = Field(default=1000, ge=0,
+                              description="Model calls allowed per UTC day, over all processes; past it, values not "
+                                          "cached yet take the `fallback`.")
+    rate_per_minute: float = Field(default=60, gt=0,
+                                   description="Model calls per minute from one process; a call waits for a free slot "
+                                               "at most `timeout_s`, then takes the `fallback`.")
+    timeout_s: float = Field(default=20, gt=0,
+                             description="Seconds a model call may take before its `fallback` is taken.")
+    fallback: Literal["keep", "default", "fail", "hold"] = Field(
+        default="keep",
+        description="When the model cannot answer (budget spent, unavailable, slow, or an answer outside `allowed`):"
+                    " `keep` the value, write `default`, `fail` the instance into an exception record, or `hold` it"
+                    " and try again later.")
+    default: str | None = Field(default=None, examples=["UNKNOWN"],
+                                description="The value written for `fallback: default`.")
+    instructions: str | None = Field(default=None, examples=["Answer in the site's abbreviations."],
+                                     description="Guidance sent with every value, before the action's own.")
+
+    @model_validator(mode="after")
+    def _default_given(self):
+        if self.fallback == "default" and self.default is None:
+            raise ValueError("fallback 'default' needs a default value")
+        return self
 
 
 class Settings(Doc):
@@ -66,3 +107,7 @@ class Settings(Doc):
         default_factory=Retention,
         description="When received, processed and quarantined objects are deleted; nothing undelivered or held is.",
         examples=[{"received_days": 30, "processed_days": 14, "quarantine_days": 90, "max_deletes_per_s": 5}])
+    ai_standardizer: AIStandardizer | None = Field(
+        default=None, examples=[{"model": "gemini-2.5-flash", "location": "europe-west4", "daily_budget": 500}],
+        description="Vertex AI Gemini for `ai_standardize` actions; none: a deterministic normalization without a "
+                    "model (whitespace, case, the closest allowed value).")
