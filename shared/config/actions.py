@@ -176,7 +176,9 @@ class CrosswalkTable(Doc):
     id: str = Field(examples=["site-codes"], description="Unique id of the table; `crosswalk` actions name it.")
     entries: dict[str, str] = Field(default_factory=dict, examples=[{"ST MARY HOSP": "SMH"}],
                                     description="Each key (an exact value) and what it becomes (in-memory tables).")
-    case_insensitive: bool = Field(default=False, description="Match keys ignoring case.")
+    case_insensitive: bool = Field(
+        default=False, description="Match keys ignoring case (a database column whose collation ignores case, "
+                                   "MySQL's default, does so anyway).")
     source: str | None = Field(default=None, examples=["mpi"],
                                description="Id of the crosswalk source (database) to look keys up in; none: "
                                            "`entries`.")

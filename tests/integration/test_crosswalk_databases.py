@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy
+from pydicom import Dataset
 from sqlalchemy import event
 from sqlalchemy.dialects import mssql
 from sqlalchemy.dialects.mssql import pymssql  # noqa: F401 (mssql.pymssql below)
@@ -14,6 +15,8 @@ from shared.adapters.secrets import LocalSecrets
 from shared.config import AppConfig, CrosswalkTable
 from shared.config.crosswalk import CrosswalkSource
 from shared.errors import CrosswalkMissing, Held, RetryLater
+from shared.morph import apply_actions
+from shared.morph_services import MorphServices
 from tests.support.databases import mariadb_server, postgres_server  # noqa: F401 (fixtures)
 
 ROWS = [  # issuer, MRN (mixed case), research id
@@ -201,6 +204,27 @@ def test_in_memory_tables_still_work_beside_database_maps(request):
     assert crosswalk.lookup("sites", "elsewhere") is None
     with pytest.raises(KeyError):
         crosswalk.lookup("nowhere", "x")
+
+
+def test_morph_crosswalk_action_writes_the_value_from_the_database(server):
+    """The lookup behind the Crosswalk protocol: morph's `crosswalk` action over it."""
+    crosswalk = _crosswalk(server, {"id": "mrn", "source": "mpi", "table": "Mrn_Map", "keys": ["mrn"],
+                                    "value": "research_id", "case_insensitive": True},
+                           {"id": "strict", "source": "mpi", "table": "Mrn_Map", "keys": ["mrn"],
+                            "value": "research_id", "on_miss": "fail"})
+    try:
+        ds = Dataset()
+        ds.PatientID = "MRN002"
+        apply_actions(ds, [{"action": "crosswalk", "tag": "PatientID", "table": "mrn"}],
+                      MorphServices(crosswalk=crosswalk))
+        assert ds.PatientID == "R-0002"
+        ds.PatientID = "unknown"
+        with pytest.raises(CrosswalkMissing):
+            apply_actions(ds, [{"action": "crosswalk", "tag": "PatientID", "table": "strict"}],
+                          MorphServices(crosswalk=crosswalk))
+        assert ds.PatientID == "unknown"
+    finally:
+        crosswalk.close()
 
 
 def test_cloud_sql_without_google_credentials_is_retry_later(monkeypatch, tmp_path):
