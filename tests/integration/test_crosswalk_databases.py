@@ -7,10 +7,8 @@ import pytest
 import sqlalchemy
 from pydicom import Dataset
 from sqlalchemy import event
-from sqlalchemy.dialects import mssql
-from sqlalchemy.dialects.mssql import pymssql  # noqa: F401 (mssql.pymssql below)
 
-from shared.adapters.crosswalk_databases import DatabaseCrosswalk, lookup_statement
+from shared.adapters.crosswalk_databases import DatabaseCrosswalk, lookup_statement, make_engine
 from shared.adapters.secrets import LocalSecrets
 from shared.config import AppConfig, CrosswalkTable
 from shared.config.crosswalk import CrosswalkSource
@@ -18,6 +16,7 @@ from shared.errors import CrosswalkMissing, Held, RetryLater
 from shared.morph import apply_actions
 from shared.morph_services import MorphServices
 from tests.support.databases import mariadb_server, postgres_server  # noqa: F401 (fixtures)
+from tests.support.procs import free_port
 
 ROWS = [  # issuer, MRN (mixed case), research id
     ("HOSP-A", "Mrn001", "R-0001"),
@@ -241,12 +240,35 @@ def test_cloud_sql_without_google_credentials_is_retry_later(monkeypatch, tmp_pa
         crosswalk.lookup("research", ("HOSP-A", "Mrn001"))
 
 
+def _mssql_engine():
+    source = CrosswalkSource.model_validate({"id": "sqlserver", "type": "mssql", "host": "127.0.0.1",
+                                             "port": free_port(), "database": "mpi", "user": "reader",
+                                             "password": "env:MPI_PASSWORD", "connect_timeout_s": 2})
+    return make_engine(source, LocalSecrets({"MPI_PASSWORD": "pw"}))
+
+
 def _mssql(spec: dict, **keys: str):
-    """The statement as the mssql+pymssql engine sends it, with the bound keys."""
+    """The statement as the mssql+pymssql engine of a source sends it, with the bound keys."""
     statement = lookup_statement(CrosswalkTable.model_validate(spec)).params(**keys)
-    compiled = statement.compile(dialect=mssql.pymssql.dialect(paramstyle="pyformat"),
-                                 compile_kwargs={"render_postcompile": True})
+    compiled = statement.compile(dialect=_mssql_engine().dialect, compile_kwargs={"render_postcompile": True})
     return " ".join(str(compiled).split()), compiled.params
+
+
+def test_sql_server_unreachable_is_retry_later():
+    """No SQL Server runs here: the pymssql path up to the login, refused."""
+    engine = _mssql_engine()
+    assert engine.dialect.name == "mssql" and engine.dialect.driver == "pymssql"
+    config = AppConfig.model_validate({
+        "crosswalk_sources": [{"id": "sqlserver", "type": "mssql", "host": "127.0.0.1", "port": free_port(),
+                               "database": "mpi", "user": "reader", "password": "env:MPI_PASSWORD",
+                               "connect_timeout_s": 2}],
+        "crosswalks": [{**TWO_KEYS, "source": "sqlserver"}]})
+    crosswalk = DatabaseCrosswalk(config.crosswalks, config.crosswalk_sources, LocalSecrets({"MPI_PASSWORD": "pw"}))
+    try:
+        with pytest.raises(RetryLater, match=r"'sqlserver' did not answer for table 'research'"):
+            crosswalk.lookup("research", ("HOSP-A", "Mrn001"))
+    finally:
+        crosswalk.close()
 
 
 def test_sql_server_select_is_quoted_top_1_with_bound_keys():
