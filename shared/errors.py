@@ -22,3 +22,14 @@ class DeliveryRefused(Exception):
 
 class SecretError(LookupError):
     """A secret that cannot be read; the message names the reference, never the value."""
+
+
+class CrosswalkMissing(Unprocessable):
+    """A crosswalk map with ``on_miss: fail`` has no entry for a key: the instance
+    becomes an exception record (the message names the map, never the key)."""
+
+
+class Held(Exception):
+    """The instance cannot go on until an operator acts (a crosswalk map with
+    ``on_miss: hold`` has no entry yet): it is kept as a ``held`` exception record,
+    to be retried once the map has the entry. The message names ids only."""

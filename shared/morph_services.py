@@ -3,7 +3,8 @@
 Both are Protocols so the production implementations (crosswalk databases, Vertex AI
 Gemini through google-genai) plug in later without touching ``shared/morph.py``. Here:
 
-- :class:`InMemoryCrosswalk` serves the ``crosswalks`` tables of the config;
+- :class:`InMemoryCrosswalk` serves the in-memory ``crosswalks`` tables of the config
+  (:class:`shared.adapters.crosswalk_databases.DatabaseCrosswalk` serves those read from databases too);
 - :class:`FakeStandardizer` is deterministic (whitespace and case normalization, closest
   allowed value by :mod:`difflib`) and caches its answers, as the real one will.
 
@@ -17,7 +18,7 @@ import difflib
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Iterable, Literal, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     from shared.config import AppConfig, CrosswalkTable
@@ -27,11 +28,14 @@ if TYPE_CHECKING:  # pragma: no cover
 class Crosswalk(Protocol):
     """Maps a key to a value in a named table."""
 
-    def lookup(self, table_id: str, key: str) -> str | None:
+    def lookup(self, table_id: str, key: str | Sequence[str]) -> str | None:
         """The value for ``key`` in ``table_id``; None when the table has no entry.
+        A map with several key columns (issuer, patient ID) takes a tuple of keys.
 
-        An unknown table is a configuration error (``KeyError``); a transient backend
-        failure should raise :class:`shared.errors.RetryLater`."""
+        A database map may instead follow its ``on_miss``: return its default, or raise
+        :class:`shared.errors.CrosswalkMissing` or :class:`shared.errors.Held`. An
+        unknown table is a configuration error (``KeyError``); a transient backend failure
+        should raise :class:`shared.errors.RetryLater`."""
         ...
 
 
@@ -70,6 +74,8 @@ class InMemoryCrosswalk:
     def __init__(self, tables: Iterable["CrosswalkTable"] = ()):
         self._tables: dict[str, tuple[bool, dict[str, str]]] = {}
         for table in tables:
+            if table.source is not None:  # a database map: shared.adapters.crosswalk_databases serves it
+                continue
             entries = dict(table.entries)
             if table.case_insensitive:
                 entries = {key.casefold(): value for key, value in entries.items()}

@@ -9,6 +9,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from shared.config.base import ActionTagAddress, Doc, Regex, VRName, check_value_any_vr
+from shared.config.crosswalk import query_parameters
 from shared.dicom.tags import parse_path
 from shared.regex import compile_regex
 from shared.templates import check_template, has_fields
@@ -169,9 +170,61 @@ Action = Annotated[
 
 
 class CrosswalkTable(Doc):
-    """An in-memory crosswalk: exact keys to values (external databases come later)."""
+    """A crosswalk map: either in memory (``entries``) or read from a database
+    (``source`` with ``table``, ``keys`` and ``value``, or a parameterized ``query``)."""
 
     id: str = Field(examples=["site-codes"], description="Unique id of the table; `crosswalk` actions name it.")
     entries: dict[str, str] = Field(default_factory=dict, examples=[{"ST MARY HOSP": "SMH"}],
-                                    description="Each key (an exact value) and what it becomes.")
-    case_insensitive: bool = Field(default=False, description="Match keys ignoring case.")
+                                    description="Each key (an exact value) and what it becomes (in-memory tables).")
+    case_insensitive: bool = Field(
+        default=False, description="Match keys ignoring case (a database column whose collation ignores case, "
+                                   "MySQL's default, does so anyway).")
+    source: str | None = Field(default=None, examples=["mpi"],
+                               description="Id of the crosswalk source (database) to look keys up in; none: "
+                                           "`entries`.")
+    table: str | None = Field(default=None, examples=["mrn_map"],
+                              description="The database table holding keys and values (with `source`).")
+    schema_: str | None = Field(default=None, alias="schema", examples=["public"],
+                                description="The schema the table is in; none: the user's default.")
+    keys: list[str] = Field(default_factory=list, min_length=0, max_length=8, examples=[["issuer", "mrn"]],
+                            description="The key columns, in the order of the values looked up (e.g. issuer, then "
+                                        "patient ID); with `query`, the names of its bound parameters.")
+    value: str | None = Field(default=None, examples=["research_id"],
+                              description="The column holding the value a key maps to (with `table`).")
+    query: str | None = Field(
+        default=None, examples=["SELECT research_id FROM mrn_map WHERE issuer = :issuer AND lower(mrn) = :mrn"],
+        description="Instead of `table`: a SELECT whose first column of the first row is the value, with one bound "
+                    "parameter (`:name`) per key; with `case_insensitive` the keys are passed lower-cased.")
+    on_miss: Literal["keep", "fail", "hold", "default"] = Field(
+        default="keep",
+        description="When a database map has no entry: `keep` the value, `fail` into an exception record, `hold` "
+                    "the instance until an operator retries it, or write `default`.")
+    default: str | None = Field(default=None, examples=["UNKNOWN"],
+                                description="The value written for `on_miss: default`.")
+    cache_ttl_s: float = Field(default=300.0, ge=0, le=86400,
+                               description="Seconds a looked-up value (or a miss) is served from the cache; 0: no "
+                                           "cache.")
+    cache_size: int = Field(default=10000, ge=1, le=10_000_000,
+                            description="Most keys kept in the cache of this map.")
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if self.source is None:
+            if self.table or self.query or self.keys or self.value:
+                raise ValueError("`table`, `query`, `keys` and `value` need a `source`")
+            return self
+        if self.entries:
+            raise ValueError("a map with a `source` has no `entries`")
+        if not self.keys:
+            raise ValueError("a database map needs `keys`")
+        if (self.table is None) == (self.query is None):
+            raise ValueError("a database map needs either `table` (with `value`) or `query`")
+        if self.table is not None and not self.value:
+            raise ValueError("a map with `table` needs `value`, the column to read")
+        if self.query is not None:
+            missing = set(self.keys) - query_parameters(self.query)
+            if missing:
+                raise ValueError(f"the query has no bound parameter for {', '.join(sorted(missing))}")
+        if self.on_miss == "default" and self.default is None:
+            raise ValueError("on_miss 'default' needs a default value")
+        return self

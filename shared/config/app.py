@@ -10,6 +10,7 @@ from shared.config.actions import CrosswalkTable
 from shared.config.base import Doc
 from shared.config.checks import LIST_COLLECTIONS, readable, reference_problems
 from shared.config.conditions import Schedule
+from shared.config.crosswalk import CrosswalkSource
 from shared.config.destinations import Destination
 from shared.config.rulesets import DefaultRoute, Ruleset
 from shared.config.settings import Settings
@@ -38,6 +39,8 @@ class AppConfig(Doc):
                                       description="Time windows that rules can be limited to.")
     crosswalks: list[CrosswalkTable] = Field(default_factory=list,
                                              description="Lookup tables for the `crosswalk` action.")
+    crosswalk_sources: list[CrosswalkSource] = Field(
+        default_factory=list, description="Databases that crosswalk maps look their values up in.")
     sources: list[Source] = Field(default_factory=list,
                                   description="Servers polled for new studies, each chosen by its `type`.")
     stow: StowInput = Field(default_factory=StowInput, description="The STOW-RS endpoint that receives instances "

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from shared.config import aliases
 
-LIST_COLLECTIONS = ("listeners", "destinations", "rulesets", "schedules", "crosswalks", "sources")
+LIST_COLLECTIONS = ("listeners", "destinations", "rulesets", "schedules", "crosswalks", "sources", "crosswalk_sources")
 Loc = tuple[Any, ...]
 _ANY_ADDRESS = {"", "0.0.0.0", "::"}
 
@@ -64,6 +64,9 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
         bound.append((host, port))
     ids = {kind: {item["id"] for _, item in _items(data, kind) if isinstance(item.get("id"), str)}
            for kind in LIST_COLLECTIONS}
+    for n, table in _items(data, "crosswalks"):
+        if table.get("source") is not None and _unknown(table.get("source"), ids["crosswalk_sources"]):
+            problems.append((("crosswalks", n, "source"), f"unknown crosswalk source {table.get('source')!r}"))
     for i, ruleset in _items(data, "rulesets"):
         ruleset = aliases.ruleset(ruleset)
         problems += _duplicates(_items(ruleset, "rules"), ("rulesets", i, "rules"))

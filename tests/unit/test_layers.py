@@ -17,7 +17,7 @@ PACKAGES = ("shared", "functions", "scp_gateway")
 CORE_LAYER = 4
 NOT_IN_CORE = ("shared.adapters", "shared.runtime", "shared.inputs", "shared.destinations", "shared.stages",
                "shared.http", "shared.api", "google", "pynetdicom", "httpx", "sqlite3", "flask", "waitress", "fastapi",
-               "starlette", "a2wsgi", "functions_framework")
+               "starlette", "a2wsgi", "functions_framework", "sqlalchemy", "psycopg", "pymysql", "cachetools")
 
 
 def layers() -> list[tuple[int, tuple[str, ...]]]:
