@@ -37,7 +37,9 @@ def _as_service_user(name: str) -> dict:
 
 
 def _own_dir(prefix: str, service_user: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+    # not tempfile's current directory: the embedded runtime points it at its data dir,
+    # which the service user cannot enter
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("TMPDIR") or "/tmp"))
     if os.geteuid() == 0:
         entry = pwd.getpwnam(service_user)
         os.chown(path, entry.pw_uid, entry.pw_gid)
