@@ -37,7 +37,10 @@ done
 EXTRAS=test source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
 set +e
-"$ROOT/.venv/bin/python" -m pytest "$@"
+# one worker per core (AXIOM_TEST_WORKERS=0: none), each taking whole test files, so a
+# file's tests keep their order and its module fixtures; most of the suite waits on
+# peers and processes, so two workers nearly halve the time on 2 cores
+"$ROOT/.venv/bin/python" -m pytest -n "${AXIOM_TEST_WORKERS:-auto}" --dist loadfile "$@"
 rc=$?
 set -e
 if [ $rc -eq 5 ]; then
