@@ -466,7 +466,7 @@ def _split_at_group_length(path) -> tuple:
 
 
 def send_cstore(port: int, cases: list[FuzzCase], work: Path, *, ae_title: str = "AXIOM",
-                dimse_timeout: float = 10.0, stop: threading.Event | None = None) -> list[Answer]:
+                dimse_timeout: float = 30.0, stop: threading.Event | None = None) -> list[Answer]:
     """C-STORE every case's clean file meta + mutated data set as bytes (pynetdicom's
     chunked send), on as few associations as the server leaves open."""
     import pynetdicom.association
