@@ -1,4 +1,4 @@
-"""Cold start of the Cloud Functions entry module (functions/main.py), per target.
+"""Cold start of the Cloud Functions entry modules (functions/main.py, api.py), per target.
 
     .venv/bin/python bench/coldstart.py [--runs 7] [--targets match,api]
 
@@ -6,24 +6,30 @@ Every measurement runs in a fresh interpreter (``python -X importtime`` aside, n
 is shared between runs; the bytecode caches are warm, as in a deployed function after
 its first start). Three figures, each the median, min and max over ``--runs`` runs:
 
-* **import**: ``import main`` with the bundle's layout on ``sys.path`` (functions/ and
-  the repository root, as the bundle puts main.py next to ``shared/``), timed inside the
-  child from just before the import. The same module for every target, so once.
+* **import**: ``import main`` and ``import api`` with the bundle's layout on
+  ``sys.path`` (functions/ and the repository root, as the bundle puts them next to
+  ``shared/``), timed inside the child from just before the import. Under each, the
+  same import of what the module takes from functions-framework alone (:data:`FRAMEWORK`:
+  Flask, and Starlette for api.py): the platform's part of the figure, which Cloud Run
+  loads before the entry module in any case.
 * **ready**: as Cloud Run starts a function: from spawning the interpreter until
-  functions-framework's ``create_app(target=..., source=functions/main.py)`` returned
-  (interpreter start, functions-framework, main.py and the app). Per target.
+  functions-framework's ``create_app(target=..., source=functions/<its file>)``
+  returned (interpreter start, functions-framework, the entry module and the app).
 * **first call**: the imports the target's first call needs, timed in the ready child:
   the target is called once through the app with a real-shaped request (a Pub/Sub push
   CloudEvent, or a POST for the HTTP targets) without ``GOOGLE_CLOUD_PROJECT``, so it
   imports everything it uses and stops where it would build the Google clients
-  (:func:`shared.runtime.gcp.build_ports` raises first). Client creation and the first
-  RPCs are not in it.
+  (:func:`shared.runtime.gcp.build_ports` raises first), then imports the adapters
+  whose clients ``build_ports`` would create (:data:`CLIENTS`), so every run ends with
+  the same modules loaded wherever the code stopped. Client creation and the first RPCs
+  are not in it. **ready + first call** is the cold start a first request pays.
 
 Each figure is given as wall clock and as the child's CPU time (user + system; for
 **ready**, since the interpreter started): on a shared machine the wall clock grows
 with the load, the CPU time much less, so compare CPU times across runs made under
-different loads. Also printed: the load average, and the modules of note that ``import main`` loaded (numpy, pydicom,
-pynetdicom, grpc, google.cloud.*, fastapi, pydantic), from the first run.
+different loads. Also printed: the load average, and the modules of note that each
+entry module's import loaded (numpy, pydicom, pynetdicom, grpc, google.cloud.*,
+fastapi, pydantic, ...), from the first run.
 """
 
 from __future__ import annotations
@@ -38,7 +44,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MAIN = REPO / "functions" / "main.py"
+FUNCTIONS = REPO / "functions"
+# The entry modules (functions/): the file each target is in, if not main.py
+SOURCES = {"api": "api.py"}
+# What each entry module takes from functions-framework: the platform's share of its import
+FRAMEWORK = {"main": ("flask", "functions_framework"), "api": ("flask", "functions_framework", "functions_framework.aio")}
 TARGETS = ("match", "morph", "route", "dead_letter", "release_held", "poll", "ghc_ingest", "stow", "api")
 BLOB = {"bucket": "ingest", "name": "1.2.3.dcm", "generation": "1"}
 # What each CloudEvent target is pushed on its first call: a message it decodes, so the
@@ -54,6 +64,9 @@ PUSHES = {
     "poll": ({"source_id": "pacs"}, {}),
     "ghc_ingest": ("projects/p/locations/l/datasets/d/dicomStores/s/dicomWeb/studies/1/series/2/instances/3", {}),
 }
+# The adapters build_ports creates clients from: the first call imports them too.
+CLIENTS = ("shared.adapters.firestore", "shared.adapters.gcs", "shared.adapters.pubsub",
+           "shared.adapters.secret_manager")
 NOTED = ("numpy", "pydicom", "pynetdicom", "grpc", "google.cloud.firestore", "google.cloud.pubsub",
          "google.cloud.storage", "fastapi", "pydantic", "httpx", "flask", "starlette")
 
@@ -66,13 +79,19 @@ sys.path[:0] = [{functions!r}, {repo!r}]
 out = {{}}
 if mode == "import":
     t, c = time.perf_counter(), time.process_time()
-    import main
+    __import__(target)
     out["import_ms"] = (time.perf_counter() - t) * 1000
     out["import_cpu_ms"] = (time.process_time() - c) * 1000
     out["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in {roots!r} or m in {noted!r})
+elif mode == "framework":
+    t, c = time.perf_counter(), time.process_time()
+    for name in {framework!r}[target]:
+        __import__(name)
+    out["framework_ms"] = (time.perf_counter() - t) * 1000
+    out["framework_cpu_ms"] = (time.process_time() - c) * 1000
 else:
     from functions_framework import create_app
-    app = create_app(target=target, source={main!r})
+    app = create_app(target=target, source={functions!r} + "/" + {sources!r}.get(target, "main.py"))
     out["ready_ms"] = (time.time() - spawned) * 1000
     out["ready_cpu_ms"] = time.process_time() * 1000
     t, c = time.perf_counter(), time.process_time()
@@ -91,6 +110,11 @@ else:
                   "datacontenttype": "application/json", "data": body}}
         status = app.test_client().post("/", json=event,
                                         headers={{"Content-Type": "application/cloudevents+json"}}).status_code
+    # what build_ports imports next (its clients' modules), so that every run, whatever
+    # the code imported before stopping, ends with the same modules loaded
+    import importlib
+    for name in {clients!r}:
+        importlib.import_module(name)
     out["first_call_ms"] = (time.perf_counter() - t) * 1000
     out["first_call_cpu_ms"] = (time.process_time() - c) * 1000
     out["status"] = status
@@ -99,8 +123,9 @@ print(json.dumps(out))
 
 
 def child_source() -> str:
-    return CHILD.format(functions=str(MAIN.parent), repo=str(REPO), main=str(MAIN),
-                        roots=("numpy", "pydicom", "pynetdicom", "grpc", "fastapi", "pydantic"), noted=NOTED)
+    return CHILD.format(functions=str(FUNCTIONS), repo=str(REPO), sources=SOURCES, framework=FRAMEWORK,
+                        roots=("numpy", "pydicom", "pynetdicom", "grpc", "fastapi", "pydantic"), noted=NOTED,
+                        clients=CLIENTS)
 
 
 def run_child(mode: str, target: str) -> dict:
@@ -132,12 +157,16 @@ def main() -> None:
 
     print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}"
           f" on {os.cpu_count()} CPUs; python {sys.version.split()[0]}; {args.runs} runs each")
-    imports = [run_child("import", "-") for _ in range(args.runs)]
-    heavy = [m for m in imports[0]["modules"] if m in NOTED]
-    print(f"import main loads: {', '.join(heavy) or 'none of ' + ', '.join(NOTED)}")
+    imports = {module: [run_child("import", module) for _ in range(args.runs)] for module in FRAMEWORK}
+    for module, runs in imports.items():
+        heavy = [m for m in runs[0]["modules"] if m in NOTED]
+        print(f"import {module} loads: {', '.join(heavy) or 'none of ' + ', '.join(NOTED)}")
     print(f"{'':24} {'wall clock, ms':^23} {'CPU time, ms':^23}")
     print(f"{'':24} {'median':>7} {'min':>7} {'max':>7} {'median':>7} {'min':>7} {'max':>7}")
-    print(f"{'import main':24} {summary(imports, 'import')}")
+    for module, runs in imports.items():
+        print(f"{'import ' + module:24} {summary(runs, 'import')}")
+        framework = [run_child("framework", module) for _ in range(args.runs)]
+        print(f"{'  of which the framework':24} {summary(framework, 'framework')}")
     for target in targets:
         runs = [run_child("app", target) for _ in range(args.runs)]
         print(f"{'ready ' + target:24} {summary(runs, 'ready')}")

@@ -1,6 +1,7 @@
 """Cloud Functions entry points: ``match``, ``morph``, ``route``, ``dead_letter``,
 ``release_held`` and ``poll`` (Cloud Scheduler), ``ghc_ingest`` (Healthcare API DICOM
-store notifications), ``stow`` (HTTP, STOW-RS) and ``api`` (HTTP, the config API).
+store notifications) and ``stow`` (HTTP, STOW-RS). The config API, ``api``, is served
+on ASGI and has its own entry module, functions/api.py (the bundle's ``api.py``).
 
 Each CloudEvent function is fed by a Pub/Sub push (``google.cloud.pubsub.topic.v1.
 messagePublished``). It only decodes the push (:mod:`shared.adapters.pubsub`), gets the
@@ -21,7 +22,7 @@ format (``json``, Cloud Logging's structured entries, unless ``text``). Every li
 logged while a function runs carries the trace of the request that called it.
 
 Cold start: importing this module imports functions-framework, Flask and the logging
-setup only; each function imports what it calls (the stages, pydicom, pydantic models,
+setup only (not Starlette: that is api.py's); each function imports what it calls (the stages, pydicom, pydantic models,
 the inputs) on its first call, and :mod:`shared.runtime.gcp` the Google clients and
 FastAPI when it builds them. An instance serves one function, so it imports that
 function's modules only (docs/architecture.md, "Cold start"; bench/coldstart.py).
@@ -31,16 +32,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import flask
 import functions_framework
-import functions_framework.aio
 
 from shared import logs
 from shared.runtime import gcp
 
-logs.configure(os.environ.get("AXIOM_LOG_LEVEL", "INFO"), os.environ.get("AXIOM_LOG_FORMAT") or "json")
+gcp.configure_logging()
 log = logging.getLogger("axiom.functions")
 
 
@@ -151,28 +150,3 @@ def stow(request):
     from shared.inputs.stow.http import stow_http_function
 
     return stow_http_function(request, gcp.ports())
-
-
-class _ToApp:
-    """What ``api`` answers: functions-framework awaits ``answer(scope, receive, send)``
-    on it (as on a Starlette Response), which hands the request itself, body unread, to
-    ``app``. The scope goes without the function route's own match (its ``{path}``)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        scope = {k: v for k, v in scope.items() if k not in ("path_params", "endpoint", "route")}
-        await self.app(scope, receive, send)
-
-
-@functions_framework.aio.http
-async def api(request):
-    """The config API (:mod:`shared.api`) at the function's URL + ``/api/v1/...``.
-
-    ASGI end to end: functions-framework 3.9 serves a function decorated with
-    ``functions_framework.aio.http`` on Starlette (uvicorn workers under gunicorn when
-    deployed), found without flags, so the FastAPI app needs no WSGI bridge (a2wsgi,
-    as ``serve`` needs for waitress). The app is built once per process over the GCP
-    ports (:func:`shared.runtime.gcp.api`)."""
-    return _ToApp(gcp.api())

@@ -2,8 +2,9 @@
 """Build the Cloud Run functions source bundle: one zip that every function deploys,
 each with its own ``--entry-point`` (docs/architecture.md, "GCP packaging").
 
-The zip holds ``main.py`` at its root (functions/main.py: Cloud Run functions load
-``main.py`` from the source root), the ``shared`` package, and ``requirements.txt``
+The zip holds ``main.py`` and ``api.py`` at its root (functions/: Cloud Run functions
+load ``main.py`` from the source root unless the build's ``GOOGLE_FUNCTION_SOURCE``
+names another file, as the ``api`` function's does), the ``shared`` package, and ``requirements.txt``
 (functions/requirements.lock: exact versions with hashes, installed by the
 functions' build). Nothing else: no tests, bench, docs or byte code.
 
@@ -28,13 +29,17 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "shared"
 # the earliest time a zip entry can carry (DOS dates start in 1980)
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+# functions/ modules shipped at the bundle's root: main.py (Cloud Run functions' default
+# source file) and api.py (the ASGI api, deployed with GOOGLE_FUNCTION_SOURCE=api.py)
+ENTRY_MODULES = ("main.py", "api.py")
 SKIPPED_DIRS = {"__pycache__"}
 SKIPPED_SUFFIXES = {".pyc", ".pyo"}
 
 
 def bundle_files(repo: Path = REPO) -> dict[str, Path]:
     """Archive name -> file, for everything the bundle holds."""
-    files = {"main.py": repo / "functions" / "main.py", "requirements.txt": repo / "functions" / "requirements.lock"}
+    files = {name: repo / "functions" / name for name in ENTRY_MODULES}
+    files["requirements.txt"] = repo / "functions" / "requirements.lock"
     for path in sorted((repo / PACKAGE).rglob("*")):
         rel = path.relative_to(repo)
         if path.is_dir() or SKIPPED_DIRS & set(rel.parts) or path.suffix in SKIPPED_SUFFIXES:

@@ -69,19 +69,20 @@ locals {
     } : k => v if local.healthcare_enabled
   })
 
-  # Every entry point of functions/main.py. push: fed by a Pub/Sub push subscription;
-  # http: called from outside (api, stow). per_request_n: multiples of
-  # max_instance_bytes one request holds in memory (its /tmp), see var.max_instance_bytes.
+  # Every entry point of functions/main.py and functions/api.py (source: its file).
+  # push: fed by a Pub/Sub push subscription; http: called from outside (api, stow).
+  # per_request_n: multiples of max_instance_bytes one request holds in memory (its
+  # /tmp), see var.max_instance_bytes.
   entry_points = {
-    match        = { trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
-    morph        = { trigger = "push", per_request_n = 2, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
-    route        = { trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
-    dead_letter  = { trigger = "push", per_request_n = 0, fixed_mib = 512, concurrency = 10, max_instances = 5, timeout_s = 120 }
-    release_held = { trigger = "push", per_request_n = 0, fixed_mib = 512, concurrency = 1, max_instances = 1, timeout_s = 540 }
-    poll         = { trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 10, timeout_s = 540 }
-    ghc_ingest   = { trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 10, timeout_s = 540 }
-    stow         = { trigger = "http", per_request_n = 2, fixed_mib = null, concurrency = 1, max_instances = 10, timeout_s = 600 }
-    api          = { trigger = "http", per_request_n = 0, fixed_mib = 512, concurrency = 20, max_instances = 5, timeout_s = 300 }
+    match        = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
+    morph        = { source = "main.py", trigger = "push", per_request_n = 2, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
+    route        = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
+    dead_letter  = { source = "main.py", trigger = "push", per_request_n = 0, fixed_mib = 512, concurrency = 10, max_instances = 5, timeout_s = 120 }
+    release_held = { source = "main.py", trigger = "push", per_request_n = 0, fixed_mib = 512, concurrency = 1, max_instances = 1, timeout_s = 540 }
+    poll         = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 10, timeout_s = 540 }
+    ghc_ingest   = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 10, timeout_s = 540 }
+    stow         = { source = "main.py", trigger = "http", per_request_n = 2, fixed_mib = null, concurrency = 1, max_instances = 10, timeout_s = 600 }
+    api          = { source = "api.py", trigger = "http", per_request_n = 0, fixed_mib = 512, concurrency = 20, max_instances = 5, timeout_s = 300 }
   }
   deployed_entry_points = { for e, spec in local.entry_points : e => spec if e != "ghc_ingest" || local.healthcare_enabled }
 
@@ -109,7 +110,7 @@ locals {
     for e in keys(local.entry_points) : e => coalesce(lookup(var.function_source.objects, e, null), var.function_source.object, "functions/${e}.zip")
   }
 
-  # The environment shared/runtime/gcp.py and functions/main.py read
+  # The environment shared/runtime/gcp.py and the entry modules (functions/) read
   function_environment = {
     GOOGLE_CLOUD_PROJECT       = var.project_id
     AXIOM_TOPIC_PREFIX         = var.topic_prefix
@@ -396,6 +397,7 @@ module "function" {
   region             = var.region
   name               = "${var.name_prefix}${replace(each.key, "_", "-")}"
   entry_point        = each.key
+  source_file        = each.value.source
   runtime            = var.function_runtime
   source_bucket      = var.function_source.bucket
   source_object      = local.function_source_object[each.key]

@@ -36,6 +36,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from shared import logs
 from shared.logs import install as install_log_safety
 
 if TYPE_CHECKING:
@@ -47,6 +48,13 @@ DEFAULT_TOPIC_PREFIX = "axiom-"
 _lock = threading.Lock()
 _ports: Ports | None = None
 _api = None  # the API app (FastAPI) over _ports: shared.api.app.create_api
+
+
+def configure_logging(env: Mapping[str, str] | None = None) -> None:
+    """The functions' logging: AXIOM_LOG_LEVEL (INFO), AXIOM_LOG_FORMAT (``json``, Cloud
+    Logging's structured entries, unless ``text``)."""
+    env = os.environ if env is None else env
+    logs.configure(env.get("AXIOM_LOG_LEVEL", "INFO"), env.get("AXIOM_LOG_FORMAT") or "json")
 
 
 def topic_prefix(env: Mapping[str, str] | None = None) -> str:

@@ -1,4 +1,4 @@
-"""The config API as the Cloud Function ``api`` (functions/main.py), served the way
+"""The config API as the Cloud Function ``api`` (functions/api.py), served the way
 functions-framework serves it (``create_app(target="api")``: its ASGI app) over the GCP
 ports on the Firestore emulator and a fake-gcs-server: real CRUD with an admin key made
 by ``axiom-flow users create-admin --gcp``, and the change reaching a GCP stage's
@@ -23,7 +23,7 @@ from tests.support.gcp import PROJECT, unique
 from tests.support.procs import wait_for
 from tests.support.seeds import SEEDS_EXAMPLE
 
-MAIN = str(Path(__file__).parents[2] / "functions" / "main.py")
+SOURCE = str(Path(__file__).parents[2] / "functions" / "api.py")
 STAGE_TTL_S = 2.0
 INGEST = "api-fn-ingest"
 
@@ -48,7 +48,7 @@ def function(firestore_emulator, fake_gcs, monkeypatch, capsys):
     }), docs)
     assert main(["users", "create-admin", "--gcp", "--project", PROJECT, "--email", "ops@example.org"]) == 0
     key = capsys.readouterr().out.strip().splitlines()[-1]
-    app = create_app(target="api", source=MAIN)
+    app = create_app(target="api", source=SOURCE)
     with TestClient(app) as client:
         yield client, {"Authorization": f"Api-Key {key}"}, docs, gcp.build_ports()
 

@@ -56,6 +56,19 @@ print(json.dumps({"status": answer.status_code, "body": answer.get_data(as_text=
                   "shared": shared.__file__, "python": sys.executable}))
 """
 
+# The api function, built from the bundle's api.py as GOOGLE_FUNCTION_SOURCE=api.py
+# makes the buildpack build it; argv: source root, then paths to GET.
+API_DRIVER = r"""
+import json, sys
+source = sys.argv[1]
+sys.path.insert(0, source)
+import functions_framework
+from starlette.testclient import TestClient
+app = functions_framework.create_app(target="api", source=source + "/api.py")
+client = TestClient(app, raise_server_exceptions=False)
+print(json.dumps({path: client.get(path).status_code for path in sys.argv[2:]}))
+"""
+
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> tuple[Path, Path]:
@@ -109,14 +122,18 @@ def deployment(emulators, fake_gcs, tmp_path_factory):
     admin.close()
 
 
-def call(bundle, env: dict, target: str, headers: dict, body: bytes) -> dict:
+def run_driver(bundle, env: dict, driver: str, args: list[str], stdin: str = "") -> dict:
     source, python = bundle
     clean_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"), **env}
-    request = {"target": target, "headers": headers, "body": body.decode()}
-    done = subprocess.run([str(python), "-I", "-c", DRIVER, str(source)], input=json.dumps(request), env=clean_env,
+    done = subprocess.run([str(python), "-I", "-c", driver, str(source), *args], input=stdin, env=clean_env,
                           cwd=source, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def call(bundle, env: dict, target: str, headers: dict, body: bytes) -> dict:
+    request = {"target": target, "headers": headers, "body": body.decode()}
+    return run_driver(bundle, env, DRIVER, [], json.dumps(request))
 
 
 def eventarc_pubsub_event(project: str, topic: str, data: bytes, attributes: dict) -> tuple[dict, bytes]:
@@ -174,3 +191,10 @@ def test_the_bundle_installs_alone_and_its_entry_points_run_the_stages(bundle, d
     assert answer["status"] == 200, answer["body"]
     [delivered] = deployment["archive"].rglob("*.dcm")
     assert delivered.read_bytes() == morphed  # the filesystem destination got the processed object as it is
+
+
+def test_the_bundle_serves_the_config_api_from_its_own_entry_module(bundle, deployment):
+    """api.py, as its function is built (GOOGLE_FUNCTION_SOURCE=api.py): the ASGI app
+    answers, a request without a key is refused after the app read Firestore's users."""
+    answers = run_driver(bundle, deployment["env"], API_DRIVER, ["/api/v1/openapi.json", "/api/v1/me"])
+    assert answers == {"/api/v1/openapi.json": 200, "/api/v1/me": 401}

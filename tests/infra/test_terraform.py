@@ -72,16 +72,18 @@ def variable(name: str) -> dict:
     raise KeyError(name)
 
 
-def entry_points() -> dict[str, str]:
-    """functions/main.py's entry points -> 'push' (CloudEvent) or 'http'."""
-    tree = ast.parse((ROOT / "functions" / "main.py").read_text())
+def entry_points() -> dict[str, tuple[str, str]]:
+    """The entry points of the bundle's entry modules (functions/main.py, api.py) ->
+    (their file, 'push' (CloudEvent) or 'http')."""
     found = {}
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            for dec in node.decorator_list:
-                name = ast.unparse(dec)
-                if name.startswith("functions_framework."):
-                    found[node.name] = "push" if name.endswith("cloud_event") else "http"
+    for source in ("main.py", "api.py"):
+        tree = ast.parse((ROOT / "functions" / source).read_text())
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for dec in node.decorator_list:
+                    name = ast.unparse(dec)
+                    if name.startswith("functions_framework."):
+                        found[node.name] = (source, "push" if name.endswith("cloud_event") else "http")
     return found
 
 
@@ -96,12 +98,16 @@ def test_fmt_clean():
 def test_every_entry_point_is_deployed_with_its_trigger():
     code = entry_points()
     assert {"match", "morph", "route", "dead_letter", "api", "stow"} <= set(code)
-    declared = {e: spec["trigger"] for e, spec in root_locals()["entry_points"].items()}
+    declared = {e: (spec["source"], spec["trigger"]) for e, spec in root_locals()["entry_points"].items()}
     assert declared == code
+    assert code["api"] == ("api.py", "http")
     [function] = [body for _, _, name, body in blocks("module") if name == "function"]
     assert function["source"] == "./modules/function"
     assert "local.deployed_entry_points" in function["for_each"]
     assert function["entry_point"] == "${each.key}"
+    assert function["source_file"] == "${each.value.source}"
+    [built] = [body for _, rtype, _, body in blocks("resource") if rtype == "google_cloudfunctions2_function"]
+    assert built["build_config"][0]["environment_variables"] == {"GOOGLE_FUNCTION_SOURCE": "${var.source_file}"}
     resources = [rtype for path, rtype, _, _ in blocks("resource") if path.parent.name == "function"]
     assert "google_cloudfunctions2_function" in resources
 

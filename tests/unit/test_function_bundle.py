@@ -37,6 +37,7 @@ def test_the_bundle_holds_main_at_its_root_the_core_package_and_the_lock(tmp_pat
     with zipfile.ZipFile(out) as zf:
         names = zf.namelist()
         assert zf.read("main.py") == (REPO / "functions" / "main.py").read_bytes()
+        assert zf.read("api.py") == (REPO / "functions" / "api.py").read_bytes()
         assert zf.read("requirements.txt") == LOCK.read_bytes()
         assert zf.read("shared/stages.py") == (REPO / "shared" / "stages.py").read_bytes()
     assert names == sorted(names)
@@ -50,7 +51,7 @@ def test_one_tree_gives_the_same_bytes_whatever_the_files_times_and_modes(tmp_pa
     copy = tmp_path / "checkout"
     shutil.copytree(REPO / "shared", copy / "shared", ignore=shutil.ignore_patterns("__pycache__"))
     (copy / "functions").mkdir()
-    for name in ("main.py", "requirements.lock"):
+    for name in ("main.py", "api.py", "requirements.lock"):
         shutil.copy2(REPO / "functions" / name, copy / "functions" / name)
     first = build_function_bundle.write_bundle(tmp_path / "a.zip", copy)
     stages = copy / "shared" / "stages.py"

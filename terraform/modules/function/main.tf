@@ -58,13 +58,15 @@ resource "google_cloudfunctions2_function" "function" {
   project      = var.project_id
   location     = var.region
   name         = var.name
-  description  = "Axiom Flow ${var.entry_point} (functions/main.py)"
+  description  = "Axiom Flow ${var.entry_point} (functions/${var.source_file})"
   labels       = var.labels
   kms_key_name = var.kms_key_name
 
   build_config {
     runtime     = var.runtime
     entry_point = var.entry_point
+    # the bundle's file that defines entry_point (the buildpack's default is main.py)
+    environment_variables = { GOOGLE_FUNCTION_SOURCE = var.source_file }
     source {
       storage_source {
         bucket = var.source_bucket

@@ -14,8 +14,19 @@ variable "name" {
 }
 
 variable "entry_point" {
-  description = "The Python function in the bundle's main.py (functions/main.py), e.g. match."
+  description = "The Python function in the bundle's source_file, e.g. match."
   type        = string
+}
+
+variable "source_file" {
+  description = "The bundle's file that defines entry_point: main.py, or api.py for the config API (functions/)."
+  type        = string
+  default     = "main.py"
+
+  validation {
+    condition     = contains(["main.py", "api.py"], var.source_file)
+    error_message = "source_file: main.py or api.py."
+  }
 }
 
 variable "runtime" {
@@ -24,7 +35,7 @@ variable "runtime" {
 }
 
 variable "source_bucket" {
-  description = "Bucket of the source bundle (a zip with main.py at its root)."
+  description = "Bucket of the source bundle (a zip with main.py and api.py at its root)."
   type        = string
 }
 
