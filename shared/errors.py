@@ -24,12 +24,18 @@ class SecretError(LookupError):
     """A secret that cannot be read; the message names the reference, never the value."""
 
 
-class CrosswalkMissing(Unprocessable):
-    """A crosswalk map with ``on_miss: fail`` has no entry for a key: the instance
-    becomes an exception record (the message names the map, never the key)."""
+class LookupFailed(Exception):
+    """A crosswalk or an AI standardization found no value and its policy is ``fail``:
+    the instance is fine, the map or the model is not, so it becomes a ``failed``
+    exception record (not a quarantine), retried once the map has the entry. The
+    message names ids and tags, never the value."""
+
+
+class CrosswalkMissing(LookupFailed):
+    """A crosswalk map with ``on_miss: fail`` has no entry for a key."""
 
 
 class Held(Exception):
     """The instance cannot go on until an operator acts (a crosswalk map with
     ``on_miss: hold`` has no entry yet): it is kept as a ``held`` exception record,
-    to be retried once the map has the entry. The message names ids only."""
+    to be released once the map has the entry. The message names ids only."""

@@ -48,6 +48,8 @@ class BlobRef(Message):
 
 
 _META_PREFIX = "axiom-"
+# The actions whose values come from outside the instance: resolved by the crosswalk stage
+LOOKUP_ACTIONS = frozenset({"crosswalk", "ai_standardize"})
 
 
 class IngestMetadata(Message):
@@ -90,8 +92,27 @@ class RuleRef(Message):
     rule_id: str
 
 
+LookupSource = Literal["table", "miss", "cache", "model", "fallback"]
+
+
+class Lookup(Message):
+    """One answer the crosswalk stage resolved for a plan: for the ``crosswalk`` or
+    ``ai_standardize`` action at index ``action``, the key it read (one value, or the
+    values of the action's ``key_tags``) and the value to write (None: keep the value).
+    ``source``: ``table`` (the map had it), ``miss`` (the map's policy answered), or the
+    standardizer's ``cache``, ``model`` or ``fallback``."""
+
+    action: int
+    key: list[str]
+    value: str | None
+    source: LookupSource
+
+
 class Plan(Message):
-    """What match decided for one received instance."""
+    """What match decided for one received instance. ``lookups``: None until the
+    crosswalk stage resolved the plan's ``crosswalk`` and ``ai_standardize`` actions
+    (a plan without such actions never needs it); morph writes those answers and calls
+    no database or model itself."""
 
     v: Literal[1] = 1
     blob: BlobRef
@@ -101,6 +122,16 @@ class Plan(Message):
     actions: list[dict[str, Any]] = Field(default_factory=list)
     destination_ids: list[str] = Field(default_factory=list)
     log_original_attributes: bool = False
+    lookups: list[Lookup] | None = None
+
+    @property
+    def needs_lookups(self) -> bool:
+        """Whether an action looks a value up (``crosswalk``, ``ai_standardize``)."""
+        return any(action.get("action") in LOOKUP_ACTIONS for action in self.actions)
+
+    @property
+    def unresolved(self) -> bool:
+        return self.lookups is None and self.needs_lookups
 
 
 class Delivery(Message):
@@ -145,11 +176,13 @@ class DeadLetter(Message):
 # topics ``{prefix}{name}`` in GCP, queue topics locally) and where a retried exception
 # record's message goes back to.
 TOPIC_INGEST = "ingest"  # ObjectFinalized: the ingest bucket's notifications -> match
+TOPIC_CROSSWALK = "crosswalk"  # Plan with lookups to resolve -> crosswalk
 TOPIC_PLANNED = "planned"  # Plan -> morph
 TOPIC_DELIVER = "deliver"  # Delivery -> route
 TOPIC_DEAD_LETTER = "dead-letter"  # DeadLetter -> dead_letter
 MESSAGE_OF_TOPIC: dict[str, type[Message]] = {
     TOPIC_INGEST: ObjectFinalized,
+    TOPIC_CROSSWALK: Plan,
     TOPIC_PLANNED: Plan,
     TOPIC_DELIVER: Delivery,
     TOPIC_DEAD_LETTER: DeadLetter,

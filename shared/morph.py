@@ -92,7 +92,7 @@ from shared.dicom.tags import (
     tag_label,
 )
 from shared.dicom.values import check_value_for_vr, to_element_value
-from shared.errors import Unprocessable
+from shared.errors import Held, LookupFailed, Unprocessable
 from shared.morph_services import MorphServices
 from shared.regex import compile_regex
 from shared.templates import has_fields, parse_template, render
@@ -157,8 +157,9 @@ def apply_actions(ds: Dataset, actions: list[dict[str, Any]], services: MorphSer
     appends one item to the Original Attributes Sequence (0400,0561).
 
     Raises :class:`shared.errors.Unprocessable` (naming action and tag) when a value is
-    not valid for its VR, a crosswalk entry is missing with ``on_missing: error``, or no
-    VR is known; :class:`shared.config.ConfigError` when the actions do not validate.
+    not valid for its VR or no VR is known; :class:`shared.errors.LookupFailed` or
+    :class:`shared.errors.Held` when a crosswalk has no entry and its policy says so;
+    :class:`shared.config.ConfigError` when the actions do not validate.
     The dataset may be partly changed when an exception is raised."""
     models = validate_actions(actions)
     run = _Pass(ds, services or MorphServices(), original_attributes)
@@ -572,16 +573,22 @@ class _Pass:
                 self.write(target, to_path, *self.convert(vr, result, literal=False))
 
     def do_crosswalk(self, a: CrosswalkAction) -> None:
-        def answer(key: str, label: str) -> str | None:
+        tag_path = parse_path(a.tag)
+        others = {}  # the other key elements' values, read once (their first value)
+        for address in a.key_tags or ():
+            path = parse_path(address)
+            if path != tag_path:
+                places = self.read_places(path)
+                others[address] = _text(places[0].parent[places[0].tag]) if places else ""
+
+        def answer(value: str, label: str) -> str | None:
+            keys = tuple(value if parse_path(t) == tag_path else others[t] for t in a.key_tags) if a.key_tags else (value,)
             try:
-                result = self.services.crosswalk.lookup(a.table, key)
+                return self.services.crosswalk_value(self.index, a, keys, label)
             except KeyError:
                 raise self.fail(f"unknown crosswalk table {a.table!r}") from None
-            if result is not None:
-                return result
-            if a.on_missing == "error":
-                raise self.fail(f"no entry for the value of {label} in table {a.table!r}")
-            return a.default if a.on_missing == "default" else None
+            except (LookupFailed, Held) as exc:  # the same error, saying which action
+                raise type(exc)(f"action {self.index} ({self.name} {self.where}): {exc}") from None
 
         self._lookup_and_write(a, answer)
 
@@ -589,8 +596,7 @@ class _Pass:
         def answer(value: str, label: str) -> str | None:
             if not value.strip():
                 return None
-            return self.services.standardizer.standardize(a.kind, value, allowed=a.allowed,
-                                                          instructions=a.instructions)
+            return self.services.standardized_value(self.index, a, value)
 
         self._lookup_and_write(a, answer)
 

@@ -1,12 +1,15 @@
-"""Services the morph actions call out to: crosswalk tables and the AI standardizer.
+"""Services the ``crosswalk`` and ``ai_standardize`` actions get their values from.
 
-Both are Protocols so the production implementations (crosswalk databases, Vertex AI
-Gemini through google-genai) plug in later without touching ``shared/morph.py``. Here:
+The crosswalk stage (:func:`shared.stages.crosswalk`) runs a plan's actions with live
+services and records every answer (:class:`MorphServices` with ``record=True``); morph
+runs them again over those answers only (``resolved``), so it calls no database or
+model and a re-run writes the same bytes. Both are Protocols:
 
 - :class:`InMemoryCrosswalk` serves the in-memory ``crosswalks`` tables of the config
   (:class:`shared.adapters.crosswalk_databases.DatabaseCrosswalk` serves those read from databases too);
 - :class:`FakeStandardizer` is deterministic (whitespace and case normalization, closest
-  allowed value by :mod:`difflib`) and caches its answers, as the real one will.
+  allowed value by :mod:`difflib`) and caches its answers, as the Vertex AI one
+  (:mod:`shared.vertex_standardizer`) does.
 
 Values passed to these services are often PHI (a Patient ID is a crosswalk key):
 implementations must never log them or put them into exception messages.
@@ -18,10 +21,14 @@ import difflib
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
+
+from shared.errors import CrosswalkMissing, Held
+from shared.messages import Lookup
 
 if TYPE_CHECKING:  # pragma: no cover
     from shared.config import AppConfig, CrosswalkTable
+    from shared.config.actions import AIStandardizeAction, CrosswalkAction
 
 
 @runtime_checkable
@@ -32,10 +39,9 @@ class Crosswalk(Protocol):
         """The value for ``key`` in ``table_id``; None when the table has no entry.
         A map with several key columns (issuer, patient ID) takes a tuple of keys.
 
-        A database map may instead follow its ``on_miss``: return its default, or raise
-        :class:`shared.errors.CrosswalkMissing` or :class:`shared.errors.Held`. An
-        unknown table is a configuration error (``KeyError``); a transient backend failure
-        should raise :class:`shared.errors.RetryLater`."""
+        A miss is None whatever the map's ``on_miss`` (:class:`MorphServices` applies
+        it). An unknown table is a configuration error (``KeyError``); a transient backend
+        failure raises :class:`shared.errors.RetryLater`."""
         ...
 
 
@@ -51,8 +57,8 @@ class Standardizer(Protocol):
     arguments (temperature 0 plus a cache) so a re-run morph writes the same bytes, and
     should raise :class:`shared.errors.RetryLater` on quota or network errors."""
 
-    def standardize(self, kind: str, value: str, *, allowed: list[str] | None = None,
-                    instructions: str | None = None) -> str:
+    def answer(self, kind: str, value: str, *, allowed: list[str] | None = None,
+               instructions: str | None = None) -> "Standardized":
         ...
 
 
@@ -109,16 +115,20 @@ class FakeStandardizer:
 
     def standardize(self, kind: str, value: str, *, allowed: list[str] | None = None,
                     instructions: str | None = None) -> str:
+        return self.answer(kind, value, allowed=allowed, instructions=instructions).value
+
+    def answer(self, kind: str, value: str, *, allowed: list[str] | None = None,
+               instructions: str | None = None) -> Standardized:
         key = (kind, value, tuple(allowed) if allowed is not None else None, instructions)
         with self._lock:
             cached = self._cache.get(key)
         if cached is not None:
-            return cached
+            return Standardized(cached, "cache")
         answer = self._answer(value, allowed)
         with self._lock:
             self.calls += 1
             self._cache[key] = answer
-        return answer
+        return Standardized(answer, "model")
 
     def _answer(self, value: str, allowed: list[str] | None) -> str:
         normalized = _SPACES.sub(" ", value).strip().upper()
@@ -133,17 +143,80 @@ class FakeStandardizer:
         return by_upper[close[0]] if close else normalized
 
 
+class Unresolved(LookupError):
+    """Morph met a lookup the crosswalk stage did not resolve (a bug, never the data:
+    both run the same actions over the same immutable object)."""
+
+
 @dataclass
 class MorphServices:
-    """What the morph actions need besides the dataset. The stage builds one per config
-    (``MorphServices.from_config``) and passes it to :func:`shared.morph.apply_actions`."""
+    """Where the ``crosswalk`` and ``ai_standardize`` actions get their values.
+
+    Live (the crosswalk stage, the rule test): ``crosswalk`` and ``standardizer`` are
+    asked, a miss follows the action's ``on_missing`` or else its table's ``on_miss``
+    (``tables``), and with ``record`` every answer is kept in ``recorded``. Resolved
+    (morph): ``resolved`` holds the crosswalk stage's answers and nothing is asked."""
 
     crosswalk: Crosswalk = field(default_factory=InMemoryCrosswalk)
     standardizer: Standardizer = field(default_factory=FakeStandardizer)
+    tables: Mapping[str, "CrosswalkTable"] = field(default_factory=dict)
+    resolved: Sequence[Lookup] | None = None
+    record: bool = False
+    recorded: list[Lookup] = field(default_factory=list)
 
     @classmethod
-    def from_config(cls, config: "AppConfig", *, standardizer: Standardizer | None = None) -> "MorphServices":
-        """In-memory crosswalk over ``config.crosswalks``; the fake standardizer unless
-        one is given (the Vertex AI one, later)."""
-        return cls(crosswalk=InMemoryCrosswalk(config.crosswalks),
-                   standardizer=standardizer if standardizer is not None else FakeStandardizer())
+    def from_config(cls, config: "AppConfig", *, crosswalk: Crosswalk | None = None,
+                    standardizer: Standardizer | None = None) -> "MorphServices":
+        """Live services for ``config``: the given crosswalk (default: its in-memory
+        tables) and standardizer (default: the deterministic fake)."""
+        return cls(crosswalk=crosswalk if crosswalk is not None else InMemoryCrosswalk(config.crosswalks),
+                   standardizer=standardizer if standardizer is not None else FakeStandardizer(),
+                   tables={table.id: table for table in config.crosswalks})
+
+    @classmethod
+    def from_lookups(cls, lookups: Sequence[Lookup]) -> "MorphServices":
+        return cls(resolved=list(lookups))
+
+    def recording(self) -> "MorphServices":
+        """The same services, keeping every answer in a fresh ``recorded``."""
+        return MorphServices(crosswalk=self.crosswalk, standardizer=self.standardizer, tables=self.tables,
+                             record=True)
+
+    def crosswalk_value(self, index: int, action: "CrosswalkAction", keys: tuple[str, ...], label: str) -> str | None:
+        """What the action at ``index`` writes for ``keys`` (None: keep the value).
+        Raises :class:`CrosswalkMissing` or :class:`Held` on a miss whose policy says
+        so; ``KeyError`` for an unknown table."""
+        if self.resolved is not None:
+            return self._resolved(index, keys)
+        found = self.crosswalk.lookup(action.table, keys[0] if len(keys) == 1 else keys)
+        if found is not None:
+            return self._keep(Lookup(action=index, key=list(keys), value=found, source="table"))
+        table = self.tables.get(action.table)
+        policy = action.on_missing or (table.on_miss if table is not None else "keep")
+        if policy == "default":
+            default = action.default if action.on_missing else table.default
+            return self._keep(Lookup(action=index, key=list(keys), value=default, source="miss"))
+        if policy in ("fail", "error"):
+            raise CrosswalkMissing(f"crosswalk table {action.table!r} has no entry for the value of {label}")
+        if policy == "hold":
+            raise Held(f"crosswalk table {action.table!r} has no entry yet for the value of {label}")
+        return self._keep(Lookup(action=index, key=list(keys), value=None, source="miss"))
+
+    def standardized_value(self, index: int, action: "AIStandardizeAction", value: str) -> str:
+        """What the ``ai_standardize`` action at ``index`` writes for ``value``."""
+        if self.resolved is not None:
+            return self._resolved(index, (value,))
+        answer = self.standardizer.answer(action.kind, value, allowed=action.allowed,
+                                          instructions=action.instructions)
+        return self._keep(Lookup(action=index, key=[value], value=answer.value, source=answer.source))
+
+    def _keep(self, lookup: Lookup) -> str | None:
+        if self.record:
+            self.recorded.append(lookup)
+        return lookup.value
+
+    def _resolved(self, index: int, keys: tuple[str, ...]) -> str | None:
+        for lookup in self.resolved:
+            if lookup.action == index and tuple(lookup.key) == keys:
+                return lookup.value
+        raise Unresolved(f"action {index} has no resolved value for this key")

@@ -111,7 +111,7 @@ class VertexStandardizer:
     def answer(self, kind: str, value: str, *, allowed: list[str] | None = None,
                instructions: str | None = None) -> Standardized:
         """The standardized value and whether it came from the cache, the model or the
-        fallback. Raises Unprocessable (fallback ``fail``) or RetryLater (``hold``)."""
+        fallback. Raises LookupFailed (fallback ``fail``) or RetryLater (``hold``)."""
         guidance = "\n".join(text for text in (self.settings.instructions, instructions) if text) or None
         key = cache_key(self.settings.model, kind, value, allowed, guidance)
         hashed = value_hash(value)
@@ -159,7 +159,7 @@ class VertexStandardizer:
         fallback = self.settings.fallback
         log.warning("standardizer: %s value %s takes the fallback %r: %s", kind, hashed, fallback, reason)
         if fallback == "fail":
-            raise Unprocessable(f"AI standardization of a {kind} value failed: {reason}")
+            raise LookupFailed(f"AI standardization of a {kind} value failed: {reason}")
         if fallback == "hold":
             delay = self._seconds_to_tomorrow() if budget_spent else HOLD_DELAY_S  # a budget renews at 00:00 UTC
             raise RetryLater(f"AI standardization of a {kind} value waits: {reason}", delay_s=delay)

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Executable
 
-from shared.errors import CrosswalkMissing, Held, RetryLater, SecretError
+from shared.errors import RetryLater, SecretError
 from shared.morph_services import InMemoryCrosswalk
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,9 +88,8 @@ class DatabaseCrosswalk:
     """The crosswalk over every configured map: in-memory tables from their entries,
     database maps through their source (see the module docstring).
 
-    ``lookup`` returns the value, or on a miss follows the map's ``on_miss``: None
-    (``keep``), the ``default``, :class:`~shared.errors.CrosswalkMissing` (``fail``) or
-    :class:`~shared.errors.Held` (``hold``). ``timer`` is the cache's clock."""
+    ``lookup`` returns the value, or None on a miss (the map's ``on_miss`` is applied by
+    :class:`shared.morph_services.MorphServices`). ``timer`` is the cache's clock."""
 
     def __init__(self, tables: Iterable["CrosswalkTable"], sources: Iterable["CrosswalkSource"],
                  secrets: "Secrets", *, timer: Callable[[], float] = time.monotonic):
@@ -118,8 +117,7 @@ class DatabaseCrosswalk:
         keys = _as_keys(key)
         if len(keys) != len(entry.spec.keys):
             raise ValueError(f"crosswalk table {table_id!r} takes {len(entry.spec.keys)} key(s), got {len(keys)}")
-        value = self._cached_or_queried(entry, keys)
-        return value if value is not None else self._miss(entry.spec)
+        return self._cached_or_queried(entry, keys)
 
     # --- the rest ---------------------------------------------------------------------
 
@@ -174,16 +172,6 @@ class DatabaseCrosswalk:
         if row is None or row[0] is None:
             return None
         return str(row[0])
-
-    @staticmethod
-    def _miss(spec: "CrosswalkTable") -> str | None:
-        if spec.on_miss == "default":
-            return spec.default
-        if spec.on_miss == "fail":
-            raise CrosswalkMissing(f"crosswalk table {spec.id!r} has no entry for the key")
-        if spec.on_miss == "hold":
-            raise Held(f"crosswalk table {spec.id!r} has no entry for the key yet")
-        return None
 
 
 def make_engine(source: "CrosswalkSource", secrets: "Secrets") -> Engine:

@@ -131,10 +131,16 @@ class CrosswalkAction(_TagAction):
     table: str = Field(examples=["site-codes"], description="Id of the crosswalk table.")
     to: ActionTagAddress | None = Field(default=None, examples=["InstitutionCodeSequence[0].CodeValue"],
                                         description="The element written; none: `tag` itself.")
-    on_missing: Literal["keep", "error", "default"] = Field(
-        default="keep",
-        description="When the table has no entry: `keep` the value, stop with an `error` (an exception record), "
-                    "or write `default`.")
+    key_tags: list[ActionTagAddress] | None = Field(
+        default=None, min_length=1, max_length=8, examples=[["IssuerOfPatientID", "PatientID"]],
+        description="The elements whose values make the key, in the order of the table's `keys` (e.g. the issuer, "
+                    "then `tag`); `tag` itself gives the value of the place being written. None: `tag`'s value "
+                    "alone.")
+    on_missing: Literal["keep", "fail", "error", "hold", "default"] | None = Field(
+        default=None,
+        description="When the table has no entry: `keep` the value, `fail` into an exception record (`error` is "
+                    "the older spelling), `hold` the instance until an operator releases it, or write `default`. "
+                    "None: the table's `on_miss`.")
     default: str | None = Field(default=None, examples=["UNKNOWN"],
                                 description="The value written for `on_missing: default`.")
 
@@ -197,8 +203,9 @@ class CrosswalkTable(Doc):
                     "parameter (`:name`) per key; with `case_insensitive` the keys are passed lower-cased.")
     on_miss: Literal["keep", "fail", "hold", "default"] = Field(
         default="keep",
-        description="When a database map has no entry: `keep` the value, `fail` into an exception record, `hold` "
-                    "the instance until an operator retries it, or write `default`.")
+        description="When the map has no entry for a key: `keep` the value, `fail` into an exception record, "
+                    "`hold` the instance until an operator releases it, or write `default`. An action's "
+                    "`on_missing` overrides it.")
     default: str | None = Field(default=None, examples=["UNKNOWN"],
                                 description="The value written for `on_miss: default`.")
     cache_ttl_s: float = Field(default=300.0, ge=0, le=86400,
@@ -209,6 +216,8 @@ class CrosswalkTable(Doc):
 
     @model_validator(mode="after")
     def _one_kind(self):
+        if self.on_miss == "default" and self.default is None:
+            raise ValueError("on_miss 'default' needs a default value")
         if self.source is None:
             if self.table or self.query or self.keys or self.value:
                 raise ValueError("`table`, `query`, `keys` and `value` need a `source`")
@@ -225,6 +234,9 @@ class CrosswalkTable(Doc):
             missing = set(self.keys) - query_parameters(self.query)
             if missing:
                 raise ValueError(f"the query has no bound parameter for {', '.join(sorted(missing))}")
-        if self.on_miss == "default" and self.default is None:
-            raise ValueError("on_miss 'default' needs a default value")
         return self
+
+    @property
+    def key_count(self) -> int:
+        """How many values a key has (an in-memory table: one)."""
+        return len(self.keys) if self.source is not None else 1

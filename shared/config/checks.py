@@ -64,9 +64,12 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
         bound.append((host, port))
     ids = {kind: {item["id"] for _, item in _items(data, kind) if isinstance(item.get("id"), str)}
            for kind in LIST_COLLECTIONS}
+    key_counts = {}  # crosswalk table id -> values in a key
     for n, table in _items(data, "crosswalks"):
         if table.get("source") is not None and _unknown(table.get("source"), ids["crosswalk_sources"]):
             problems.append((("crosswalks", n, "source"), f"unknown crosswalk source {table.get('source')!r}"))
+        if isinstance(table.get("id"), str):
+            key_counts[table["id"]] = len(_list(table.get("keys"))) if table.get("source") is not None else 1
     for i, ruleset in _items(data, "rulesets"):
         ruleset = aliases.ruleset(ruleset)
         problems += _duplicates(_items(ruleset, "rules"), ("rulesets", i, "rules"))
@@ -76,8 +79,17 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
             if schedule is not None and _unknown(schedule, ids["schedules"]):
                 problems.append(((*at, "schedule"), f"unknown schedule {schedule!r}"))
             for n, action in _items(rule, "actions"):
-                if action.get("action") == "crosswalk" and _unknown(action.get("table"), ids["crosswalks"]):
+                if action.get("action") != "crosswalk":
+                    continue
+                if _unknown(action.get("table"), ids["crosswalks"]):
                     problems.append(((*at, "actions", n, "table"), f"unknown crosswalk table {action.get('table')!r}"))
+                elif isinstance(action.get("table"), str) and action["table"] in key_counts:
+                    given = len(_list(action.get("key_tags"))) or 1
+                    wanted = key_counts[action["table"]]
+                    if given != wanted:
+                        problems.append(((*at, "actions", n, "key_tags"),
+                                         f"crosswalk table {action['table']!r} takes {wanted} key value(s), "
+                                         f"the action gives {given}"))
             for n, dest in enumerate(_list(rule.get("destinations"))):
                 if _unknown(dest, ids["destinations"]):
                     problems.append(((*at, "destinations", n), f"unknown destination {dest!r}"))

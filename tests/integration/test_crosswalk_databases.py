@@ -150,18 +150,30 @@ def test_cache_is_bounded_by_its_size(server):
         crosswalk.close()
 
 
-def test_misses_follow_on_miss(server):
-    crosswalk = _crosswalk(server, {**TWO_KEYS, "id": "fail", "on_miss": "fail"},
-                           {**TWO_KEYS, "id": "hold", "on_miss": "hold"},
-                           {**TWO_KEYS, "id": "default", "on_miss": "default", "default": "UNMAPPED"})
+def test_a_miss_is_none_and_the_maps_on_miss_decides_what_morph_writes(server):
+    specs = [{**TWO_KEYS, "id": "fail", "on_miss": "fail"}, {**TWO_KEYS, "id": "hold", "on_miss": "hold"},
+             {**TWO_KEYS, "id": "default", "on_miss": "default", "default": "UNMAPPED"}]
+    crosswalk = _crosswalk(server, *specs)
+    services = MorphServices(crosswalk=crosswalk, tables={s["id"]: CrosswalkTable.model_validate(s) for s in specs})
+    key_tags = ["IssuerOfPatientID", "PatientID"]
     try:
+        assert crosswalk.lookup("fail", ("HOSP-A", "Secret-MRN")) is None
+        ds = Dataset()
+        ds.IssuerOfPatientID, ds.PatientID = "HOSP-A", "Secret-MRN"
         with pytest.raises(CrosswalkMissing) as failed:
-            crosswalk.lookup("fail", ("HOSP-A", "Secret-MRN"))
+            apply_actions(ds, [{"action": "crosswalk", "tag": "PatientID", "table": "fail", "key_tags": key_tags}],
+                          services)
         with pytest.raises(Held) as held:
-            crosswalk.lookup("hold", ("HOSP-A", "Secret-MRN"))
+            apply_actions(ds, [{"action": "crosswalk", "tag": "PatientID", "table": "hold", "key_tags": key_tags}],
+                          services)
         assert "Secret-MRN" not in str(failed.value) + str(held.value)
-        assert crosswalk.lookup("default", ("HOSP-A", "Secret-MRN")) == "UNMAPPED"
-        assert crosswalk.lookup("fail", ("HOSP-A", "Mrn001")) == "R-0001"
+        apply_actions(ds, [{"action": "crosswalk", "tag": "PatientID", "table": "default", "key_tags": key_tags}],
+                      services)
+        assert ds.PatientID == "UNMAPPED"
+        ds.PatientID = "Mrn001"
+        apply_actions(ds, [{"action": "crosswalk", "tag": "PatientID", "table": "fail", "key_tags": key_tags}],
+                      services)
+        assert ds.PatientID == "R-0001"
     finally:
         crosswalk.close()
 
@@ -220,7 +232,9 @@ def test_morph_crosswalk_action_writes_the_value_from_the_database(server):
         ds.PatientID = "unknown"
         with pytest.raises(CrosswalkMissing):
             apply_actions(ds, [{"action": "crosswalk", "tag": "PatientID", "table": "strict"}],
-                          MorphServices(crosswalk=crosswalk))
+                          MorphServices(crosswalk=crosswalk, tables={"strict": CrosswalkTable.model_validate(
+                              {"id": "strict", "source": "mpi", "table": "Mrn_Map", "keys": ["mrn"],
+                               "value": "research_id", "on_miss": "fail"})}))
         assert ds.PatientID == "unknown"
     finally:
         crosswalk.close()

@@ -16,7 +16,7 @@ from google.oauth2.credentials import Credentials
 from shared.adapters.sqlite import SQLiteDatabase, SQLiteDocumentStore
 from shared.config import AppConfig
 from shared.config.settings import AIStandardizer
-from shared.errors import RetryLater, Unprocessable
+from shared.errors import LookupFailed, RetryLater
 from shared.morph_services import FakeStandardizer, Standardized
 from shared.vertex_standardizer import BUDGET, VertexStandardizer, standardizer_from_config, value_hash
 
@@ -191,7 +191,7 @@ def test_a_server_error_takes_the_fallback(vertex, store):
     assert standardizer(vertex, store()).answer("free_text", VALUE, allowed=ALLOWED) == Standardized(
         VALUE, "fallback", "the model is unavailable (ServerError 503)")
     assert len(vertex.requests) == 1  # no retries: the fallback (or a hold) decides what happens next
-    with pytest.raises(Unprocessable, match="unavailable"):
+    with pytest.raises(LookupFailed, match="unavailable"):
         standardizer(vertex, store(), fallback="fail").answer("free_text", VALUE, allowed=ALLOWED)
     with pytest.raises(RetryLater, match="unavailable") as held:
         standardizer(vertex, store(), fallback="hold").answer("free_text", VALUE, allowed=ALLOWED)

@@ -20,10 +20,10 @@ from pydicom.dataset import Dataset
 from shared.config import Action, ConfigError, CrosswalkTable, parse_config
 from shared.dicom.original_attributes import OriginalAttributesPolicy
 from shared.dicom.tags import locate, parse_path
-from shared.errors import Unprocessable
+from shared.errors import CrosswalkMissing, Held, Unprocessable
 from shared.morph import ACTIONS as ACTION_CODE
 from shared.morph import Change, _text, apply_actions, validate_actions
-from shared.morph_services import FakeStandardizer, InMemoryCrosswalk, MorphServices
+from shared.morph_services import FakeStandardizer, InMemoryCrosswalk, MorphServices, Unresolved
 
 _FILES: dict[str, Dataset] = {}
 
@@ -266,13 +266,73 @@ def test_crosswalk_missing_entry_modes_and_no_phi_in_message():
                         "default": "UNKNOWN"}], services)
     assert ds.PatientID == "UNKNOWN"
 
+    for spelling in ("error", "fail"):
+        ds = load("CT_small.dcm")
+        with pytest.raises(CrosswalkMissing) as err:
+            apply_actions(ds, [{"action": "crosswalk", "tag": "PatientID", "table": "exact", "on_missing": spelling}],
+                          services)
+        assert str(err.value) == ("action 0 (crosswalk PatientID): crosswalk table 'exact' has no entry for the "
+                                  "value of PatientID")
+        assert "1CT1" not in str(err.value)
+    with pytest.raises(Held, match="action 0 .* no entry yet"):
+        apply_actions(load("CT_small.dcm"), [{"action": "crosswalk", "tag": "PatientID", "table": "exact",
+                                              "on_missing": "hold"}], services)
+
+
+def test_a_miss_follows_the_tables_on_miss_unless_the_action_says_otherwise():
+    tables = [CrosswalkTable(id="strict", entries={}, on_miss="fail"),
+              CrosswalkTable(id="fallback", entries={}, on_miss="default", default="UNMAPPED")]
+    services = MorphServices(crosswalk=InMemoryCrosswalk(tables), tables={t.id: t for t in tables})
+    with pytest.raises(CrosswalkMissing):
+        apply_actions(load("CT_small.dcm"), [{"action": "crosswalk", "tag": "PatientID", "table": "strict"}], services)
     ds = load("CT_small.dcm")
-    with pytest.raises(Unprocessable) as err:
-        apply_actions(ds, [{"action": "crosswalk", "tag": "PatientID", "table": "exact", "on_missing": "error"}],
-                      services)
-    assert str(err.value) == ("action 0 (crosswalk PatientID): no entry for the value of PatientID "
-                              "in table 'exact'")
-    assert "1CT1" not in str(err.value)
+    apply_actions(ds, [{"action": "crosswalk", "tag": "PatientID", "table": "fallback"}], services)
+    assert ds.PatientID == "UNMAPPED"
+    ds = load("CT_small.dcm")
+    apply_actions(ds, [{"action": "crosswalk", "tag": "PatientID", "table": "strict", "on_missing": "keep"}], services)
+    assert ds.PatientID == "1CT1"
+
+
+class _TwoKeys:
+    """A crosswalk keyed by (issuer, patient ID), as a database map with two key columns."""
+
+    def lookup(self, table_id, key):
+        return {("HOSP-A", "1CT1"): "R-A", ("HOSP-B", "1CT1"): "R-B"}.get(tuple(key))
+
+
+def test_key_tags_make_a_key_of_several_elements_in_their_order():
+    for issuer, expected in (("HOSP-A", "R-A"), ("HOSP-B", "R-B")):
+        ds = load("CT_small.dcm")
+        ds.IssuerOfPatientID = issuer
+        apply_actions(ds, [{"action": "crosswalk", "tag": "PatientID", "table": "research",
+                            "key_tags": ["IssuerOfPatientID", "PatientID"]}], MorphServices(crosswalk=_TwoKeys()))
+        assert ds.PatientID == expected
+
+
+def test_recorded_answers_are_what_morph_writes_without_asking_again():
+    """The crosswalk stage records; morph, given the records only, writes the same."""
+    tables = [CrosswalkTable(id="ids", entries={"1CT1": "MAPPED"})]
+    actions = [{"action": "set", "tag": "StudyDescription", "value": "  head   ct "},
+               {"action": "crosswalk", "tag": "PatientID", "table": "ids"},
+               {"action": "ai_standardize", "tag": "StudyDescription", "kind": "study_description"}]
+    live = MorphServices(crosswalk=InMemoryCrosswalk(tables)).recording()
+    first = load("CT_small.dcm")
+    apply_actions(first, actions, live)
+    assert [(lk.action, lk.key, lk.value, lk.source) for lk in live.recorded] == [
+        (1, ["1CT1"], "MAPPED", "table"), (2, ["  head   ct "], "HEAD CT", "model")]
+
+    class Refuses:
+        def lookup(self, table_id, key):
+            raise AssertionError("morph asked the crosswalk")
+
+    second = load("CT_small.dcm")
+    apply_actions(second, actions, MorphServices(crosswalk=Refuses(), resolved=live.recorded))
+    assert (second.PatientID, second.StudyDescription) == (first.PatientID, first.StudyDescription) == (
+        "MAPPED", "HEAD CT")
+    with pytest.raises(Unresolved):
+        other = load("CT_small.dcm")
+        other.PatientID = "OTHER"
+        apply_actions(other, actions, MorphServices.from_lookups(live.recorded))
 
 
 def test_invalid_value_at_run_time_names_action_and_tag_without_the_value():
