@@ -13,7 +13,7 @@ in :data:`BUDGET`, raised with the store's atomic ``increment`` before each call
 concurrent workers never spend more than the budget), a per-process rate (calls per
 minute) and a timeout. When the budget is spent, the model fails or is slow, or it
 answers outside the allowed list, the configured fallback is taken: ``keep`` the value,
-a ``default``, ``fail`` (:class:`~shared.errors.Unprocessable`: an exception record) or
+a ``default``, ``fail`` (:class:`~shared.errors.LookupFailed`: an exception record) or
 ``hold`` (:class:`~shared.errors.RetryLater`: the stage tries again later). Fallback
 answers are not cached: the model is asked again once it can answer.
 
@@ -34,7 +34,7 @@ from collections import deque
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
-from shared.errors import RetryLater, Unprocessable
+from shared.errors import LookupFailed, RetryLater
 from shared.logs import describe_error
 from shared.morph_services import FakeStandardizer, Standardized, Standardizer
 from shared.ports import DocumentStore
