@@ -1,4 +1,4 @@
-"""Cloud Functions entry points: ``match``, ``morph``, ``route``, ``dead_letter``,
+"""Cloud Functions entry points: ``match``, ``crosswalk``, ``morph``, ``route``, ``dead_letter``,
 ``release_held`` and ``poll`` (Cloud Scheduler), ``ghc_ingest`` (Healthcare API DICOM
 store notifications) and ``stow`` (HTTP, STOW-RS). The config API, ``api``, is served
 on ASGI and has its own entry module, functions/api.py (the bundle's ``api.py``).
@@ -12,6 +12,7 @@ subscription's max delivery attempts, forwards it to the dead-letter topic, whos
 function turns it into an exception record.
 
     ${prefix}ingest   (GCS OBJECT_FINALIZE notifications) -> match
+    ${prefix}crosswalk -> crosswalk (plans with crosswalk or ai_standardize actions)
     ${prefix}planned  -> morph
     ${prefix}deliver  -> route
     ${prefix}dead-letter -> dead_letter
@@ -75,6 +76,18 @@ def match(cloud_event) -> None:
     event = pubsub.object_finalized(Push.from_cloud_event(cloud_event))
     if event is not None:
         stages.match(gcp.ports(), event)
+
+
+@functions_framework.cloud_event
+@_traced
+def crosswalk(cloud_event) -> None:
+    """A plan whose actions look values up -> the same plan with their answers. The one
+    function with access to the crosswalk databases and the model."""
+    from shared import stages
+    from shared.adapters.pubsub import Push
+    from shared.messages import Plan
+
+    stages.crosswalk(gcp.ports(), Push.from_cloud_event(cloud_event).message(Plan))
 
 
 @functions_framework.cloud_event

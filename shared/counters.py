@@ -16,7 +16,14 @@ acknowledged, not sent), ``failed`` (failed or refused: an exception record) and
 ``holds`` (held for a disabled or missing destination), and keeps ``held`` (held
 now: up on a hold, down on its release, retry or archive). ``queued`` is derived:
 enqueued less what ended (delivered, duplicate, failed, holds). Each document keeps
-its last error and when. Counts are totals since the data dir (or the Firestore
+its last error and when.
+
+The crosswalk stage counts its lookups (:func:`count_lookups`): ``crosswalk:<table>``
+counts ``lookups``, ``hits`` (the map had the key), ``misses`` and ``cache_hits``
+(answered from the map's cache, not its database); ``standardizer:ai`` counts
+``lookups``, ``cache_hits``, ``model_calls`` with their total ``model_ms``, and
+``fallbacks``. The snapshot adds the hit rates, the mean model latency and, with a
+model configured, the calls left in today's budget. Counts are totals since the data dir (or the Firestore
 database) was new; a stage message redelivered after a crash may count twice (the
 stages are at-least-once), so they are for operators, not for accounting."""
 
@@ -25,7 +32,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from shared.messages import IngestMetadata
+from shared.messages import IngestMetadata, Lookup
 from shared.ports import DocumentStore, Ports
 
 log = logging.getLogger(__name__)
@@ -36,6 +43,10 @@ DESTINATION = "destination"
 ORIGIN_FIELDS = ("received", "processed", "quarantined", "held")
 LISTENER_FIELDS = (*ORIGIN_FIELDS, "refused")
 DESTINATION_FIELDS = ("enqueued", "delivered", "duplicate", "failed", "holds", "held")
+CROSSWALK = "crosswalk"
+CROSSWALK_FIELDS = ("lookups", "hits", "misses", "cache_hits")
+STANDARDIZER = "standardizer:ai"
+STANDARDIZER_FIELDS = ("lookups", "cache_hits", "model_calls", "model_ms", "fallbacks")
 
 
 def origin_of(ingest: IngestMetadata | None) -> str:
@@ -72,25 +83,51 @@ def listener(listener_id: str) -> str:
     return f"listener:{listener_id}"
 
 
+def count_lookups(ports: Ports, actions: list[dict], lookups: list[Lookup]) -> None:
+    """Count what the crosswalk stage looked up for one plan (``lookups`` indexes
+    ``actions``): one increment per crosswalk table and one for the standardizer."""
+    totals: dict[str, dict[str, int]] = {}
+    for lookup in lookups:
+        if actions[lookup.action].get("action") == "crosswalk":
+            got = totals.setdefault(f"{CROSSWALK}:{actions[lookup.action].get('table')}", dict.fromkeys(CROSSWALK_FIELDS, 0))
+            got["hits" if lookup.source == "table" else "misses"] += 1
+            got["cache_hits"] += lookup.cached
+        else:
+            got = totals.setdefault(STANDARDIZER, dict.fromkeys(STANDARDIZER_FIELDS, 0))
+            got[{"cache": "cache_hits", "model": "model_calls", "fallback": "fallbacks"}[lookup.source]] += 1
+            got["model_ms"] += lookup.latency_ms or 0
+        got["lookups"] += 1
+    for counter, counts in totals.items():
+        count(ports, counter, **{k: v for k, v in counts.items() if v})
+
+
 def snapshot(ports: Ports) -> dict[str, dict[str, dict]]:
     """Every counters document by kind and id: ``{"listeners": {id: {...}}, "sources":
     ..., "destinations": ...}``, with every field present (0 when never counted) and
     ``queued`` for a destination (enqueued, not yet delivered, failed or held). Reads
     the counters collection only: one document per listener, source and destination."""
     config = ports.config()
-    out: dict[str, dict[str, dict]] = {"listeners": {}, "sources": {}, "destinations": {}}
+    out: dict[str, dict[str, dict]] = {"listeners": {}, "sources": {}, "destinations": {}, "crosswalks": {}}
     for lsn in config.listeners:  # configured ones show up before their first instance
         out["listeners"][lsn.id] = _with_fields({}, LISTENER_FIELDS)
     for src in config.sources:
         out["sources"][src.id] = _with_fields({}, ORIGIN_FIELDS)
     for dest in config.destinations:
         out["destinations"][dest.id] = _destination({})
+    for table in config.crosswalks:
+        out["crosswalks"][table.id] = _crosswalk({})
+    standardizer: dict = {}
     for doc_id, doc in ports.docs.list(COUNTERS).items():
         kind, _, name = doc_id.partition(":")
-        if kind == DESTINATION:
+        if doc_id == STANDARDIZER:
+            standardizer = doc
+        elif kind == CROSSWALK:
+            out["crosswalks"][name] = _crosswalk(doc)
+        elif kind == DESTINATION:
             out["destinations"][name] = _destination(doc)
         elif kind in ORIGIN_KINDS:
             out[f"{kind}s"][name] = _with_fields(doc, LISTENER_FIELDS if kind == "listener" else ORIGIN_FIELDS)
+    out["standardizer"] = _standardizer(standardizer, ports, config)
     return out
 
 
@@ -103,4 +140,28 @@ def _destination(doc: dict) -> dict:
     got = _with_fields(doc, DESTINATION_FIELDS)
     finished = got["delivered"] + got["duplicate"] + got["failed"] + got["holds"]
     got["queued"] = max(0, got["enqueued"] - finished)
+    return got
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _crosswalk(doc: dict) -> dict:
+    got = _with_fields(doc, CROSSWALK_FIELDS)
+    return {**got, "hit_rate": _rate(got["hits"], got["lookups"]), "cache_hit_rate": _rate(got["cache_hits"], got["lookups"])}
+
+
+def _standardizer(doc: dict, ports: Ports, config) -> dict:
+    got = _with_fields(doc, STANDARDIZER_FIELDS)
+    got["cache_hit_rate"] = _rate(got["cache_hits"], got["lookups"])
+    got["model_ms_mean"] = round(got["model_ms"] / got["model_calls"]) if got["model_calls"] else None
+    settings = config.settings.ai_standardizer
+    got["model"] = settings.model if settings is not None else None
+    if settings is not None:
+        from shared.vertex_standardizer import budget_left  # imported for a configured model only
+
+        got["budget_left"] = budget_left(ports.docs, settings)
+    else:
+        got["budget_left"] = None
     return got

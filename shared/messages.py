@@ -100,12 +100,15 @@ class Lookup(Message):
     ``ai_standardize`` action at index ``action``, the key it read (one value, or the
     values of the action's ``key_tags``) and the value to write (None: keep the value).
     ``source``: ``table`` (the map had it), ``miss`` (the map's policy answered), or the
-    standardizer's ``cache``, ``model`` or ``fallback``."""
+    standardizer's ``cache``, ``model`` or ``fallback``. These are the figures of the
+    status counters (:func:`shared.counters.count_lookups`) and of the rule test."""
 
     action: int
     key: list[str]
     value: str | None
     source: LookupSource
+    cached: bool = False  # a crosswalk answer from the map's cache, not its database
+    latency_ms: int | None = None  # a model call's
 
 
 class Plan(Message):

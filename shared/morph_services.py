@@ -35,9 +35,10 @@ if TYPE_CHECKING:  # pragma: no cover
 class Crosswalk(Protocol):
     """Maps a key to a value in a named table."""
 
-    def lookup(self, table_id: str, key: str | Sequence[str]) -> str | None:
-        """The value for ``key`` in ``table_id``; None when the table has no entry.
-        A map with several key columns (issuer, patient ID) takes a tuple of keys.
+    def answer(self, table_id: str, key: str | Sequence[str]) -> tuple[str | None, bool]:
+        """(the value for ``key`` in ``table_id`` or None when the table has no entry,
+        whether it came from a cache rather than the table's store). A map with
+        several key columns (issuer, patient ID) takes a tuple of keys.
 
         A miss is None whatever the map's ``on_miss`` (:class:`MorphServices` applies
         it). An unknown table is a configuration error (``KeyError``); a transient backend
@@ -71,6 +72,7 @@ class Standardized:
     value: str
     source: Literal["cache", "model", "fallback"]
     reason: str | None = None
+    latency_ms: int | None = None  # of the model call, when one answered
 
 
 class InMemoryCrosswalk:
@@ -93,6 +95,13 @@ class InMemoryCrosswalk:
         except KeyError:
             raise KeyError(f"unknown crosswalk table {table_id!r}") from None
         return entries.get(key.casefold() if case_insensitive else key)
+
+    def answer(self, table_id: str, key: str | Sequence[str]) -> tuple[str | None, bool]:
+        if not isinstance(key, str):
+            if len(key) != 1:
+                raise ValueError(f"in-memory crosswalk table {table_id!r} takes one key, got {len(key)}")
+            key = key[0]
+        return self.lookup(table_id, key), False
 
 
 _SPACES = re.compile(r"\s+")
@@ -188,14 +197,16 @@ class MorphServices:
         so; ``KeyError`` for an unknown table."""
         if self.resolved is not None:
             return self._resolved(index, keys)
-        found = self.crosswalk.lookup(action.table, keys[0] if len(keys) == 1 else keys)
+        found, cached = self.crosswalk.answer(action.table, keys[0] if len(keys) == 1 else keys)
         if found is not None:
-            return self._keep(Lookup(action=index, key=list(keys), value=found, source="table"))
+            return self._keep(Lookup(action=index, key=list(keys), value=found, source="table", cached=cached))
         table = self.tables.get(action.table)
         policy = action.on_missing or (table.on_miss if table is not None else "keep")
         if policy == "default":
             default = action.default if action.on_missing else table.default
             return self._keep(Lookup(action=index, key=list(keys), value=default, source="miss"))
+        if policy in ("fail", "error", "hold"):  # counted as a miss (shared.counters), then stopped
+            self._keep(Lookup(action=index, key=list(keys), value=None, source="miss"))
         if policy in ("fail", "error"):
             raise CrosswalkMissing(f"crosswalk table {action.table!r} has no entry for the value of {label}")
         if policy == "hold":
@@ -208,7 +219,8 @@ class MorphServices:
             return self._resolved(index, (value,))
         answer = self.standardizer.answer(action.kind, value, allowed=action.allowed,
                                           instructions=action.instructions)
-        return self._keep(Lookup(action=index, key=[value], value=answer.value, source=answer.source))
+        return self._keep(Lookup(action=index, key=[value], value=answer.value, source=answer.source,
+                                 latency_ms=answer.latency_ms))
 
     def _keep(self, lookup: Lookup) -> str | None:
         if self.record:

@@ -1,8 +1,12 @@
 """The pipeline stages as plain functions. Both runtimes call these unchanged:
 the embedded one from queue workers, the GCP one from Cloud Functions.
 
-    ingest object --match--> Plan --morph--> Delivery x N --route--> destination
-                                                              \\--> exception record
+    ingest object --match--> Plan --[crosswalk]--> Plan --morph--> Delivery x N --route--> destination
+                                                                                  \\--> exception record
+
+crosswalk runs only for a plan whose actions look values up (``crosswalk``,
+``ai_standardize``): it resolves them against the databases and the model and passes
+the answers on in the plan, so morph calls nothing outside the instance.
 
 Every stage is at-least-once safe: re-running it produces the same output, and
 ``route`` checks the delivery ledger, so a redelivered message never sends twice.
@@ -26,12 +30,12 @@ from shared.config import AppConfig
 from shared.dicom.io import Buffer, content_digest, mapped, read_instance, unmap
 from shared.dicom.original_attributes import ORIGINAL_ATTRIBUTES_SEQUENCE, OriginalAttributesPolicy
 from shared.dicom.splice import write_morphed
-from shared.errors import DeliveryRefused, RetryLater, Unprocessable
+from shared.errors import DeliveryRefused, Held, LookupFailed, RetryLater, Unprocessable
 from shared.exceptions import hold_delivery, note_attempt, quarantine, record_exception, take_attempts
 from shared.logs import add_labels, describe_error, note_outcome, stage_run
-from shared.memo import PerObject
 from shared.messages import (
     MESSAGE_OF_TOPIC,
+    TOPIC_CROSSWALK,
     TOPIC_DELIVER,
     TOPIC_INGEST,
     TOPIC_PLANNED,
@@ -161,9 +165,12 @@ def match(ports: Ports, event: ObjectFinalized) -> Plan | None:
                          topic=TOPIC_INGEST, body=ObjectFinalized(blob=event.blob).model_dump_json())
         counters.count(ports, counters.origin_of(ingest), received=1, held=1)
         return plan
-    if plan.actions:
-        PARSED.put(event.blob, data, ds)
-    ports.bus.publish(TOPIC_PLANNED, plan)
+    if plan.needs_lookups:
+        ports.bus.publish(TOPIC_CROSSWALK, plan)  # resolved there, then on to morph
+    else:
+        if plan.actions:
+            PARSED.put(event.blob, data, ds)
+        ports.bus.publish(TOPIC_PLANNED, plan)
     counters.count(ports, counters.origin_of(ingest), received=1, processed=1)
     log.info("planned %s -> %s (%d rule(s))", plan.sop_instance_uid, plan.destination_ids, len(plan.matched))
     return plan
@@ -206,13 +213,105 @@ class ParsedInstances:
 PARSED = ParsedInstances()
 
 
+# --- crosswalk ------------------------------------------------------------------------
+
+
+@_observed("crosswalk", _plan_labels, lambda plan: "resolved" if plan is not None else "stopped")
+def crosswalk(ports: Ports, plan: Plan) -> Plan | None:
+    """Resolve the plan's ``crosswalk`` and ``ai_standardize`` actions: run its actions
+    on the instance with the live services (databases, the model), keep every answer,
+    and publish the plan with them (``Plan.lookups``) for morph. Nothing is written.
+
+    A database that is down raises :class:`RetryLater` (the message comes back later).
+    A miss whose policy is ``hold`` becomes a ``held`` record and ``fail`` a ``failed``
+    one, both retried onto this stage once the map has the entry; a value the actions
+    cannot take quarantines the instance, as morph would."""
+    config = ports.config()
+    services = lookup_services(config, ports).recording()
+    try:
+        with ports.blobs.local_path(plan.blob) as path:
+            data = mapped(path)
+            try:
+                ds = read_instance(path, check=False, data=data)  # match checked it; it is immutable since
+                apply_actions(ds, plan.actions, services)
+            finally:
+                unmap(data)
+    except (Held, LookupFailed) as exc:
+        held = isinstance(exc, Held)
+        note_outcome("held" if held else "failed")
+        record_exception(ports, stage="crosswalk", status="held" if held else "failed", reason=str(exc),
+                         blob=plan.blob, sop_instance_uid=plan.sop_instance_uid,
+                         topic=TOPIC_CROSSWALK, body=plan.model_dump_json())
+        return None
+    except Unprocessable as exc:
+        note_outcome("quarantined")
+        quarantine(ports, plan.blob, str(exc), stage="crosswalk")
+        counters.count(ports, counters.origin_of(plan.ingest), quarantined=1, error=str(exc))
+        return None
+    finally:
+        counters.count_lookups(ports, plan.actions, services.recorded)
+    resolved = plan.model_copy(update={"lookups": services.recorded})
+    ports.bus.publish(TOPIC_PLANNED, resolved)
+    log.info("resolved %d lookup(s) for %s", len(services.recorded), plan.sop_instance_uid)
+    return resolved
+
+
+class LookupServices:
+    """The crosswalk stage's live services, built once per config version and store:
+    the database maps' connection pools and caches live with them, and are closed when
+    a new config replaces them."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._services: MorphServices | None = None
+
+    def __call__(self, config: AppConfig, ports: Ports) -> MorphServices:
+        key = (config, ports.docs, ports.secrets)
+        with self._lock:
+            if self._key is None or any(a is not b for a, b in zip(self._key, key)):
+                old, self._services = self._services, _live_services(config, ports)
+                self._key = key
+                close = getattr(old.crosswalk if old is not None else None, "close", None)
+                if close is not None:
+                    close()
+            return self._services
+
+
+def _live_services(config: AppConfig, ports: Ports) -> MorphServices:
+    from shared.vertex_standardizer import standardizer_from_config
+
+    crosswalk = None
+    if any(table.source is not None for table in config.crosswalks):
+        try:
+            from shared.adapters.crosswalk_databases import DatabaseCrosswalk
+        except ImportError as exc:  # the databases extra is not installed
+            raise RetryLater(f"crosswalk maps read from databases need the `databases` extra "
+                             f"(pip install 'axiom-flow[databases]'): {exc.name} is missing") from None
+        crosswalk = DatabaseCrosswalk(config.crosswalks, config.crosswalk_sources, ports.secrets)
+    return MorphServices.from_config(config, crosswalk=crosswalk,
+                                     standardizer=standardizer_from_config(config, ports.docs))
+
+
+lookup_services = LookupServices()
+
+
 # --- morph ----------------------------------------------------------------------------
 
 
-@_observed("morph", _plan_labels, lambda deliveries: "published" if deliveries else "held")
-def morph(ports: Ports, plan: Plan) -> list[Delivery]:
+@_observed("morph", _plan_labels,
+           lambda deliveries: "forwarded" if deliveries is None else "published" if deliveries else "held")
+def morph(ports: Ports, plan: Plan) -> list[Delivery] | None:
     """Apply the plan's actions, store the result, publish one delivery per destination.
-    The morphed object is content-addressed, so a re-run writes the same object."""
+    The morphed object is content-addressed, so a re-run writes the same object.
+
+    The values of ``crosswalk`` and ``ai_standardize`` actions come from the plan's
+    ``lookups`` only; a plan that needs them and has none (a message from before the
+    crosswalk stage, or republished from an old record) goes to the crosswalk stage
+    first (returns None)."""
+    if plan.unresolved:
+        ports.bus.publish(TOPIC_CROSSWALK, plan)
+        return None
     config = ports.config()
     # with actions, this read is the received object's last (the morphed one is delivered)
     with ports.blobs.local_path(plan.blob, last_read=bool(plan.actions)) as path:
@@ -228,7 +327,8 @@ def morph(ports: Ports, plan: Plan) -> list[Delivery]:
                                                    modified_at=plan.ingest.received_at)
                           if plan.log_original_attributes else None)
                 items_before = _original_attributes_items(ds)
-                apply_actions(ds, plan.actions, morph_services(config), original_attributes=policy)
+                apply_actions(ds, plan.actions, MorphServices.from_lookups(plan.lookups or ()),
+                              original_attributes=policy)
                 added = _original_attributes_items(ds) > items_before
             # read before writing anything: a value that cannot be decoded leaves no object behind
             uids = (str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
@@ -289,10 +389,6 @@ def processed_name(ingest: IngestMetadata, sop_instance_uid: str, sha256: str) -
     different bytes. A day's objects share a directory (locally, one directory per
     instance cost more than writing the file)."""
     return f"{ingest.received_at:%Y/%m/%d}/{sop_instance_uid}-{sha256}-{ingest.received_at:%H%M%S%f}.dcm"
-
-
-# crosswalk tables and standardizer, built once per config version
-morph_services: PerObject[AppConfig, MorphServices] = PerObject(MorphServices.from_config, max_entries=1)
 
 
 # --- route ----------------------------------------------------------------------------

@@ -134,15 +134,14 @@ class VertexStandardizer:
         self.docs.set(CACHE, key, {"answer": answer, "model": self.settings.model, "kind": kind,
                                    "at": self._now().isoformat()})
         log.info("standardizer: %s value %s answered by %s in %d ms", kind, hashed, self.settings.model, latency_ms)
-        return Standardized(answer, "model")
+        return Standardized(answer, "model", latency_ms=latency_ms)
 
     def budget_left(self) -> int:
         """Model calls left today (UTC) over all processes."""
-        doc = self.docs.get(BUDGET, self._today()) or {}
-        return max(0, self.settings.daily_budget - int(doc.get("calls") or 0))
+        return budget_left(self.docs, self.settings, self._now())
 
     def _today(self) -> str:
-        return self._now().astimezone(timezone.utc).date().isoformat()
+        return _day(self._now())
 
     def _take_budget(self) -> bool:
         """Count one call against today's budget; False (nothing counted beyond it) when
@@ -214,6 +213,16 @@ class VertexStandardizer:
         except (ValueError, AttributeError):
             return None
         return answer.strip() if isinstance(answer, str) and answer.strip() else None
+
+
+def _day(now: datetime) -> str:
+    return now.astimezone(timezone.utc).date().isoformat()
+
+
+def budget_left(docs: DocumentStore, settings: "AIStandardizer", now: datetime | None = None) -> int:
+    """Model calls left on ``now``'s UTC day (default: today) over all processes."""
+    doc = docs.get(BUDGET, _day(now or datetime.now(timezone.utc))) or {}
+    return max(0, settings.daily_budget - int(doc.get("calls") or 0))
 
 
 def _describe_call_error(exc: BaseException) -> str:

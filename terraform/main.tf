@@ -30,6 +30,8 @@ locals {
     "secretmanager.googleapis.com",
     "storage.googleapis.com",
     "healthcare.googleapis.com",
+    "aiplatform.googleapis.com", # Vertex AI Gemini for ai_standardize (the crosswalk function)
+    "sqladmin.googleapis.com",   # Cloud SQL crosswalk sources (the connector asks it for the instance)
   ]
 
   # the buckets: settings.ingest_bucket, processed_bucket, quarantine_bucket of the config
@@ -47,7 +49,7 @@ locals {
   # ${AXIOM_TOPIC_PREFIX}<name>); the others are this module's: the scheduler ticks,
   # the Healthcare store's notifications, and where the dead-letter path's own failures
   # are kept (retained 31 days on the topic, to be replayed by a subscription seeking it).
-  stage_topics = ["ingest", "planned", "deliver", "dead-letter"]
+  stage_topics = ["ingest", "crosswalk", "planned", "deliver", "dead-letter"]
   extra_topics = concat(["poll", "release-held", "dead-letter-unrecorded"], local.healthcare_enabled ? ["healthcare"] : [])
   topics       = { for t in concat(local.stage_topics, local.extra_topics) : t => "${var.topic_prefix}${t}" }
   kept_topics  = ["dead-letter", "dead-letter-unrecorded"]
@@ -58,6 +60,7 @@ locals {
   # replaced by the next; not an instance, so no exception record) to dead-letter-unrecorded.
   subscriptions = merge({
     ingest       = { topic = "ingest", function = "match", dead_letter = "dead-letter", retention_s = var.pubsub.message_retention_s }
+    crosswalk    = { topic = "crosswalk", function = "crosswalk", dead_letter = "dead-letter", retention_s = var.pubsub.message_retention_s }
     planned      = { topic = "planned", function = "morph", dead_letter = "dead-letter", retention_s = var.pubsub.message_retention_s }
     deliver      = { topic = "deliver", function = "route", dead_letter = "dead-letter", retention_s = var.pubsub.message_retention_s }
     dead-letter  = { topic = "dead-letter", function = "dead_letter", dead_letter = "dead-letter-unrecorded", retention_s = var.pubsub.message_retention_s }
@@ -75,6 +78,7 @@ locals {
   # /tmp), see var.max_instance_bytes.
   entry_points = {
     match        = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
+    crosswalk    = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
     morph        = { source = "main.py", trigger = "push", per_request_n = 2, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
     route        = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
     dead_letter  = { source = "main.py", trigger = "push", per_request_n = 0, fixed_mib = 512, concurrency = 10, max_instances = 5, timeout_s = 120 }
@@ -146,13 +150,24 @@ locals {
       ["roles/datastore.user", "project"],
       ["roles/storage.objectUser", "bucket:ingest"],
       ["roles/storage.objectUser", "bucket:quarantine"],
+      ["roles/pubsub.publisher", "topic:crosswalk"],
       ["roles/pubsub.publisher", "topic:planned"],
+    ]
+    crosswalk = [
+      ["roles/datastore.user", "project"],
+      ["roles/storage.objectUser", "bucket:ingest"],
+      ["roles/storage.objectUser", "bucket:quarantine"],
+      ["roles/pubsub.publisher", "topic:planned"],
+      ["roles/secretmanager.secretAccessor", "secrets"],
+      ["roles/cloudsql.client", "project"],
+      ["roles/aiplatform.user", "project"],
     ]
     morph = [
       ["roles/datastore.user", "project"],
       ["roles/storage.objectUser", "bucket:ingest"],
       ["roles/storage.objectUser", "bucket:processed"],
       ["roles/storage.objectUser", "bucket:quarantine"],
+      ["roles/pubsub.publisher", "topic:crosswalk"],
       ["roles/pubsub.publisher", "topic:deliver"],
     ]
     route = [
@@ -192,6 +207,7 @@ locals {
       ["roles/storage.objectUser", "bucket:processed"],
       ["roles/storage.objectUser", "bucket:quarantine"],
       ["roles/pubsub.publisher", "topic:ingest"],
+      ["roles/pubsub.publisher", "topic:crosswalk"],
       ["roles/pubsub.publisher", "topic:planned"],
       ["roles/pubsub.publisher", "topic:deliver"],
     ]
@@ -408,6 +424,7 @@ module "function" {
   public             = (each.key == "api" && var.api.public) || (each.key == "stow" && var.stow.public)
   invokers           = each.value.trigger == "push" ? ["serviceAccount:${google_service_account.push.email}"] : []
   kms_key_name       = var.kms_key_name
+  vpc_connector      = each.key == "crosswalk" ? var.crosswalk.vpc_connector : null
   roles              = local.role_bindings[each.key]
   labels             = var.labels
 

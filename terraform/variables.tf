@@ -288,6 +288,20 @@ variable "api" {
   default = {}
 }
 
+variable "crosswalk" {
+  description = <<-EOT
+    The crosswalk function, the only one that reaches the crosswalk databases:
+    vpc_connector (a Serverless VPC Access connector, projects/P/locations/R/connectors/C,
+    through which it reaches databases on private addresses; null: none, for Cloud SQL
+    through its connector's public IP or no database at all). Its egress through the
+    connector is private ranges only.
+  EOT
+  type = object({
+    vpc_connector = optional(string)
+  })
+  default = {}
+}
+
 variable "stow" {
   description = "The STOW-RS function: public (allUsers may invoke; it checks API keys itself)."
   type = object({

@@ -106,18 +106,18 @@ class DatabaseCrosswalk:
 
     # --- the Crosswalk protocol -------------------------------------------------------
 
-    def lookup(self, table_id: str, key: str | Sequence[str]) -> str | None:
+    def answer(self, table_id: str, key: str | Sequence[str]) -> tuple[str | None, bool]:
         entry = self._maps.get(table_id)
         if entry is None:
-            if isinstance(key, str):
-                return self._memory.lookup(table_id, key)
-            if len(key) != 1:
-                raise KeyError(f"in-memory crosswalk table {table_id!r} takes one key")
-            return self._memory.lookup(table_id, key[0])
+            return self._memory.answer(table_id, key)
         keys = _as_keys(key)
         if len(keys) != len(entry.spec.keys):
             raise ValueError(f"crosswalk table {table_id!r} takes {len(entry.spec.keys)} key(s), got {len(keys)}")
         return self._cached_or_queried(entry, keys)
+
+    def lookup(self, table_id: str, key: str | Sequence[str]) -> str | None:
+        """The value alone (:meth:`answer`)."""
+        return self.answer(table_id, key)[0]
 
     # --- the rest ---------------------------------------------------------------------
 
@@ -145,18 +145,18 @@ class DatabaseCrosswalk:
                     connector.close()
             self._engines.clear()
 
-    def _cached_or_queried(self, entry: _Map, keys: tuple[str, ...]) -> str | None:
+    def _cached_or_queried(self, entry: _Map, keys: tuple[str, ...]) -> tuple[str | None, bool]:
         if entry.cache is None:
-            return self._query(entry, keys)
+            return self._query(entry, keys), False
         cache_key = entry.cache_key(keys)
         with entry.lock:
             value = entry.cache.get(cache_key, _MISSING)
         if value is not _MISSING:
-            return value
+            return value, True
         value = self._query(entry, keys)
         with entry.lock:
             entry.cache[cache_key] = value
-        return value
+        return value, False
 
     def _query(self, entry: _Map, keys: tuple[str, ...]) -> str | None:
         spec = entry.spec

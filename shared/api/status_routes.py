@@ -46,6 +46,24 @@ DestinationCounts = _counts("DestinationCounts", (*counters.DESTINATION_FIELDS, 
                             "A destination's counters; queued: enqueued less what ended.")
 
 
+class CrosswalkCounts(_counts("CrosswalkCountsBase", counters.CROSSWALK_FIELDS, "")):
+    """A crosswalk map's lookups by the crosswalk stage: hits (the map had the key),
+    misses, and cache hits (answered without asking its database)."""
+
+    hit_rate: float | None = Field(description="hits / lookups; null before the first lookup")
+    cache_hit_rate: float | None = Field(description="cache_hits / lookups; null before the first lookup")
+
+
+class StandardizerCounts(_counts("StandardizerCountsBase", counters.STANDARDIZER_FIELDS, "")):
+    """The AI standardizer's answers: from its cache, from model calls (model_ms: their
+    total milliseconds), or its fallback."""
+
+    cache_hit_rate: float | None = Field(description="cache_hits / lookups; null before the first lookup")
+    model_ms_mean: int | None = Field(description="Mean milliseconds of a model call; null before the first")
+    model: str | None = Field(description="The model configured (settings.ai_standardizer); null: none")
+    budget_left: int | None = Field(description="Model calls left in today's budget (UTC); null without a model")
+
+
 class GatewayStatus(BaseModel):
     """The C-STORE gateway: free space against its floor, connections, listeners that cannot listen."""
 
@@ -87,12 +105,15 @@ class StatusAnswer(BaseModel):
     listeners: dict[str, ListenerCounts]
     sources: dict[str, SourceCounts]
     destinations: dict[str, DestinationCounts]
+    crosswalks: dict[str, CrosswalkCounts] = Field(description="Per crosswalk map, its lookups")
+    standardizer: StandardizerCounts
     exceptions: int = Field(description="Exception records, archived included")
     held_deliveries: int = Field(description="Deliveries held for a disabled or missing destination")
     runtime: RuntimeStatus | None = Field(None, description="The runtime's own status; absent in GCP")
 
 
-@router.get("/status", summary="Counters and last errors per listener, source and destination; the runtime's own",
+@router.get("/status", summary="Counters and last errors per listener, source, destination and crosswalk map; "
+                               "the standardizer's; the runtime's own",
             response_model=StatusAnswer, response_model_exclude_unset=True)
 def status(ports: Ports = Depends(get_ports), runtime_status=Depends(get_runtime_status),
            _: Principal = Depends(require(Permission.STATUS_READ))) -> dict:

@@ -47,6 +47,7 @@ from shared.inputs.cstore.gateway import Gateway
 from shared.inputs.ingest import Ingestor
 from shared.inputs.pollers.scheduler import SourceScheduler
 from shared.messages import (
+    TOPIC_CROSSWALK,
     TOPIC_DEAD_LETTER,
     TOPIC_DELIVER,
     TOPIC_INGEST,
@@ -98,6 +99,8 @@ class _Stores:
         attempts = self.config().settings.stage_max_attempts
         if prepare:
             q.subscribe(Subscription(TOPIC_INGEST, lambda b, a: stages.match(p, ObjectFinalized.from_bytes(b)),
+                                     workers=2, max_attempts=attempts))
+            q.subscribe(Subscription(TOPIC_CROSSWALK, lambda b, a: stages.crosswalk(p, Plan.from_bytes(b)),
                                      workers=2, max_attempts=attempts))
             q.subscribe(Subscription(TOPIC_PLANNED, lambda b, a: stages.morph(p, Plan.from_bytes(b)),
                                      workers=2, max_attempts=attempts))

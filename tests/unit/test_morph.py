@@ -296,8 +296,8 @@ def test_a_miss_follows_the_tables_on_miss_unless_the_action_says_otherwise():
 class _TwoKeys:
     """A crosswalk keyed by (issuer, patient ID), as a database map with two key columns."""
 
-    def lookup(self, table_id, key):
-        return {("HOSP-A", "1CT1"): "R-A", ("HOSP-B", "1CT1"): "R-B"}.get(tuple(key))
+    def answer(self, table_id, key):
+        return {("HOSP-A", "1CT1"): "R-A", ("HOSP-B", "1CT1"): "R-B"}.get(tuple(key)), False
 
 
 def test_key_tags_make_a_key_of_several_elements_in_their_order():
@@ -322,7 +322,7 @@ def test_recorded_answers_are_what_morph_writes_without_asking_again():
         (1, ["1CT1"], "MAPPED", "table"), (2, ["  head   ct "], "HEAD CT", "model")]
 
     class Refuses:
-        def lookup(self, table_id, key):
+        def answer(self, table_id, key):
             raise AssertionError("morph asked the crosswalk")
 
     second = load("CT_small.dcm")

@@ -86,6 +86,8 @@ resource "google_cloudfunctions2_function" "function" {
     ingress_settings                 = var.ingress
     all_traffic_on_latest_revision   = true
     environment_variables            = var.environment
+    vpc_connector                    = var.vpc_connector
+    vpc_connector_egress_settings    = var.vpc_connector == null ? null : "PRIVATE_RANGES_ONLY"
   }
 
   # the roles are in place before the first instance starts

@@ -67,6 +67,12 @@ variable "resources" {
   })
 }
 
+variable "vpc_connector" {
+  description = "Serverless VPC Access connector for private addresses (the crosswalk function's databases); null: none."
+  type        = string
+  default     = null
+}
+
 variable "ingress" {
   description = "ALLOW_INTERNAL_ONLY for functions fed by Pub/Sub push, ALLOW_ALL for HTTP functions called from outside."
   type        = string
