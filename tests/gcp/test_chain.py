@@ -18,13 +18,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import sqlalchemy
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.uid import JPEG2000, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+from pydicom.uid import JPEG2000, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
 from shared.config import parse_config
 from shared.messages import TOPIC_DEAD_LETTER, TOPIC_INGEST, TOPICS, Delivery
 from shared.runtime import gcp as gcp_runtime
+from tests.support.databases import postgres_server  # noqa: F401 (fixture)
 from tests.support.dicomgen import make_ct_study
 from tests.support.gcp import (
     PROJECT,
@@ -46,6 +48,8 @@ INSTITUTION = "AXIOM GCP ROUTED"
 PYDICOM_FILES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "rtplan.dcm"]
 STUDY_SIZE = 20
 DEAD_PEER_STATION = "TO-DEAD-PEER"
+CROSSWALK_STATION = "PSEUDONYMIZE"
+MPI_ROWS = [("HOSP-A", "PAT-1", "R-0001"), ("HOSP-B", "PAT-1", "R-1001")]
 MAX_DELIVERY_ATTEMPTS = 5  # Pub/Sub's minimum for a dead-letter policy
 # storescu proposes uncompressed syntaxes (Explicit VR LE first) unless told otherwise
 STORESCU_PROPOSAL = {
@@ -110,9 +114,22 @@ class Chain:
         return self.docs.list("exceptions")
 
 
+def _mpi(db) -> None:
+    """The crosswalk map's table: (issuer, MRN) -> research id."""
+    engine = sqlalchemy.create_engine(db.url())
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("DROP TABLE IF EXISTS research_ids"))
+        conn.execute(sqlalchemy.text("CREATE TABLE research_ids (issuer text, mrn text, research_id text)"))
+        conn.execute(sqlalchemy.text("INSERT INTO research_ids VALUES (:i, :m, :r)"),
+                     [{"i": i, "m": m, "r": r} for i, m, r in MPI_ROWS])
+    engine.dispose()
+
+
 @pytest.fixture(scope="module")
-def chain(emulators, gcp_logs, tmp_path_factory):
+def chain(emulators, gcp_logs, tmp_path_factory, postgres_server):  # noqa: F811
     firestore, pubsub = emulators
+    postgres_server.start()
+    _mpi(postgres_server)
     work = tmp_path_factory.mktemp("chain")
     prefix = unique("c") + "-"
     collections = unique("x") + "-"
@@ -147,7 +164,15 @@ def chain(emulators, gcp_logs, tmp_path_factory):
                               "port": scp.port, "retry": {"max_attempts": 3, "initial_backoff_s": 0.5}},
                              {"id": "down", "type": "cstore", "ae_title": "DOWN", "host": "127.0.0.1",
                               "port": down_port, "timeout_s": 2, "retry": {"max_attempts": 50}}],
+            "crosswalk_sources": [{"id": "mpi", "type": "postgresql", "host": "127.0.0.1",
+                                   "port": postgres_server.port, "database": postgres_server.database,
+                                   "user": postgres_server.user, "password": "env:AXIOM_TEST_MPI_PASSWORD"}],
+            "crosswalks": [{"id": "research", "source": "mpi", "table": "research_ids", "keys": ["issuer", "mrn"],
+                            "value": "research_id", "on_miss": "fail"}],
             "rulesets": [{"id": "all", "rules": [
+                {"id": "pseudonymize", "when": {"tag": "StationName", "value": CROSSWALK_STATION},
+                 "actions": [{"action": "crosswalk", "tag": "PatientID", "table": "research",
+                              "key_tags": ["IssuerOfPatientID", "PatientID"]}]},
                 {"id": "stamp-and-send",
                  "actions": [{"action": "set", "tag": "InstitutionName", "value": INSTITUTION}],
                  "destinations": ["pacs"]},
@@ -158,8 +183,8 @@ def chain(emulators, gcp_logs, tmp_path_factory):
 
         env = {**emulator_env(firestore, pubsub, gcs), "AXIOM_TOPIC_PREFIX": prefix,
                "AXIOM_COLLECTION_PREFIX": collections, "AXIOM_BASE_DIR": str(work / "base"),
-               "AXIOM_CONFIG_TTL_S": "2"}
-        functions = {t: FunctionProcess(gcp_logs, t, env) for t in ("match", "morph", "route", "dead_letter")}
+               "AXIOM_CONFIG_TTL_S": "2", "AXIOM_TEST_MPI_PASSWORD": postgres_server.password}
+        functions = {t: FunctionProcess(gcp_logs, t, env) for t in ("match", "crosswalk", "morph", "route", "dead_letter")}
         stack.callback(stop_all, list(functions.values()))
         for fn in functions.values():
             fn.start()
@@ -172,7 +197,7 @@ def chain(emulators, gcp_logs, tmp_path_factory):
             list(pool.map(lambda fn: fn.wait_ready(), functions.values()))
 
         dlq = f"{prefix}{TOPIC_DEAD_LETTER}"
-        for topic, target in (("ingest", "match"), ("planned", "morph"), ("deliver", "route")):
+        for topic, target in (("ingest", "match"), ("crosswalk", "crosswalk"), ("planned", "morph"), ("deliver", "route")):
             admin.create_push_subscription(f"{prefix}{topic}-push", f"{prefix}{topic}", functions[target].url,
                                            dead_letter_topic=dlq, max_delivery_attempts=MAX_DELIVERY_ATTEMPTS)
         admin.create_push_subscription(f"{prefix}dead-letter-push", dlq, functions["dead_letter"].url)
@@ -224,6 +249,37 @@ def test_instances_flow_through_the_chain_once_morphed_and_bit_exact(chain):
     assert {b.name.rsplit("/", 1)[1].split("-")[0] for b in processed} == expected
     assert not [r for r in chain.exceptions().values()], chain.exceptions()
     print(f"{len(expected)} instances through the GCP chain in {elapsed:.1f}s")
+
+
+def test_a_crosswalk_rule_goes_through_the_crosswalk_function_and_its_database(chain):
+    """Plans with a crosswalk action take the crosswalk function's hop: the research
+    ids come from PostgreSQL, keyed by issuer and patient ID; a patient the map lacks
+    (on_miss: fail) becomes a failed record of the crosswalk stage, delivered nowhere."""
+    sent = {}
+    for n, (issuer, patient) in enumerate([("HOSP-A", "PAT-1"), ("HOSP-B", "PAT-1"), ("HOSP-A", "PAT-404")]):
+        ds = dcmread(get_testdata_file("CT_small.dcm"))
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.StationName, ds.IssuerOfPatientID, ds.PatientID = CROSSWALK_STATION, issuer, patient
+        path = chain.work / "crosswalk" / f"{n}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        sent[str(ds.SOPInstanceUID)] = path
+    before = set(chain.exceptions())
+    chain.send(list(sent.values()))
+    mapped, missing = list(sent)[:2], list(sent)[2]
+    chain.wait(lambda: set(mapped) <= set(chain.received()), "the crosswalked instances at storescp")
+    received = chain.received()
+    assert [dcmread(received[uid]).PatientID for uid in mapped] == ["R-0001", "R-1001"]
+    assert all(dcmread(received[uid]).InstitutionName == INSTITUTION for uid in mapped)  # morph's other action
+    new = lambda: [r for k, r in chain.exceptions().items() if k not in before]  # noqa: E731
+    chain.wait(new, "a failed record for the patient the map lacks")
+    [record] = new()
+    assert (record["stage"], record["status"], record["sop_instance_uid"]) == ("crosswalk", "failed", missing)
+    assert record["retry"]["topic"] == "crosswalk" and "PAT-404" not in record["reason"]
+    assert missing not in chain.received()
+    for uid in sent:  # the chain's bookkeeping: these are accounted for here
+        chain.sent.pop(uid, None)
 
 
 def test_redelivered_delivery_is_not_sent_twice(chain):

@@ -28,17 +28,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from shared.config import parse_config
-from shared.messages import TOPIC_DELIVER, TOPIC_PLANNED, TOPICS, Delivery, IngestMetadata, Plan
+from shared.messages import TOPIC_CROSSWALK, TOPIC_DELIVER, TOPIC_PLANNED, TOPICS, Delivery, IngestMetadata, Plan
 from shared.runtime import gcp as gcp_runtime
+from tests.support.databases import postgres_server  # noqa: F401 (fixture)
 from tests.support.gcp import PROJECT, PubSubAdmin, emulator_env, unique
 from tests.support.procs import REPO
 
 CT = Path(get_testdata_file("CT_small.dcm"))
 INSTITUTION = "AXIOM BUNDLE"
+RESEARCH_ID = "R-BUNDLE-1"
 
 # Run by the bundle's virtualenv: isolated (-I: no PYTHONPATH, no user site, not the
 # current directory), with only the unzipped bundle added, as the functions' runtime
@@ -93,7 +96,7 @@ def bundle(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def deployment(emulators, fake_gcs, tmp_path_factory):
+def deployment(emulators, fake_gcs, tmp_path_factory, postgres_server):  # noqa: F811
     """Topics, buckets and the config in Firestore for one deployment (unique names);
     the environment the functions get."""
     firestore, pubsub = emulators
@@ -102,22 +105,37 @@ def deployment(emulators, fake_gcs, tmp_path_factory):
     admin = PubSubAdmin(pubsub)
     for name in TOPICS:
         admin.create_topic(f"{prefix}{name}")
-    for topic in (TOPIC_PLANNED, TOPIC_DELIVER):
+    for topic in (TOPIC_CROSSWALK, TOPIC_PLANNED, TOPIC_DELIVER):
         admin.create_pull_subscription(f"{prefix}{topic}-tap", f"{prefix}{topic}")
     fake_gcs.create_buckets(ingest, processed, quarantine)
     from shared.adapters.firestore import FirestoreDocumentStore
 
+    db = postgres_server
+    db.start()
+    engine = sqlalchemy.create_engine(db.url())
+    with engine.begin() as conn:  # the crosswalk map, read through the bundle's own PostgreSQL driver
+        conn.execute(sqlalchemy.text("DROP TABLE IF EXISTS bundle_ids"))
+        conn.execute(sqlalchemy.text("CREATE TABLE bundle_ids (mrn text, research_id text)"))
+        conn.execute(sqlalchemy.text("INSERT INTO bundle_ids VALUES (:m, :r)"),
+                     {"m": str(dcmread(CT, stop_before_pixels=True).PatientID), "r": RESEARCH_ID})
+    engine.dispose()
     gcp_runtime.load_config(parse_config({
         "settings": {"ingest_bucket": ingest, "processed_bucket": processed, "quarantine_bucket": quarantine},
         "destinations": [{"id": "archive", "type": "filesystem", "path": "archive"}],
+        "crosswalk_sources": [{"id": "mpi", "type": "postgresql", "host": "127.0.0.1", "port": db.port,
+                               "database": db.database, "user": db.user, "password": "env:AXIOM_TEST_MPI_PASSWORD"}],
+        "crosswalks": [{"id": "research", "source": "mpi", "table": "bundle_ids", "keys": ["mrn"],
+                        "value": "research_id"}],
         "rulesets": [{"id": "all", "rules": [
             {"id": "ct", "when": {"tag": "Modality", "value": "CT"},
-             "actions": [{"action": "set", "tag": "InstitutionName", "value": INSTITUTION}],
+             "actions": [{"action": "set", "tag": "InstitutionName", "value": INSTITUTION},
+                         {"action": "crosswalk", "tag": "PatientID", "table": "research", "on_missing": "fail"}],
              "destinations": ["archive"]}]}],
     }), FirestoreDocumentStore(prefix=collections))
     base_dir = tmp_path_factory.mktemp("base")
     env = {**emulator_env(firestore, pubsub, fake_gcs), "AXIOM_TOPIC_PREFIX": prefix,
-           "AXIOM_COLLECTION_PREFIX": collections, "AXIOM_BASE_DIR": str(base_dir)}
+           "AXIOM_COLLECTION_PREFIX": collections, "AXIOM_BASE_DIR": str(base_dir),
+           "AXIOM_TEST_MPI_PASSWORD": db.password}
     yield {"env": env, "admin": admin, "prefix": prefix, "ingest": ingest, "gcs": fake_gcs, "archive": base_dir / "archive"}
     admin.close()
 
@@ -151,8 +169,9 @@ def eventarc_pubsub_event(project: str, topic: str, data: bytes, attributes: dic
 
 
 def test_the_bundle_installs_alone_and_its_entry_points_run_the_stages(bundle, deployment):
-    """match, morph and route, each called in the bundle's virtualenv with the message
-    the previous one published: the instance ends in the filesystem destination."""
+    """match, crosswalk, morph and route, each called in the bundle's virtualenv with the
+    message the previous one published: the crosswalk reads PostgreSQL through the
+    driver the lock installs, and the instance ends in the filesystem destination."""
     env, admin, prefix, gcs = deployment["env"], deployment["admin"], deployment["prefix"], deployment["gcs"]
     from shared.adapters.gcs import GCSBlobStore
     from shared.inputs.ingest import Ingestor
@@ -170,8 +189,16 @@ def test_the_bundle_installs_alone_and_its_entry_points_run_the_stages(bundle, d
                                                                json.dumps(resource).encode(), attributes))
     assert answer["status"] == 200, answer["body"]
     assert answer["shared"].startswith(str(bundle[0])), answer  # the bundle's copy, not the repository's
+    [unresolved] = admin.pull_all(f"{prefix}{TOPIC_CROSSWALK}-tap", settle_s=0.5)
+    assert Plan.model_validate_json(unresolved.message.data).lookups is None
+
+    answer = call(bundle, env, "crosswalk", *eventarc_pubsub_event(PROJECT, f"{prefix}crosswalk",
+                                                                   unresolved.message.data,
+                                                                   dict(unresolved.message.attributes)))
+    assert answer["status"] == 200, answer["body"]
     [planned] = admin.pull_all(f"{prefix}{TOPIC_PLANNED}-tap", settle_s=0.5)
     plan = Plan.model_validate_json(planned.message.data)
+    assert [(lk.value, lk.source) for lk in plan.lookups] == [(RESEARCH_ID, "table")]
     assert plan.sop_instance_uid == str(dcmread(CT, stop_before_pixels=True).SOPInstanceUID)
     assert plan.blob.name == blob.name and plan.destination_ids == ["archive"]
     assert plan.ingest.calling_ae == "MOD1"
@@ -184,7 +211,8 @@ def test_the_bundle_installs_alone_and_its_entry_points_run_the_stages(bundle, d
     assert delivery.destination_id == "archive" and delivery.sop_instance_uid == plan.sop_instance_uid
     with GCSBlobStore(gcs.client()).local_path(delivery.blob) as path:
         morphed = path.read_bytes()
-    assert dcmread(BytesIO(morphed)).InstitutionName == INSTITUTION  # morphed in the bundle's virtualenv
+    morphed_ds = dcmread(BytesIO(morphed))  # morphed in the bundle's virtualenv
+    assert (morphed_ds.InstitutionName, morphed_ds.PatientID) == (INSTITUTION, RESEARCH_ID)
 
     answer = call(bundle, env, "route", *eventarc_pubsub_event(PROJECT, f"{prefix}deliver", delivering.message.data,
                                                                dict(delivering.message.attributes)))

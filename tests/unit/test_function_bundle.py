@@ -69,9 +69,10 @@ def test_the_out_dir_name_carries_the_hash(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
-def test_the_lock_pins_every_dependency_of_the_core_and_the_gcp_extra_within_pyproject_ranges():
+def test_the_lock_pins_every_dependency_of_the_core_and_the_gcp_and_databases_extras_within_pyproject_ranges():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["gcp"]]
+    extras = project["optional-dependencies"]
+    wanted = [Requirement(r) for r in project["dependencies"] + extras["gcp"] + extras["databases"]]
     pinned = pins()
     unmet = [f"{r} (lock: {pinned.get(canonicalize_name(r.name))})" for r in wanted
              if canonicalize_name(r.name) not in pinned or pinned[canonicalize_name(r.name)] not in r.specifier]
