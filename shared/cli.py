@@ -162,16 +162,28 @@ def _validate(args) -> int:
 def _rules_test(args) -> int:
     import json
 
+    from shared.adapters.secrets import LocalSecrets
+    from shared.adapters.sqlite import SQLiteDatabase, SQLiteDocumentStore
     from shared.dryrun import dry_run
     from shared.messages import IngestMetadata
+    from shared.stages import live_services
 
     config = _load_config(args.config)
     ingest = IngestMetadata(source_type=args.source_type, source_id=args.source_id or "",
                             calling_ae=args.calling_ae or "", called_ae=args.called_ae or "",
                             peer_ip=args.source_ip or "",
                             **({"received_at": args.at} if args.at else {}))
-    for path in args.files:
-        print(json.dumps(dry_run(config, Path(path), ingest), indent=2, default=str))
+    # the standardizer's cache and budget: serve's, when its data dir exists
+    state = Path(args.data_dir) / "state.db"
+    docs = SQLiteDocumentStore(SQLiteDatabase(state if state.exists() else Path(":memory:")))
+    services = live_services(config, docs, LocalSecrets(), ask_model=not args.dry_run)
+    try:
+        for path in args.files:
+            print(json.dumps(dry_run(config, Path(path), ingest, services=services), indent=2, default=str))
+    finally:
+        close = getattr(services.crosswalk, "close", None)
+        if close is not None:
+            close()
     return 0
 
 
@@ -325,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rules = command(sub, "rules", "work with rules").add_subparsers(dest="rules_command", required=True,
                                                                      metavar="COMMAND")
-    test = command(rules, "test", "dry-run the rules on files: matches, reasons, tag diff, destinations (JSON)")
+    test = command(rules, "test", "dry-run the rules on files: matches, reasons, tag diff, destinations, the values "
+                                  "looked up and where they came from (JSON)")
     test.add_argument("files", nargs="+", metavar="FILE", type=_readable_file, help="DICOM Part 10 files")
     test.add_argument("--config", type=_readable_file, default=env_config, metavar="FILE", help=config_help)
     test.add_argument("--calling-ae", metavar="AE", help="as if sent by this calling AE title")
@@ -336,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--source-id", metavar="ID", help="the id of the source (a poller's, or stow.id)")
     test.add_argument("--at", type=_iso_time, metavar="TIME", help="evaluate schedules at this ISO 8601 time (naive: UTC; "
                                                    "default: now)")
+    test.add_argument("--data-dir", metavar="DIR", default=os.environ.get("AXIOM_DATA_DIR") or "data",
+                      help="serve's data dir, whose AI standardizer cache and budget the test uses (default: "
+                           "$AXIOM_DATA_DIR or ./data; none there: an empty cache)")
+    test.add_argument("--dry-run", action="store_true",
+                      help="ask no model: AI standardization answers from the cache only (each value's source "
+                           "says whether it was cached); databases are still read")
     test.set_defaults(func=_rules_test, parser=test)
 
     from shared.cli_users import add_commands as add_user_commands

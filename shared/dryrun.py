@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from shared.config import AppConfig
 from shared.dicom.charsets import declared, joined
 from shared.dicom.io import read_instance
-from shared.errors import Unprocessable
+from shared.errors import Held, LookupFailed, RetryLater, Unprocessable
 from shared.messages import IngestMetadata
 from shared.rules import decide, validate_instance
 
@@ -50,8 +50,23 @@ def diff_datasets(before: Dataset, after: Dataset, prefix: str = "") -> list[dic
     return out
 
 
+def _lookup(actions: list[dict], lookup) -> dict[str, Any]:
+    """One looked-up value as the rule test shows it: which action, what it read, what
+    it answered and where the answer came from (the map, its cache, the model, the
+    model's cache, a fallback)."""
+    action = actions[lookup.action]
+    about = {"table": action.get("table")} if action.get("action") == "crosswalk" else {"kind": action.get("kind")}
+    return {"action": lookup.action, "name": action.get("action"), "tag": action.get("tag"), **about,
+            "key": lookup.key, "value": lookup.value, "source": lookup.source, "cached": lookup.cached,
+            "latency_ms": lookup.latency_ms}
+
+
 def dry_run(config: AppConfig, path: Path, ingest: IngestMetadata, *, at: datetime | None = None,
             services=None) -> dict[str, Any]:
+    """What the pipeline would do with the file at ``path``. ``services``: where the
+    ``crosswalk`` and ``ai_standardize`` actions get their values (the crosswalk stage's
+    live services; default: the config's in-memory tables and the deterministic
+    standardizer); every value looked up is listed under ``lookups``."""
     from shared.morph import apply_actions
     from shared.morph_services import MorphServices
 
@@ -75,10 +90,20 @@ def dry_run(config: AppConfig, path: Path, ingest: IngestMetadata, *, at: dateti
     result["actions"] = decision.actions
     buffer = getattr(ds, "buffer", None)  # the mapped file: both read their unread values from it
     morphed = copy.deepcopy(ds, {id(buffer): buffer} if buffer is not None else None)
+    services = (services or MorphServices.from_config(config)).recording()
     try:
-        apply_actions(morphed, decision.actions, services or MorphServices.from_config(config),
-                      original_attributes=None)
-    except Unprocessable as exc:
+        try:
+            apply_actions(morphed, decision.actions, services, original_attributes=None)
+        finally:
+            result["lookups"] = [_lookup(decision.actions, lookup) for lookup in services.recorded]
+            if any(a.get("action") == "ai_standardize" for a in decision.actions):
+                model = config.settings.ai_standardizer
+                result["standardizer"] = model.model if model is not None else "deterministic (no model configured)"
+    except Held as exc:  # the crosswalk stage would keep it as a held record
+        return {**result, "outcome": "hold", "reason": str(exc)}
+    except RetryLater as exc:  # a database or the model that does not answer: the stage would wait
+        return {**result, "outcome": "retry", "reason": str(exc)}
+    except (Unprocessable, LookupFailed) as exc:
         return {**result, "outcome": "exception", "reason": str(exc)}
     result["diff"] = diff_datasets(ds, morphed)
     before, after = declared(ds), declared(morphed)

@@ -48,7 +48,7 @@ from shared.messages import (
 )
 from shared.morph import apply_actions
 from shared.morph_services import MorphServices
-from shared.ports import Claim, Ports
+from shared.ports import Claim, DocumentStore, Ports, Secrets
 from shared.rules import decide, validate_instance
 
 log = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ class LookupServices:
         key = (config, ports.docs, ports.secrets)
         with self._lock:
             if self._key is None or any(a is not b for a, b in zip(self._key, key)):
-                old, self._services = self._services, _live_services(config, ports)
+                old, self._services = self._services, live_services(config, ports.docs, ports.secrets)
                 self._key = key
                 close = getattr(old.crosswalk if old is not None else None, "close", None)
                 if close is not None:
@@ -278,7 +278,10 @@ class LookupServices:
             return self._services
 
 
-def _live_services(config: AppConfig, ports: Ports) -> MorphServices:
+def live_services(config: AppConfig, docs: DocumentStore, secrets: Secrets, *, ask_model: bool = True) -> MorphServices:
+    """The services the crosswalk stage resolves lookups with: the config's maps (its
+    database maps through :class:`~shared.adapters.crosswalk_databases.DatabaseCrosswalk`)
+    and its standardizer, whose cache and budget are in ``docs``."""
     from shared.vertex_standardizer import standardizer_from_config
 
     crosswalk = None
@@ -288,9 +291,9 @@ def _live_services(config: AppConfig, ports: Ports) -> MorphServices:
         except ImportError as exc:  # the databases extra is not installed
             raise RetryLater(f"crosswalk maps read from databases need the `databases` extra "
                              f"(pip install 'axiom-flow[databases]'): {exc.name} is missing") from None
-        crosswalk = DatabaseCrosswalk(config.crosswalks, config.crosswalk_sources, ports.secrets)
+        crosswalk = DatabaseCrosswalk(config.crosswalks, config.crosswalk_sources, secrets)
     return MorphServices.from_config(config, crosswalk=crosswalk,
-                                     standardizer=standardizer_from_config(config, ports.docs))
+                                     standardizer=standardizer_from_config(config, docs, ask_model=ask_model))
 
 
 lookup_services = LookupServices()

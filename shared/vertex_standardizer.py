@@ -95,9 +95,11 @@ class VertexStandardizer:
     Credentials (on GCP, the function's service account)."""
 
     def __init__(self, settings: "AIStandardizer", docs: DocumentStore, *,
-                 credentials: "Credentials | None" = None, clock: Callable[[], datetime] | None = None):
+                 credentials: "Credentials | None" = None, clock: Callable[[], datetime] | None = None,
+                 ask_model: bool = True):
         self.settings = settings
         self.docs = docs
+        self.ask_model = ask_model  # False: answers from the cache only (the rule test's --dry-run)
         self._credentials = credentials
         self._now = clock or (lambda: datetime.now(timezone.utc))
         self._rate = RateLimit(settings.rate_per_minute)
@@ -119,6 +121,8 @@ class VertexStandardizer:
         if cached is not None:
             log.info("standardizer: %s value %s answered from the cache", kind, hashed)
             return Standardized(cached["answer"], "cache")
+        if not self.ask_model:
+            return Standardized(value, "fallback", "not in the cache, and the model is not asked in a dry run")
         if not self._take_budget():
             return self._fallback(kind, value, hashed, "the daily budget of model calls is spent", budget_spent=True)
         if not self._rate.acquire(self.settings.timeout_s):
@@ -235,10 +239,11 @@ def _describe_call_error(exc: BaseException) -> str:
 
 
 def standardizer_from_config(config: "AppConfig", docs: DocumentStore, *,
-                             credentials: "Credentials | None" = None) -> Standardizer:
+                             credentials: "Credentials | None" = None, ask_model: bool = True) -> Standardizer:
     """The standardizer ``config`` asks for: Vertex AI when ``settings.ai_standardizer``
-    is set, else the deterministic :class:`~shared.morph_services.FakeStandardizer`."""
+    is set, else the deterministic :class:`~shared.morph_services.FakeStandardizer`.
+    ``ask_model=False``: the cache only (a value not in it is kept)."""
     settings = config.settings.ai_standardizer
     if settings is None:
         return FakeStandardizer()
-    return VertexStandardizer(settings, docs, credentials=credentials)
+    return VertexStandardizer(settings, docs, credentials=credentials, ask_model=ask_model)

@@ -235,6 +235,7 @@ async def test_rules(request: Request, calling_ae: str = "", called_ae: str = ""
     from shared.dicomweb.multipart import MalformedMultipart, boundary_of, read_parts
     from shared.dryrun import dry_run
     from shared.messages import IngestMetadata
+    from shared.stages import lookup_services
 
     body = await request.body()
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
@@ -254,6 +255,8 @@ async def test_rules(request: Request, calling_ae: str = "", called_ae: str = ""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "instance.dcm"
         path.write_bytes(body)
-        trace = dry_run(ports.config(), path, ingest, at=at)
+        config = ports.config()
+        # the values looked up as the crosswalk stage would (from where this process runs)
+        trace = dry_run(config, path, ingest, at=at, services=lookup_services(config, ports))
     trace["file"] = "upload"  # not the temporary path
     return json.loads(json.dumps(trace, default=str))

@@ -101,7 +101,7 @@ def standardizer(vertex, docs, **overrides) -> VertexStandardizer:
 def test_request_carries_temperature_zero_and_the_allowed_values_as_schema(vertex, store):
     result = standardizer(vertex, store(), instructions="Site style.").answer(
         "series_description", VALUE, allowed=ALLOWED, instructions="Axial only.")
-    assert result == Standardized("T2 AX", "model")
+    assert (result.value, result.source) == ("T2 AX", "model") and result.latency_ms is not None
     [(path, body)] = vertex.requests
     assert path == PATH
     assert vertex.authorizations == ["Bearer test-token"]
@@ -182,7 +182,8 @@ def test_an_answer_outside_the_allowed_values_takes_the_fallback_and_is_not_cach
     result = service.answer("series_description", VALUE, allowed=ALLOWED)
     assert result.source == "fallback" and result.value == "UNKNOWN" and "outside" in result.reason
     vertex.answer = "T2 AX"  # asked again, as nothing was cached
-    assert service.answer("series_description", VALUE, allowed=ALLOWED) == Standardized("T2 AX", "model")
+    again = service.answer("series_description", VALUE, allowed=ALLOWED)
+    assert (again.value, again.source) == ("T2 AX", "model")
     assert len(vertex.requests) == 2
 
 
@@ -232,3 +233,52 @@ def test_config_picks_the_standardizer(vertex, store):
     assert isinstance(standardizer_from_config(config, store()), VertexStandardizer)
     with pytest.raises(ValueError, match="default"):
         AIStandardizer(fallback="default")
+
+
+def _rule_test_config(vertex) -> AppConfig:
+    return AppConfig.model_validate({
+        "settings": {"ai_standardizer": settings(vertex).model_dump()},
+        "destinations": [{"id": "a", "type": "filesystem", "path": "out"}],
+        "rulesets": [{"id": "main", "rules": [{"id": "r", "destinations": ["a"], "actions": [
+            {"action": "ai_standardize", "tag": "SeriesDescription", "kind": "series_description",
+             "allowed": ALLOWED}]}]}]})
+
+
+def test_the_rule_test_shows_what_the_model_answered_and_whether_from_the_cache(vertex, tmp_path, capsys):
+    """The dry run lists each value looked up and its source; the command line's
+    --dry-run asks no model and answers from serve's cache only."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    from shared.cli import main
+    from shared.dryrun import dry_run
+    from shared.messages import IngestMetadata
+    from shared.morph_services import MorphServices
+
+    config = _rule_test_config(vertex)
+    instance = tmp_path / "mr.dcm"
+    ds = dcmread(get_testdata_file("MR_small.dcm"))
+    ds.SeriesDescription = "t2 axial"
+    ds.save_as(instance)
+    docs = SQLiteDocumentStore(SQLiteDatabase(tmp_path / "data" / "state.db"))  # serve's store
+    services = MorphServices.from_config(config, standardizer=standardizer(vertex, docs))
+    first, second = (dry_run(config, instance, IngestMetadata(), services=services) for _ in range(2))
+    assert [(lk["value"], lk["source"]) for lk in first["lookups"]] == [("T2 AX", "model")]
+    assert first["lookups"][0]["latency_ms"] is not None and first["standardizer"] == MODEL
+    assert [(lk["value"], lk["source"]) for lk in second["lookups"]] == [("T2 AX", "cache")]
+    assert {d["name"]: d["after"] for d in first["diff"]}["SeriesDescription"] == "T2 AX"
+    assert len(vertex.requests) == 1
+
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(config.model_dump_json(by_alias=True, exclude_none=True))
+    other = tmp_path / "other.dcm"
+    ds.SeriesDescription = "flair"
+    ds.save_as(other)
+    assert main(["rules", "test", "--config", str(config_file), "--data-dir", str(tmp_path / "data"), "--dry-run",
+                 str(instance), str(other)]) == 0
+    out = capsys.readouterr().out
+    cached, uncached = (json.loads(part) for part in out.replace("}\n{", "}\n\x00{").split("\x00"))
+    assert [(lk["value"], lk["source"]) for lk in cached["lookups"]] == [("T2 AX", "cache")]
+    [lookup] = uncached["lookups"]
+    assert (lookup["value"], lookup["source"]) == ("flair", "fallback")
+    assert len(vertex.requests) == 1  # --dry-run asked nothing
