@@ -360,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     from shared.cli_users import add_commands as add_user_commands
 
     add_user_commands(sub, command)
+    from shared.cli_crosswalk import add_commands as add_crosswalk_commands
+
+    add_crosswalk_commands(sub, command)
     add_exceptions_commands(sub, command)
     return parser
 

@@ -291,7 +291,7 @@ def live_services(config: AppConfig, docs: DocumentStore, secrets: Secrets, *, a
         except ImportError as exc:  # the databases extra is not installed
             raise RetryLater(f"crosswalk maps read from databases need the `databases` extra "
                              f"(pip install 'axiom-flow[databases]'): {exc.name} is missing") from None
-        crosswalk = DatabaseCrosswalk(config.crosswalks, config.crosswalk_sources, secrets)
+        crosswalk = DatabaseCrosswalk(config.crosswalks, config.crosswalk_sources, secrets, docs=docs)
     return MorphServices.from_config(config, crosswalk=crosswalk,
                                      standardizer=standardizer_from_config(config, docs, ask_model=ask_model))
 

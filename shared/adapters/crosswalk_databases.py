@@ -11,6 +11,11 @@ Keys are always bound parameters: a ``table`` map is a Core ``SELECT value FROM 
 WHERE key = :k0 ...`` over quoted ``table()``/``column()`` names; a ``query`` map is
 ``text(query)`` with one bound parameter per key. A key value never becomes SQL text.
 
+A map with ``sync`` is answered from its copy in the document store
+(:mod:`shared.crosswalk_sync`, given ``docs``) once a sync of it has completed, never
+from the database; until then (the first sync still running or failed, or no ``docs``)
+it is queried like the others, so a new map works from its first instance.
+
 Keys are often PHI (a Patient ID): they are never logged nor put into messages. A
 database error raises :class:`shared.errors.RetryLater` naming the source and the
 error's type only (a driver's message may quote the connection string or a value).
@@ -30,12 +35,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Executable
 
+from shared.crosswalk_sync import normalized_keys, synced_salt, synced_value
 from shared.errors import RetryLater, SecretError
 from shared.morph_services import InMemoryCrosswalk
 
 if TYPE_CHECKING:  # pragma: no cover
     from shared.config import CrosswalkSource, CrosswalkTable
-    from shared.ports import Secrets
+    from shared.ports import DocumentStore, Secrets
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +79,10 @@ class _Map:
         self.cache: TTLCache | None = (TTLCache(spec.cache_size, spec.cache_ttl_s, timer=timer)
                                        if spec.cache_ttl_s > 0 else None)
         self.lock = threading.Lock()
+        self.salt: str | None = None  # a synced map's, once its copy answers (shared.crosswalk_sync)
 
     def cache_key(self, keys: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(k.casefold() for k in keys) if self.spec.case_insensitive else keys
+        return normalized_keys(self.spec, keys)
 
     def parameters(self, keys: tuple[str, ...]) -> dict[str, str]:
         if self.spec.query is not None:
@@ -89,10 +96,13 @@ class DatabaseCrosswalk:
     database maps through their source (see the module docstring).
 
     ``lookup`` returns the value, or None on a miss (the map's ``on_miss`` is applied by
-    :class:`shared.morph_services.MorphServices`). ``timer`` is the cache's clock."""
+    :class:`shared.morph_services.MorphServices`). ``timer`` is the cache's clock;
+    ``docs`` the document store holding the copies of synced maps (none: every map is
+    queried)."""
 
     def __init__(self, tables: Iterable["CrosswalkTable"], sources: Iterable["CrosswalkSource"],
-                 secrets: "Secrets", *, timer: Callable[[], float] = time.monotonic):
+                 secrets: "Secrets", *, timer: Callable[[], float] = time.monotonic,
+                 docs: "DocumentStore | None" = None):
         tables = list(tables)
         self._memory = InMemoryCrosswalk(t for t in tables if t.source is None)
         self._maps = {t.id: _Map(t, timer) for t in tables if t.source is not None}
@@ -101,6 +111,7 @@ class DatabaseCrosswalk:
             if spec.source is not None and spec.source not in self._sources:
                 raise KeyError(f"crosswalk table {spec.id!r} names unknown source {spec.source!r}")
         self._secrets = secrets
+        self._docs = docs
         self._engines: dict[str, Engine] = {}
         self._engines_lock = threading.Lock()
 
@@ -147,16 +158,31 @@ class DatabaseCrosswalk:
 
     def _cached_or_queried(self, entry: _Map, keys: tuple[str, ...]) -> tuple[str | None, bool]:
         if entry.cache is None:
-            return self._query(entry, keys), False
+            return self._answer(entry, keys), False
         cache_key = entry.cache_key(keys)
         with entry.lock:
             value = entry.cache.get(cache_key, _MISSING)
         if value is not _MISSING:
             return value, True
-        value = self._query(entry, keys)
+        value = self._answer(entry, keys)
         with entry.lock:
             entry.cache[cache_key] = value
         return value, False
+
+    def _answer(self, entry: _Map, keys: tuple[str, ...]) -> str | None:
+        """From the synced copy when there is one, else from the database."""
+        spec = entry.spec
+        if self._docs is None or not spec.synced:
+            return self._query(entry, keys)
+        try:
+            if entry.salt is None:  # until a sync has completed; a copy, once there, stays
+                entry.salt = synced_salt(self._docs, spec)
+            if entry.salt is not None:
+                return synced_value(self._docs, spec, entry.salt, keys)
+        except Exception as exc:  # noqa: BLE001 - the document store is down: a retry later, named by type
+            raise RetryLater(f"crosswalk table {spec.id!r}: the document store did not answer "
+                             f"({type(exc).__name__})") from None
+        return self._query(entry, keys)
 
     def _query(self, entry: _Map, keys: tuple[str, ...]) -> str | None:
         spec = entry.spec

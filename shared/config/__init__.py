@@ -23,6 +23,7 @@ from shared.config.actions import (
     AIStandardizeAction,
     CopyAction,
     CrosswalkAction,
+    CrosswalkSync,
     CrosswalkTable,
     DeleteAction,
     MoveAction,
@@ -67,7 +68,7 @@ from shared.config.sources import (
 )
 
 __all__ = [
-    "Action", "AIStandardizeAction", "CopyAction", "CrosswalkAction", "CrosswalkTable", "DeleteAction",
+    "Action", "AIStandardizeAction", "CopyAction", "CrosswalkAction", "CrosswalkSync", "CrosswalkTable", "DeleteAction",
     "MoveAction", "PrependAction", "RegexReplaceAction", "SetAction", "SuffixAction",
     "CONFIG_COLLECTIONS", "AppConfig",
     "Doc", "TagAddress",

@@ -175,6 +175,20 @@ Action = Annotated[
 ]
 
 
+class CrosswalkSync(Doc):
+    """Copy a database map into the document store on a schedule and answer its
+    lookups from there (:mod:`shared.crosswalk_sync`): routing goes on while the
+    database is down, and a lookup costs a document read, not a query."""
+
+    enabled: bool = Field(default=True, description="Sync the map on schedule and serve it from the copy; false: "
+                                                     "query the database for every lookup again.")
+    every_s: float = Field(default=3600.0, ge=10, le=7 * 86400, examples=[900],
+                           description="Seconds between two syncs of the whole table (rows added, changed or removed "
+                                       "in the database reach the copy after at most this long).")
+    batch_size: int = Field(default=1000, ge=10, le=100_000,
+                            description="Rows fetched from the database at a time while syncing.")
+
+
 class CrosswalkTable(Doc):
     """A crosswalk map: either in memory (``entries``) or read from a database
     (``source`` with ``table``, ``keys`` and ``value``, or a parameterized ``query``)."""
@@ -213,14 +227,18 @@ class CrosswalkTable(Doc):
                                            "cache.")
     cache_size: int = Field(default=10000, ge=1, le=10_000_000,
                             description="Most keys kept in the cache of this map.")
+    sync: CrosswalkSync | None = Field(
+        default=None, examples=[{"every_s": 900}],
+        description="Copy the whole `table` into the document store on a schedule and look keys up there, so a "
+                    "database outage does not stop routing; none: query the database (through the cache).")
 
     @model_validator(mode="after")
     def _one_kind(self):
         if self.on_miss == "default" and self.default is None:
             raise ValueError("on_miss 'default' needs a default value")
         if self.source is None:
-            if self.table or self.query or self.keys or self.value:
-                raise ValueError("`table`, `query`, `keys` and `value` need a `source`")
+            if self.table or self.query or self.keys or self.value or self.sync:
+                raise ValueError("`table`, `query`, `keys`, `value` and `sync` need a `source`")
             return self
         if self.entries:
             raise ValueError("a map with a `source` has no `entries`")
@@ -230,11 +248,19 @@ class CrosswalkTable(Doc):
             raise ValueError("a database map needs either `table` (with `value`) or `query`")
         if self.table is not None and not self.value:
             raise ValueError("a map with `table` needs `value`, the column to read")
+        if self.sync is not None and self.query is not None:
+            raise ValueError("`sync` needs a `table` map (keys and value columns): a `query` with bound parameters "
+                             "cannot be read as a whole")
         if self.query is not None:
             missing = set(self.keys) - query_parameters(self.query)
             if missing:
                 raise ValueError(f"the query has no bound parameter for {', '.join(sorted(missing))}")
         return self
+
+    @property
+    def synced(self) -> bool:
+        """Whether lookups are answered from the synced copy of the table."""
+        return self.source is not None and self.sync is not None and self.sync.enabled
 
     @property
     def key_count(self) -> int:

@@ -211,6 +211,7 @@ class EmbeddedRuntime:
         self._release_thread: threading.Thread | None = None
         self._retention_thread: threading.Thread | None = None
         self._listeners_thread: threading.Thread | None = None
+        self._crosswalk_sync_thread: threading.Thread | None = None
 
     def status(self) -> dict:
         """The embedded runtime's own status (``runtime`` of ``GET /api/v1/status``):
@@ -252,6 +253,16 @@ class EmbeddedRuntime:
         self._retention_thread = threading.Thread(target=self.retention.run, args=(self._stopping,),
                                                   name="retention", daemon=True)
         self._retention_thread.start()
+        # database crosswalk maps with `sync` copied into state.db when due (shared/crosswalk_sync.py)
+        try:
+            from shared.crosswalk_sync import CrosswalkSyncer
+        except ImportError as exc:  # without the databases extra there is no database map to sync
+            log.info("crosswalk syncs off: %s is not installed (the `databases` extra)", exc.name)
+        else:
+            self._crosswalk_sync_thread = threading.Thread(
+                target=CrosswalkSyncer(self.docs, self.config, self.secrets).run, args=(self._stopping,),
+                name="crosswalk-sync", daemon=True)
+            self._crosswalk_sync_thread.start()
         # listeners open, close and change with the config, without a restart
         self._listeners_thread = threading.Thread(
             target=follow_listeners, args=(self.gateway, self.config, self._stopping, FOLLOW_LISTENERS_EVERY_S),
@@ -275,7 +286,8 @@ class EmbeddedRuntime:
 
     def stop(self) -> None:
         self._stopping.set()
-        for thread in (self._release_thread, self._retention_thread, self._listeners_thread):
+        for thread in (self._release_thread, self._retention_thread, self._listeners_thread,
+                       self._crosswalk_sync_thread):
             if thread:
                 thread.join(10)
         self.sources.stop()
