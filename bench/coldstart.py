@@ -49,7 +49,7 @@ FUNCTIONS = REPO / "functions"
 SOURCES = {"api": "api.py"}
 # What each entry module takes from functions-framework: the platform's share of its import
 FRAMEWORK = {"main": ("flask", "functions_framework"), "api": ("flask", "functions_framework", "functions_framework.aio")}
-TARGETS = ("match", "morph", "route", "dead_letter", "release_held", "poll", "ghc_ingest", "stow", "api")
+TARGETS = ("match", "crosswalk", "crosswalk_sync", "morph", "route", "dead_letter", "release_held", "poll", "ghc_ingest", "stow", "api")
 BLOB = {"bucket": "ingest", "name": "1.2.3.dcm", "generation": "1"}
 # What each CloudEvent target is pushed on its first call: a message it decodes, so the
 # call goes on to the stage (and to the ports) as a real one would.
@@ -57,6 +57,8 @@ PUSHES = {
     "match": ({"bucket": "ingest", "name": "1.2.3.dcm"},
               {"eventType": "OBJECT_FINALIZE", "bucketId": "ingest", "objectId": "1.2.3.dcm", "objectGeneration": "1",
                "payloadFormat": "JSON_API_V1"}),
+    "crosswalk": ({"blob": BLOB, "ingest": {}, "sop_instance_uid": "1.2.3"}, {}),
+    "crosswalk_sync": ({}, {}),
     "morph": ({"blob": BLOB, "ingest": {}, "sop_instance_uid": "1.2.3"}, {}),
     "route": ({"sop_instance_uid": "1.2.3", "destination_id": "archive", "blob": BLOB, "source": BLOB, "ingest": {}}, {}),
     "dead_letter": ({"topic": "planned", "body": "{}", "attempts": 5}, {}),

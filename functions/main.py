@@ -92,6 +92,22 @@ def crosswalk(cloud_event) -> None:
 
 @functions_framework.cloud_event
 @_traced
+def crosswalk_sync(cloud_event) -> None:
+    """Cloud Scheduler (any message): copy the synced crosswalk maps that are due (their
+    ``sync.every_s``) from their databases into Firestore."""
+    from shared.crosswalk_sync import run_due_syncs
+    from shared.stages import lookup_services
+
+    ports = gcp.ports()
+    config = ports.config()
+    if not any(spec.synced for spec in config.crosswalks):
+        return
+    for report in run_due_syncs(ports.docs, lookup_services(config, ports).crosswalk, config):
+        log.info("crosswalk sync: %s", report)
+
+
+@functions_framework.cloud_event
+@_traced
 def morph(cloud_event) -> None:
     from shared import stages
     from shared.adapters.pubsub import Push

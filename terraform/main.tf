@@ -50,7 +50,7 @@ locals {
   # the Healthcare store's notifications, and where the dead-letter path's own failures
   # are kept (retained 31 days on the topic, to be replayed by a subscription seeking it).
   stage_topics = ["ingest", "crosswalk", "planned", "deliver", "dead-letter"]
-  extra_topics = concat(["poll", "release-held", "dead-letter-unrecorded"], local.healthcare_enabled ? ["healthcare"] : [])
+  extra_topics = concat(["poll", "release-held", "crosswalk-sync", "dead-letter-unrecorded"], local.healthcare_enabled ? ["healthcare"] : [])
   topics       = { for t in concat(local.stage_topics, local.extra_topics) : t => "${var.topic_prefix}${t}" }
   kept_topics  = ["dead-letter", "dead-letter-unrecorded"]
 
@@ -59,13 +59,14 @@ locals {
   # exception records); dead-letter's own and the scheduler ticks' (a missed tick is
   # replaced by the next; not an instance, so no exception record) to dead-letter-unrecorded.
   subscriptions = merge({
-    ingest       = { topic = "ingest", function = "match", dead_letter = "dead-letter", retention_s = var.pubsub.message_retention_s }
-    crosswalk    = { topic = "crosswalk", function = "crosswalk", dead_letter = "dead-letter", retention_s = var.pubsub.message_retention_s }
-    planned      = { topic = "planned", function = "morph", dead_letter = "dead-letter", retention_s = var.pubsub.message_retention_s }
-    deliver      = { topic = "deliver", function = "route", dead_letter = "dead-letter", retention_s = var.pubsub.message_retention_s }
-    dead-letter  = { topic = "dead-letter", function = "dead_letter", dead_letter = "dead-letter-unrecorded", retention_s = var.pubsub.message_retention_s }
-    poll         = { topic = "poll", function = "poll", dead_letter = "dead-letter-unrecorded", retention_s = 600 }
-    release-held = { topic = "release-held", function = "release_held", dead_letter = "dead-letter-unrecorded", retention_s = 600 }
+    ingest         = { topic = "ingest", function = "match", dead_letter = "dead-letter", retention_s = var.pubsub.message_retention_s }
+    crosswalk      = { topic = "crosswalk", function = "crosswalk", dead_letter = "dead-letter", retention_s = var.pubsub.message_retention_s }
+    planned        = { topic = "planned", function = "morph", dead_letter = "dead-letter", retention_s = var.pubsub.message_retention_s }
+    deliver        = { topic = "deliver", function = "route", dead_letter = "dead-letter", retention_s = var.pubsub.message_retention_s }
+    dead-letter    = { topic = "dead-letter", function = "dead_letter", dead_letter = "dead-letter-unrecorded", retention_s = var.pubsub.message_retention_s }
+    poll           = { topic = "poll", function = "poll", dead_letter = "dead-letter-unrecorded", retention_s = 600 }
+    release-held   = { topic = "release-held", function = "release_held", dead_letter = "dead-letter-unrecorded", retention_s = 600 }
+    crosswalk-sync = { topic = "crosswalk-sync", function = "crosswalk_sync", dead_letter = "dead-letter-unrecorded", retention_s = 600 }
     }, {
     for k, v in {
       healthcare = { topic = "healthcare", function = "ghc_ingest", dead_letter = "dead-letter", retention_s = var.pubsub.message_retention_s }
@@ -77,16 +78,17 @@ locals {
   # per_request_n: multiples of max_instance_bytes one request holds in memory (its
   # /tmp), see var.max_instance_bytes.
   entry_points = {
-    match        = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
-    crosswalk    = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
-    morph        = { source = "main.py", trigger = "push", per_request_n = 2, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
-    route        = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
-    dead_letter  = { source = "main.py", trigger = "push", per_request_n = 0, fixed_mib = 512, concurrency = 10, max_instances = 5, timeout_s = 120 }
-    release_held = { source = "main.py", trigger = "push", per_request_n = 0, fixed_mib = 512, concurrency = 1, max_instances = 1, timeout_s = 540 }
-    poll         = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 10, timeout_s = 540 }
-    ghc_ingest   = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 10, timeout_s = 540 }
-    stow         = { source = "main.py", trigger = "http", per_request_n = 2, fixed_mib = null, concurrency = 1, max_instances = 10, timeout_s = 600 }
-    api          = { source = "api.py", trigger = "http", per_request_n = 0, fixed_mib = 512, concurrency = 20, max_instances = 5, timeout_s = 300 }
+    match          = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
+    crosswalk      = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
+    crosswalk_sync = { source = "main.py", trigger = "push", per_request_n = 0, fixed_mib = 1024, concurrency = 1, max_instances = 1, timeout_s = 3600 }
+    morph          = { source = "main.py", trigger = "push", per_request_n = 2, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
+    route          = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 20, timeout_s = 540 }
+    dead_letter    = { source = "main.py", trigger = "push", per_request_n = 0, fixed_mib = 512, concurrency = 10, max_instances = 5, timeout_s = 120 }
+    release_held   = { source = "main.py", trigger = "push", per_request_n = 0, fixed_mib = 512, concurrency = 1, max_instances = 1, timeout_s = 540 }
+    poll           = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 10, timeout_s = 540 }
+    ghc_ingest     = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 10, timeout_s = 540 }
+    stow           = { source = "main.py", trigger = "http", per_request_n = 2, fixed_mib = null, concurrency = 1, max_instances = 10, timeout_s = 600 }
+    api            = { source = "api.py", trigger = "http", per_request_n = 0, fixed_mib = 512, concurrency = 20, max_instances = 5, timeout_s = 300 }
   }
   deployed_entry_points = { for e, spec in local.entry_points : e => spec if e != "ghc_ingest" || local.healthcare_enabled }
 
@@ -161,6 +163,11 @@ locals {
       ["roles/secretmanager.secretAccessor", "secrets"],
       ["roles/cloudsql.client", "project"],
       ["roles/aiplatform.user", "project"],
+    ]
+    crosswalk_sync = [
+      ["roles/datastore.user", "project"],
+      ["roles/secretmanager.secretAccessor", "secrets"],
+      ["roles/cloudsql.client", "project"],
     ]
     morph = [
       ["roles/datastore.user", "project"],
@@ -424,7 +431,7 @@ module "function" {
   public             = (each.key == "api" && var.api.public) || (each.key == "stow" && var.stow.public)
   invokers           = each.value.trigger == "push" ? ["serviceAccount:${google_service_account.push.email}"] : []
   kms_key_name       = var.kms_key_name
-  vpc_connector      = each.key == "crosswalk" ? var.crosswalk.vpc_connector : null
+  vpc_connector      = contains(["crosswalk", "crosswalk_sync"], each.key) ? var.crosswalk.vpc_connector : null
   roles              = local.role_bindings[each.key]
   labels             = var.labels
 
@@ -456,6 +463,19 @@ resource "google_cloud_scheduler_job" "release_held" {
 
   pubsub_target {
     topic_name = google_pubsub_topic.topic["release-held"].id
+    data       = base64encode("{}")
+  }
+}
+
+resource "google_cloud_scheduler_job" "crosswalk_sync" {
+  project   = var.project_id
+  region    = var.region
+  name      = "${var.name_prefix}crosswalk-sync"
+  schedule  = var.crosswalk.sync_schedule
+  time_zone = var.scheduler_time_zone
+
+  pubsub_target {
+    topic_name = google_pubsub_topic.topic["crosswalk-sync"].id
     data       = base64encode("{}")
   }
 }

@@ -290,14 +290,16 @@ variable "api" {
 
 variable "crosswalk" {
   description = <<-EOT
-    The crosswalk function, the only one that reaches the crosswalk databases:
-    vpc_connector (a Serverless VPC Access connector, projects/P/locations/R/connectors/C,
-    through which it reaches databases on private addresses; null: none, for Cloud SQL
-    through its connector's public IP or no database at all). Its egress through the
-    connector is private ranges only.
+    The crosswalk and crosswalk_sync functions, the only ones that reach the crosswalk
+    databases: vpc_connector (a Serverless VPC Access connector,
+    projects/P/locations/R/connectors/C, through which they reach databases on private
+    addresses; null: none, for Cloud SQL through its connector's public IP or no
+    database at all; egress through it is private ranges only), sync_schedule (cron of
+    the check for synced maps that are due; each map's sync.every_s decides).
   EOT
   type = object({
     vpc_connector = optional(string)
+    sync_schedule = optional(string, "*/5 * * * *")
   })
   default = {}
 }
