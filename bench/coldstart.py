@@ -49,7 +49,8 @@ FUNCTIONS = REPO / "functions"
 SOURCES = {"api": "api.py"}
 # What each entry module takes from functions-framework: the platform's share of its import
 FRAMEWORK = {"main": ("flask", "functions_framework"), "api": ("flask", "functions_framework", "functions_framework.aio")}
-TARGETS = ("match", "crosswalk", "crosswalk_sync", "morph", "route", "dead_letter", "release_held", "poll", "ghc_ingest", "stow", "api")
+TARGETS = ("match", "crosswalk", "crosswalk_sync", "morph", "route", "dead_letter", "release_held", "poll",
+           "ghc_ingest", "stow", "api")
 BLOB = {"bucket": "ingest", "name": "1.2.3.dcm", "generation": "1"}
 # What each CloudEvent target is pushed on its first call: a message it decodes, so the
 # call goes on to the stage (and to the ports) as a real one would.
