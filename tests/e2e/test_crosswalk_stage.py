@@ -6,6 +6,8 @@ the API once the map has the entry; the status counts the lookups."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import sqlalchemy
 from pydicom import dcmread
 
@@ -124,3 +126,32 @@ def test_instances_arrive_with_the_databases_values_and_wait_out_an_outage(tmp_p
         standardizer = server.api_status()["standardizer"]
         assert standardizer["lookups"] == 6 and standardizer["model"] is None
     assert "PAT-1" not in server.log_path.read_text() and "PAT-9" not in server.log_path.read_text()
+
+
+def test_a_synced_map_keeps_routing_with_the_database_down(tmp_path, postgres_server):  # noqa: F811
+    """The map copied into serve's store (its sync thread) answers while PostgreSQL is
+    stopped: instances sent then arrive mapped, and nothing waits or is recorded."""
+    db = postgres_server
+    db.start()
+    _load(db, ROWS)
+    config = _config(db)
+    config["crosswalks"][0]["sync"] = {"every_s": 3600}
+    with AxiomServer(tmp_path / "data", config, env={"AXIOM_TEST_MPI_PASSWORD": db.password}) as server:
+        def synced() -> bool:  # the map's sync state in serve's store
+            with sqlite3.connect(f"file:{server.data_dir / 'state.db'}?mode=ro", uri=True) as conn:
+                row = conn.execute("SELECT json_extract(data, '$.synced_at') FROM documents"
+                                   " WHERE collection='crosswalk_syncs' AND id='research'").fetchone()
+            return row is not None and row[0] is not None
+
+        wait_for(synced, 60, what="the map's first sync")
+        db.stop()
+        try:
+            paths = _study(tmp_path, "a", "HOSP-B", "PAT-1") + _study(tmp_path, "b", "HOSP-A", "PAT-2", count=1)
+            storescu(server.dicom_port, paths)
+            wait_for(lambda: len(_arrived(server)) == 3, 60, what="the instances, mapped from the synced copy")
+            arrived = _arrived(server)
+            assert sorted(arrived[u][0] for u in _uids(paths)) == ["R-0002", "R-1001", "R-1001"]
+            server.wait_idle()
+            assert server.exceptions() == []
+        finally:
+            db.start()
