@@ -11,25 +11,15 @@ import sqlite3
 import sqlalchemy
 from pydicom import dcmread
 
-from tests.support.databases import postgres_server  # noqa: F401 (fixture)
+from tests.support.databases import load_table, postgres_server  # noqa: F401 (fixture)
 from tests.support.dicomgen import make_ct_study
 from tests.support.procs import AxiomServer, storescu, wait_for
 
 ROWS = [("HOSP-A", "PAT-1", "R-0001"), ("HOSP-A", "PAT-2", "R-0002"), ("HOSP-B", "PAT-1", "R-1001")]
 
 
-def _load(server, rows) -> sqlalchemy.Table:
-    engine = sqlalchemy.create_engine(server.url())
-    meta = sqlalchemy.MetaData()
-    table = sqlalchemy.Table("research_ids", meta, sqlalchemy.Column("issuer", sqlalchemy.String(64)),
-                             sqlalchemy.Column("mrn", sqlalchemy.String(64)),
-                             sqlalchemy.Column("research_id", sqlalchemy.String(64)))
-    meta.drop_all(engine)
-    meta.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(table.insert(), [{"issuer": i, "mrn": m, "research_id": r} for i, m, r in rows])
-    engine.dispose()
-    return table
+def _load(server, rows) -> None:
+    load_table(server, "research_ids", ["issuer", "mrn", "research_id"], rows)
 
 
 def _add_row(server, issuer: str, mrn: str, research_id: str) -> None:

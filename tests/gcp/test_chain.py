@@ -18,7 +18,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-import sqlalchemy
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
@@ -26,7 +25,7 @@ from pydicom.uid import JPEG2000, ImplicitVRLittleEndian, JPEG2000Lossless, RLEL
 from shared.config import parse_config
 from shared.messages import TOPIC_DEAD_LETTER, TOPIC_INGEST, TOPICS, Delivery
 from shared.runtime import gcp as gcp_runtime
-from tests.support.databases import postgres_server  # noqa: F401 (fixture)
+from tests.support.databases import load_table, postgres_server  # noqa: F401 (fixture)
 from tests.support.dicomgen import make_ct_study
 from tests.support.gcp import (
     PROJECT,
@@ -114,22 +113,11 @@ class Chain:
         return self.docs.list("exceptions")
 
 
-def _mpi(db) -> None:
-    """The crosswalk map's table: (issuer, MRN) -> research id."""
-    engine = sqlalchemy.create_engine(db.url())
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text("DROP TABLE IF EXISTS research_ids"))
-        conn.execute(sqlalchemy.text("CREATE TABLE research_ids (issuer text, mrn text, research_id text)"))
-        conn.execute(sqlalchemy.text("INSERT INTO research_ids VALUES (:i, :m, :r)"),
-                     [{"i": i, "m": m, "r": r} for i, m, r in MPI_ROWS])
-    engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def chain(emulators, gcp_logs, tmp_path_factory, postgres_server):  # noqa: F811
     firestore, pubsub = emulators
     postgres_server.start()
-    _mpi(postgres_server)
+    load_table(postgres_server, "research_ids", ["issuer", "mrn", "research_id"], MPI_ROWS)
     work = tmp_path_factory.mktemp("chain")
     prefix = unique("c") + "-"
     collections = unique("x") + "-"

@@ -9,7 +9,6 @@ import base64
 from pathlib import Path
 
 import pytest
-import sqlalchemy
 from functions_framework import create_app
 
 from shared.adapters.crosswalk_databases import DatabaseCrosswalk
@@ -18,7 +17,7 @@ from shared.adapters.secrets import LocalSecrets
 from shared.config import parse_config
 from shared.crosswalk_sync import SYNCS
 from shared.runtime import gcp as gcp_runtime
-from tests.support.databases import postgres_server  # noqa: F401 (fixture)
+from tests.support.databases import load_table, postgres_server  # noqa: F401 (fixture)
 from tests.support.gcp import unique
 
 MAIN = str(Path(__file__).parents[2] / "functions" / "main.py")
@@ -38,13 +37,7 @@ def _scheduler_tick(app) -> int:
 def database(postgres_server):  # noqa: F811
     db = postgres_server
     db.start()
-    engine = sqlalchemy.create_engine(db.url())
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text("DROP TABLE IF EXISTS synced_ids"))
-        conn.execute(sqlalchemy.text("CREATE TABLE synced_ids (issuer text, mrn text, research_id text)"))
-        conn.execute(sqlalchemy.text("INSERT INTO synced_ids VALUES (:i, :m, :r)"),
-                     [{"i": i, "m": m, "r": r} for i, m, r in ROWS])
-    engine.dispose()
+    load_table(db, "synced_ids", ["issuer", "mrn", "research_id"], ROWS)
     yield db
     db.start()
 

@@ -28,14 +28,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from shared.config import parse_config
 from shared.messages import TOPIC_CROSSWALK, TOPIC_DELIVER, TOPIC_PLANNED, TOPICS, Delivery, IngestMetadata, Plan
 from shared.runtime import gcp as gcp_runtime
-from tests.support.databases import postgres_server  # noqa: F401 (fixture)
+from tests.support.databases import load_table, postgres_server  # noqa: F401 (fixture)
 from tests.support.gcp import PROJECT, PubSubAdmin, emulator_env, unique
 from tests.support.procs import REPO
 
@@ -112,13 +111,9 @@ def deployment(emulators, fake_gcs, tmp_path_factory, postgres_server):  # noqa:
 
     db = postgres_server
     db.start()
-    engine = sqlalchemy.create_engine(db.url())
-    with engine.begin() as conn:  # the crosswalk map, read through the bundle's own PostgreSQL driver
-        conn.execute(sqlalchemy.text("DROP TABLE IF EXISTS bundle_ids"))
-        conn.execute(sqlalchemy.text("CREATE TABLE bundle_ids (mrn text, research_id text)"))
-        conn.execute(sqlalchemy.text("INSERT INTO bundle_ids VALUES (:m, :r)"),
-                     {"m": str(dcmread(CT, stop_before_pixels=True).PatientID), "r": RESEARCH_ID})
-    engine.dispose()
+    # the crosswalk map, read through the bundle's own PostgreSQL driver
+    load_table(db, "bundle_ids", ["mrn", "research_id"], [(str(dcmread(CT, stop_before_pixels=True).PatientID),
+                                                           RESEARCH_ID)])
     gcp_runtime.load_config(parse_config({
         "settings": {"ingest_bucket": ingest, "processed_bucket": processed, "quarantine_bucket": quarantine},
         "destinations": [{"id": "archive", "type": "filesystem", "path": "archive"}],

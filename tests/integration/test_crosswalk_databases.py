@@ -4,7 +4,6 @@ tests/support/databases.py), and the SQL emitted for SQL Server, compiled only."
 from __future__ import annotations
 
 import pytest
-import sqlalchemy
 from pydicom import Dataset
 from sqlalchemy import event
 
@@ -15,7 +14,7 @@ from shared.config.crosswalk import CrosswalkSource
 from shared.errors import CrosswalkMissing, Held, RetryLater
 from shared.morph import apply_actions
 from shared.morph_services import MorphServices
-from tests.support.databases import mariadb_server, postgres_server  # noqa: F401 (fixtures)
+from tests.support.databases import load_table, mariadb_server, postgres_server  # noqa: F401 (fixtures)
 from tests.support.procs import free_port
 
 ROWS = [  # issuer, MRN (mixed case), research id
@@ -36,17 +35,7 @@ class Clock:
 
 
 def _load(server) -> None:
-    engine = sqlalchemy.create_engine(server.url())
-    meta = sqlalchemy.MetaData()
-    table = sqlalchemy.Table("Mrn_Map", meta,  # mixed case: the code must quote it
-                             sqlalchemy.Column("issuer", sqlalchemy.String(64)),
-                             sqlalchemy.Column("mrn", sqlalchemy.String(64)),
-                             sqlalchemy.Column("research_id", sqlalchemy.String(64)))
-    meta.drop_all(engine)
-    meta.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(table.insert(), [{"issuer": i, "mrn": m, "research_id": r} for i, m, r in ROWS])
-    engine.dispose()
+    load_table(server, "Mrn_Map", ["issuer", "mrn", "research_id"], ROWS)  # mixed case: the code must quote it
 
 
 @pytest.fixture(params=["postgresql", "mysql"])
@@ -55,7 +44,8 @@ def server(request):
     server.start()
     _load(server)
     server.kind = request.param
-    return server
+    yield server
+    server.start()  # a test that stopped it
 
 
 def _source(server) -> dict:

@@ -17,23 +17,15 @@ from shared.adapters.sqlite import SQLiteDatabase, SQLiteDocumentStore
 from shared.cli import main
 from shared.config import AppConfig, CrosswalkTable, dump_yaml
 from shared.crosswalk_sync import ROWS, SYNCS, CrosswalkSyncer, run_due_syncs, sync_map, sync_state
+from tests.integration import test_crosswalk_databases
 from tests.integration.test_crosswalk_databases import ROWS as TABLE_ROWS
-from tests.integration.test_crosswalk_databases import TWO_KEYS, _load, _source
+from tests.integration.test_crosswalk_databases import TWO_KEYS, _source
 from tests.support.databases import mariadb_server, postgres_server  # noqa: F401 (fixtures)
 from tests.support.procs import wait_for
 
+server = test_crosswalk_databases.server  # the fixture: PostgreSQL and MariaDB, each with the table loaded
 SYNCED = {**TWO_KEYS, "sync": {"every_s": 600}, "cache_ttl_s": 0}  # no cache: every lookup reads the copy
 KEY_VALUES = {v for issuer, mrn, _ in TABLE_ROWS for v in (issuer, mrn)}
-
-
-@pytest.fixture(params=["postgresql", "mysql"])
-def server(request):
-    server = request.getfixturevalue("postgres_server" if request.param == "postgresql" else "mariadb_server")
-    server.start()
-    _load(server)
-    server.kind = request.param
-    yield server
-    server.start()  # a test that stopped it
 
 
 @pytest.fixture

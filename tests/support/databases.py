@@ -56,6 +56,21 @@ def _tool(name: str, *candidates: Path) -> str:
     return found
 
 
+def load_table(server, name: str, columns: list[str], rows: list[tuple]) -> None:
+    """(Re)create table ``name`` in ``server``'s database with text ``columns`` holding
+    ``rows``: a crosswalk map's table."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(server.url())
+    meta = sqlalchemy.MetaData()
+    table = sqlalchemy.Table(name, meta, *(sqlalchemy.Column(c, sqlalchemy.String(64)) for c in columns))
+    meta.drop_all(engine)
+    meta.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [dict(zip(columns, row)) for row in rows])
+    engine.dispose()
+
+
 class _Server:
     user, password, database = USER, PASSWORD, DATABASE
     service_user = ""
