@@ -156,6 +156,9 @@ def _read_table(engine: Engine, spec: "CrosswalkTable", batch: int,
     cursor where the driver has one); the row count first, through ``counted``."""
     source = table(spec.table, schema=spec.schema_)
     with engine.connect() as conn:
+        # one transaction (the engine autocommits lookups): count and rows of one snapshot,
+        # and PostgreSQL's server-side cursor needs one
+        conn.execution_options(isolation_level="REPEATABLE READ")
         counted(conn.execute(select(func.count()).select_from(source)).scalar())
         statement = select(*(column(k) for k in spec.keys), column(spec.value)).select_from(source)
         result = conn.execution_options(stream_results=True, yield_per=batch).execute(statement)

@@ -202,10 +202,13 @@ class DatabaseCrosswalk:
 
 def make_engine(source: "CrosswalkSource", secrets: "Secrets") -> Engine:
     """A pooled SQLAlchemy engine for ``source``; its password read through ``secrets``.
-    ``pool_pre_ping`` replaces connections the server dropped (a restart) before use."""
+    ``pool_pre_ping`` replaces connections the server dropped (a restart) before use.
+    Autocommit: a lookup is one SELECT, without the BEGIN and ROLLBACK round trips
+    around it (half the time of an uncached lookup, bench/results/crosswalk.md); a
+    sync asks for its own isolation level."""
     password = secrets.text(source.password) if source.password else None
     pool = {"pool_size": source.pool_size, "max_overflow": source.pool_size, "pool_pre_ping": True,
-            "pool_timeout": source.connect_timeout_s, "pool_recycle": 1800}
+            "pool_timeout": source.connect_timeout_s, "pool_recycle": 1800, "isolation_level": "AUTOCOMMIT"}
     if source.type == "cloudsql":
         return _cloudsql_engine(source, password, pool)
     timeout = max(1, int(source.connect_timeout_s))
