@@ -22,8 +22,9 @@ The crosswalk stage counts its lookups (:func:`count_lookups`): ``crosswalk:<tab
 counts ``lookups``, ``hits`` (the map had the key), ``misses`` and ``cache_hits``
 (answered from the map's cache, not its database); ``standardizer:ai`` counts
 ``lookups``, ``cache_hits``, ``model_calls`` with their total ``model_ms``, and
-``fallbacks``. The snapshot adds the hit rates, the mean model latency and, with a
-model configured, the calls left in today's budget. Counts are totals since the data dir (or the Firestore
+``fallbacks``. The snapshot adds the hit rates, the mean model latency, with a model
+configured the calls left in today's budget, and for a synced map its last sync
+(``crosswalk_syncs``: when, what changed, the error). Counts are totals since the data dir (or the Firestore
 database) was new; a stage message redelivered after a crash may count twice (the
 stages are at-least-once), so they are for operators, not for accounting."""
 
@@ -116,6 +117,7 @@ def snapshot(ports: Ports) -> dict[str, dict[str, dict]]:
         out["destinations"][dest.id] = _destination({})
     for table in config.crosswalks:
         out["crosswalks"][table.id] = _crosswalk({})
+    synced = {table.id for table in config.crosswalks if table.synced}
     standardizer: dict = {}
     for doc_id, doc in ports.docs.list(COUNTERS).items():
         kind, _, name = doc_id.partition(":")
@@ -128,6 +130,14 @@ def snapshot(ports: Ports) -> dict[str, dict[str, dict]]:
         elif kind in ORIGIN_KINDS:
             out[f"{kind}s"][name] = _with_fields(doc, LISTENER_FIELDS if kind == "listener" else ORIGIN_FIELDS)
     out["standardizer"] = _standardizer(standardizer, ports, config)
+    if synced:
+        from shared.crosswalk_sync import sync_state
+
+        for map_id in synced:
+            state = sync_state(ports.docs, map_id) or {}
+            out["crosswalks"].setdefault(map_id, _crosswalk({}))["sync"] = {
+                "synced_at": state.get("synced_at"), "started_at": state.get("started_at"),
+                "last": state.get("last"), "error": state.get("error")}
     return out
 
 

@@ -35,13 +35,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from sqlalchemy import column, func, select, table
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
-
 from shared.errors import RetryLater, SecretError
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover (SQLAlchemy is imported where a sync runs: status reads this module)
+    from sqlalchemy.engine import Engine
+
     from shared.config import AppConfig, CrosswalkTable
     from shared.ports import DocumentStore, Secrets
 
@@ -144,16 +142,20 @@ def _existing_rows(docs: "DocumentStore", map_id: str) -> dict[str, Any]:
         after = (page[-1][0], page[-1][0])
 
 
-def _engine(crosswalk_or_engine: Any, spec: "CrosswalkTable") -> Engine:
+def _engine(crosswalk_or_engine: Any, spec: "CrosswalkTable") -> "Engine":
+    from sqlalchemy.engine import Engine
+
     if isinstance(crosswalk_or_engine, Engine):
         return crosswalk_or_engine
     return crosswalk_or_engine.engine(spec.source)  # a DatabaseCrosswalk: its pooled engine
 
 
-def _read_table(engine: Engine, spec: "CrosswalkTable", batch: int,
+def _read_table(engine: "Engine", spec: "CrosswalkTable", batch: int,
                 counted: Callable[[int | None], None]) -> Iterator[list[tuple]]:
     """The table's (keys..., value) rows, ``batch`` at a time, streamed (a server-side
     cursor where the driver has one); the row count first, through ``counted``."""
+    from sqlalchemy import column, func, select, table
+
     source = table(spec.table, schema=spec.schema_)
     with engine.connect() as conn:
         # one transaction (the engine autocommits lookups): count and rows of one snapshot,
@@ -182,6 +184,8 @@ def sync_map(docs: "DocumentStore", crosswalk_or_engine: Any, spec: "CrosswalkTa
     (its pooled engine of the map's source) or an Engine. A database failure is
     recorded (the report's ``error``, the map's state) and writes nothing. ``now``:
     the start time recorded (epoch seconds; default: the clock's)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     if spec.source is None or spec.table is None or spec.value is None:
         raise ValueError(f"crosswalk map {spec.id!r} is not a database `table` map: it cannot be synced")
     started = time.monotonic()

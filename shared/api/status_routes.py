@@ -52,6 +52,9 @@ class CrosswalkCounts(_counts("CrosswalkCountsBase", counters.CROSSWALK_FIELDS, 
 
     hit_rate: float | None = Field(description="hits / lookups; null before the first lookup")
     cache_hit_rate: float | None = Field(description="cache_hits / lookups; null before the first lookup")
+    sync: dict[str, Any] | None = Field(None, description="A synced map's last sync: synced_at and started_at "
+                                                          "(epoch seconds), last (rows added, changed, removed, "
+                                                          "unchanged, skipped, read, seconds), error")
 
 
 class StandardizerCounts(_counts("StandardizerCountsBase", counters.STANDARDIZER_FIELDS, "")):

@@ -6,8 +6,6 @@ the API once the map has the entry; the status counts the lookups."""
 
 from __future__ import annotations
 
-import sqlite3
-
 import sqlalchemy
 from pydicom import dcmread
 
@@ -127,11 +125,8 @@ def test_a_synced_map_keeps_routing_with_the_database_down(tmp_path, postgres_se
     config = _config(db)
     config["crosswalks"][0]["sync"] = {"every_s": 3600}
     with AxiomServer(tmp_path / "data", config, env={"AXIOM_TEST_MPI_PASSWORD": db.password}) as server:
-        def synced() -> bool:  # the map's sync state in serve's store
-            with sqlite3.connect(f"file:{server.data_dir / 'state.db'}?mode=ro", uri=True) as conn:
-                row = conn.execute("SELECT json_extract(data, '$.synced_at') FROM documents"
-                                   " WHERE collection='crosswalk_syncs' AND id='research'").fetchone()
-            return row is not None and row[0] is not None
+        def synced() -> bool:  # as the status shows it
+            return bool((server.api_status()["crosswalks"]["research"].get("sync") or {}).get("synced_at"))
 
         wait_for(synced, 60, what="the map's first sync")
         db.stop()
@@ -143,5 +138,7 @@ def test_a_synced_map_keeps_routing_with_the_database_down(tmp_path, postgres_se
             assert sorted(arrived[u][0] for u in _uids(paths)) == ["R-0002", "R-1001", "R-1001"]
             server.wait_idle()
             assert server.exceptions() == []
+            sync = server.api_status()["crosswalks"]["research"]["sync"]
+            assert sync["last"]["added"] == len(ROWS) and sync["error"] is None
         finally:
             db.start()
