@@ -8,22 +8,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Callable
 
+from shared import cli_progress
 from shared.cli_users import CliError
-
-BAR_WIDTH = 30
 
 
 def _bar(map_id: str) -> Callable[[int, "int | None"], None]:
-    def progress(done: int, total: int | None) -> None:
-        filled = min(BAR_WIDTH, BAR_WIDTH * done // max(total or done, 1))
-        sys.stderr.write(f"\r{map_id} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
-                         f"{done}/{total if total is not None else '?'} rows")
-        sys.stderr.flush()
-    return progress
+    return lambda done, total: cli_progress.draw(map_id, done, total, " rows")
 
 
 def _stores(args):
@@ -63,7 +56,7 @@ def _sync(args) -> int:
     try:
         for spec in maps:
             report = sync_map(docs, crosswalk, spec, progress=_bar(spec.id))
-            sys.stderr.write("\n")
+            cli_progress.finish()
             print(report.line())
             failed += report.error is not None
     finally:

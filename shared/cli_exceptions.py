@@ -14,11 +14,12 @@ import time
 from datetime import datetime
 from typing import Callable
 
+from shared import cli_progress
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 API = "/api/v1"
 ACTIONS = ("retry", "release", "archive")
 POLL_S = 0.25
-BAR_WIDTH = 30
 
 
 class ApiError(Exception):
@@ -114,13 +115,8 @@ def _show(client: Client, args) -> int:
 
 
 def _progress(job: dict) -> None:
-    finished = job["done"] + job["failed"]
-    total = job["total"] or max(finished, 1)  # None: not known until the job has read its items
-    filled = min(BAR_WIDTH, BAR_WIDTH * finished // total)
-    sys.stderr.write(f"\r{job['action']} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
-                     f"{finished}/{job['total'] if job['total'] is not None else '?'}"
-                     f" ({job['failed']} failed)")
-    sys.stderr.flush()
+    # total None: not known until the job has read its items
+    cli_progress.draw(job["action"], job["done"] + job["failed"], job["total"], f" ({job['failed']} failed)")
 
 
 def _act(action: str) -> Callable[[Client, argparse.Namespace], int]:
@@ -154,7 +150,7 @@ def _act(action: str) -> Callable[[Client, argparse.Namespace], int]:
             time.sleep(POLL_S)
             job = client.call("GET", f"/jobs/{job['id']}")
         _progress(job)
-        sys.stderr.write("\n")
+        cli_progress.finish()
         if args.json:
             print(json.dumps(job, indent=2))
         else:
@@ -182,7 +178,7 @@ def add_commands(sub, command: Callable[..., argparse.ArgumentParser]) -> None:
 
     def filters(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--status", help="quarantined, held, failed, refused or retried")
-        parser.add_argument("--stage", help="match, morph, route, stow, or a dead letter's topic")
+        parser.add_argument("--stage", help="match, crosswalk, morph, route, stow, or a dead letter's topic")
         parser.add_argument("--destination", metavar="ID", help="destination id")
         parser.add_argument("--reason", metavar="TEXT", help="reason contains TEXT (any case)")
         parser.add_argument("--since", metavar="TIME", help="created at or after TIME (ISO 8601; naive: UTC)")

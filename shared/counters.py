@@ -19,13 +19,17 @@ enqueued less what ended (delivered, duplicate, failed, holds). Each document ke
 its last error and when.
 
 The crosswalk stage counts its lookups (:func:`count_lookups`): ``crosswalk:<table>``
-counts ``lookups``, ``hits`` (the map had the key), ``misses`` and ``cache_hits``
-(answered from the map's cache, not its database); ``standardizer:ai`` counts
-``lookups``, ``cache_hits``, ``model_calls`` with their total ``model_ms``, and
-``fallbacks``. The snapshot adds the hit rates, the mean model latency, with a model
-configured the calls left in today's budget, and for a synced map its last sync
-(``crosswalk_syncs``: when, what changed, the error). Counts are totals since the data dir (or the Firestore
-database) was new; a stage message redelivered after a crash may count twice (the
+counts ``lookups``, ``hits`` (the map had the key), ``misses``, ``cache_hits``
+(answered from the map's cache, not its database) and ``errors`` (its database did not
+answer: the plan waits; the last error says why); ``standardizer:ai`` counts
+``lookups``, ``cache_hits``, ``model_calls`` with their total ``model_ms``,
+``fallbacks``, ``deterministic`` (answers without a model configured) and ``errors``.
+The snapshot adds the hit rates, the mean model latency, with a model configured the
+calls left in today's budget, and for a synced map its last sync (``crosswalk_syncs``:
+when, what changed, the error).
+
+Counts are totals since the data dir (or the Firestore database) was new; a stage
+message redelivered after a crash may count twice (the
 stages are at-least-once), so they are for operators, not for accounting."""
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
+from shared.errors import LookupUnavailable
 from shared.messages import IngestMetadata, Lookup
 from shared.ports import DocumentStore, Ports
 
@@ -45,9 +50,9 @@ ORIGIN_FIELDS = ("received", "processed", "quarantined", "held")
 LISTENER_FIELDS = (*ORIGIN_FIELDS, "refused")
 DESTINATION_FIELDS = ("enqueued", "delivered", "duplicate", "failed", "holds", "held")
 CROSSWALK = "crosswalk"
-CROSSWALK_FIELDS = ("lookups", "hits", "misses", "cache_hits")
+CROSSWALK_FIELDS = ("lookups", "hits", "misses", "cache_hits", "errors")
 STANDARDIZER = "standardizer:ai"
-STANDARDIZER_FIELDS = ("lookups", "cache_hits", "model_calls", "model_ms", "fallbacks")
+STANDARDIZER_FIELDS = ("lookups", "cache_hits", "model_calls", "model_ms", "fallbacks", "deterministic", "errors")
 
 
 def origin_of(ingest: IngestMetadata | None) -> str:
@@ -95,11 +100,19 @@ def count_lookups(ports: Ports, actions: list[dict], lookups: list[Lookup]) -> N
             got["cache_hits"] += lookup.cached
         else:
             got = totals.setdefault(STANDARDIZER, dict.fromkeys(STANDARDIZER_FIELDS, 0))
-            got[{"cache": "cache_hits", "model": "model_calls", "fallback": "fallbacks"}[lookup.source]] += 1
+            got[{"cache": "cache_hits", "model": "model_calls", "fallback": "fallbacks",
+                 "deterministic": "deterministic"}[lookup.source]] += 1
             got["model_ms"] += lookup.latency_ms or 0
         got["lookups"] += 1
     for counter, counts in totals.items():
         count(ports, counter, **{k: v for k, v in counts.items() if v})
+
+
+def count_lookup_error(ports: Ports, exc: LookupUnavailable) -> None:
+    """A lookup that could not be made now: one more ``errors`` of the map (or of the
+    standardizer), with the reason as its last error."""
+    counter = f"{CROSSWALK}:{exc.table}" if exc.table is not None else STANDARDIZER
+    count(ports, counter, errors=1, error=str(exc))
 
 
 def snapshot(ports: Ports) -> dict[str, dict[str, dict]]:

@@ -168,12 +168,27 @@ def _read_table(engine: "Engine", spec: "CrosswalkTable", batch: int,
             yield partition
 
 
-def _describe(spec: "CrosswalkTable", exc: BaseException) -> str:
-    """An error named by its type only: a driver's message may quote a value."""
+# What a refused login says, per driver: PostgreSQL (SQLSTATE class 28, or psycopg's
+# message before a session exists), MySQL/MariaDB (error 1045), SQL Server (18456)
+_LOGIN_REFUSED = ("password authentication failed", "access denied for user", "login failed for user")
+
+
+def source_failure(source_id: str, exc: BaseException) -> str:
+    """Why a crosswalk source failed, for logs and records: a refused login told apart
+    from a server that does not answer, the error named by its type only (a driver's
+    message may quote a value)."""
     if isinstance(exc, (RetryLater, SecretError)):
         return str(exc)  # ours: names the source or the secret reference, never a value
     cause = getattr(exc, "orig", None) or exc
-    return f"crosswalk source {spec.source!r} did not answer ({type(cause).__name__})"
+    code = cause.args[0] if cause.args and isinstance(cause.args[0], int) else None
+    refused = (str(getattr(cause, "sqlstate", "") or "").startswith("28") or code in (1045, 18456)
+               or any(text in str(cause).lower() for text in _LOGIN_REFUSED))
+    what = "refused the login (check the source's user and password)" if refused else "did not answer"
+    return f"crosswalk source {source_id!r} {what} ({type(cause).__name__})"
+
+
+def _describe(spec: "CrosswalkTable", exc: BaseException) -> str:
+    return source_failure(spec.source, exc)
 
 
 def sync_map(docs: "DocumentStore", crosswalk_or_engine: Any, spec: "CrosswalkTable",

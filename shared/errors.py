@@ -9,6 +9,15 @@ class RetryLater(Exception):
         self.delay_s = delay_s
 
 
+class LookupUnavailable(RetryLater):
+    """A crosswalk map's database (``table``: the map's id) or the AI standardizer
+    (``table`` None) cannot answer now: the plan waits and is tried again."""
+
+    def __init__(self, reason: str, *, table: str | None = None, delay_s: float | None = None):
+        super().__init__(reason, delay_s)
+        self.table = table
+
+
 class Unprocessable(Exception):
     """The input itself is bad (not DICOM, truncated, missing attributes): retrying
     cannot help, so the object is quarantined with this reason."""

@@ -92,7 +92,7 @@ class RuleRef(Message):
     rule_id: str
 
 
-LookupSource = Literal["table", "miss", "cache", "model", "fallback"]
+LookupSource = Literal["table", "miss", "cache", "model", "fallback", "deterministic"]
 
 
 class Lookup(Message):
@@ -100,7 +100,8 @@ class Lookup(Message):
     ``ai_standardize`` action at index ``action``, the key it read (one value, or the
     values of the action's ``key_tags``) and the value to write (None: keep the value).
     ``source``: ``table`` (the map had it), ``miss`` (the map's policy answered), or the
-    standardizer's ``cache``, ``model`` or ``fallback``. These are the figures of the
+    standardizer's ``cache``, ``model``, ``fallback`` or ``deterministic`` (no model
+    configured). These are the figures of the
     status counters (:func:`shared.counters.count_lookups`) and of the rule test."""
 
     action: int
@@ -126,6 +127,7 @@ class Plan(Message):
     destination_ids: list[str] = Field(default_factory=list)
     log_original_attributes: bool = False
     lookups: list[Lookup] | None = None
+    recheck_misses: bool = False  # held or failed on a miss: when retried, misses are not taken from a cache
 
     @property
     def needs_lookups(self) -> bool:

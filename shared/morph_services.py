@@ -35,10 +35,11 @@ if TYPE_CHECKING:  # pragma: no cover
 class Crosswalk(Protocol):
     """Maps a key to a value in a named table."""
 
-    def answer(self, table_id: str, key: str | Sequence[str]) -> tuple[str | None, bool]:
+    def answer(self, table_id: str, key: str | Sequence[str], *, fresh: bool = False) -> tuple[str | None, bool]:
         """(the value for ``key`` in ``table_id`` or None when the table has no entry,
         whether it came from a cache rather than the table's store). A map with
-        several key columns (issuer, patient ID) takes a tuple of keys.
+        several key columns (issuer, patient ID) takes a tuple of keys. ``fresh``: a
+        miss is not answered from a cache (the entry may have been added since).
 
         A miss is None whatever the map's ``on_miss`` (:class:`MorphServices` applies
         it). An unknown table is a configuration error (``KeyError``); a transient backend
@@ -66,11 +67,12 @@ class Standardizer(Protocol):
 @dataclass(frozen=True)
 class Standardized:
     """One standardizer answer and where it came from: ``cache`` (asked before),
-    ``model`` (asked now) or ``fallback`` (the model could not answer: ``reason`` says
-    why, without the value). The rule test's dry-run shows it."""
+    ``model`` (asked now), ``fallback`` (no allowed answer: ``reason`` says why, without
+    the value) or ``deterministic`` (no model configured: :class:`FakeStandardizer`).
+    The rule test shows it."""
 
     value: str
-    source: Literal["cache", "model", "fallback"]
+    source: Literal["cache", "model", "fallback", "deterministic"]
     reason: str | None = None
     latency_ms: int | None = None  # of the model call, when one answered
 
@@ -96,7 +98,7 @@ class InMemoryCrosswalk:
             raise KeyError(f"unknown crosswalk table {table_id!r}") from None
         return entries.get(key.casefold() if case_insensitive else key)
 
-    def answer(self, table_id: str, key: str | Sequence[str]) -> tuple[str | None, bool]:
+    def answer(self, table_id: str, key: str | Sequence[str], *, fresh: bool = False) -> tuple[str | None, bool]:
         if not isinstance(key, str):
             if len(key) != 1:
                 raise ValueError(f"in-memory crosswalk table {table_id!r} takes one key, got {len(key)}")
@@ -105,16 +107,19 @@ class InMemoryCrosswalk:
 
 
 _SPACES = re.compile(r"\s+")
+_NO_ALLOWED_VALUE = "\x00none"  # a cached answer: nothing in `allowed` is close
 
 
 class FakeStandardizer:
-    """A deterministic stand-in for the AI standardizer (no network).
+    """The standardizer without a model (no ``settings.ai_standardizer``): deterministic,
+    no network.
 
     The value is stripped, inner whitespace collapsed to one space and upper-cased (the
     usual style of DICOM descriptions). With ``allowed``, the closest allowed value by
     :func:`difflib.get_close_matches` (compared upper-case, ``cutoff``) is returned in
-    its configured spelling; if none is close enough, the normalized value.
-    Answers are cached per (kind, value, allowed, instructions)."""
+    its configured spelling; if none is close enough, the value is kept as it was (a
+    ``fallback``: an answer is never outside ``allowed``, as with the model's default
+    fallback). Answers are cached per (kind, value, allowed, instructions)."""
 
     def __init__(self, cutoff: float = 0.6):
         self.cutoff = cutoff
@@ -131,13 +136,14 @@ class FakeStandardizer:
         key = (kind, value, tuple(allowed) if allowed is not None else None, instructions)
         with self._lock:
             cached = self._cache.get(key)
-        if cached is not None:
-            return Standardized(cached, "cache")
-        answer = self._answer(value, allowed)
-        with self._lock:
-            self.calls += 1
-            self._cache[key] = answer
-        return Standardized(answer, "model")
+        if cached is None:
+            cached = self._answer(value, allowed)
+            with self._lock:
+                self.calls += 1
+                self._cache[key] = cached
+        if cached is _NO_ALLOWED_VALUE:
+            return Standardized(value, "fallback", "no allowed value is close enough (no model configured)")
+        return Standardized(cached, "deterministic")
 
     def _answer(self, value: str, allowed: list[str] | None) -> str:
         normalized = _SPACES.sub(" ", value).strip().upper()
@@ -149,7 +155,16 @@ class FakeStandardizer:
         if normalized in by_upper:
             return by_upper[normalized]
         close = difflib.get_close_matches(normalized, list(by_upper), n=1, cutoff=self.cutoff)
-        return by_upper[close[0]] if close else normalized
+        return by_upper[close[0]] if close else _NO_ALLOWED_VALUE
+
+
+def _key_description(action: "CrosswalkAction", keys: tuple[str, ...], label: str) -> str:
+    """Which elements made the key a map lacks, and which of them were empty: what an
+    operator needs to add the row, without the values (PHI)."""
+    names = [label if address == action.tag else address for address in action.key_tags] if action.key_tags else [label]
+    empty = [name for name, value in zip(names, keys) if not value.strip()]
+    what = f"the value of {names[0]}" if len(names) == 1 else f"the values of {', '.join(names)}"
+    return what + (f" ({', '.join(empty)} empty)" if empty else "")
 
 
 class Unresolved(LookupError):
@@ -172,6 +187,7 @@ class MorphServices:
     resolved: Sequence[Lookup] | None = None
     record: bool = False
     recorded: list[Lookup] = field(default_factory=list)
+    fresh: bool = False  # misses are asked again, not answered from a cache
 
     @classmethod
     def from_config(cls, config: "AppConfig", *, crosswalk: Crosswalk | None = None,
@@ -186,10 +202,11 @@ class MorphServices:
     def from_lookups(cls, lookups: Sequence[Lookup]) -> "MorphServices":
         return cls(resolved=list(lookups))
 
-    def recording(self) -> "MorphServices":
-        """The same services, keeping every answer in a fresh ``recorded``."""
+    def recording(self, *, fresh: bool = False) -> "MorphServices":
+        """The same services, keeping every answer in a new ``recorded``; ``fresh``:
+        misses asked again (a plan retried after a miss stopped it)."""
         return MorphServices(crosswalk=self.crosswalk, standardizer=self.standardizer, tables=self.tables,
-                             record=True)
+                             record=True, fresh=fresh)
 
     def crosswalk_value(self, index: int, action: "CrosswalkAction", keys: tuple[str, ...], label: str) -> str | None:
         """What the action at ``index`` writes for ``keys`` (None: keep the value).
@@ -197,7 +214,7 @@ class MorphServices:
         so; ``KeyError`` for an unknown table."""
         if self.resolved is not None:
             return self._resolved(index, keys)
-        found, cached = self.crosswalk.answer(action.table, keys[0] if len(keys) == 1 else keys)
+        found, cached = self.crosswalk.answer(action.table, keys[0] if len(keys) == 1 else keys, fresh=self.fresh)
         if found is not None:
             return self._keep(Lookup(action=index, key=list(keys), value=found, source="table", cached=cached))
         table = self.tables.get(action.table)
@@ -207,10 +224,11 @@ class MorphServices:
             return self._keep(Lookup(action=index, key=list(keys), value=default, source="miss"))
         if policy in ("fail", "error", "hold"):  # counted as a miss (shared.counters), then stopped
             self._keep(Lookup(action=index, key=list(keys), value=None, source="miss"))
+        what = _key_description(action, keys, label)
         if policy in ("fail", "error"):
-            raise CrosswalkMissing(f"crosswalk table {action.table!r} has no entry for the value of {label}")
+            raise CrosswalkMissing(f"crosswalk table {action.table!r} has no entry for {what}")
         if policy == "hold":
-            raise Held(f"crosswalk table {action.table!r} has no entry yet for the value of {label}")
+            raise Held(f"crosswalk table {action.table!r} has no entry yet for {what}")
         return self._keep(Lookup(action=index, key=list(keys), value=None, source="miss"))
 
     def standardized_value(self, index: int, action: "AIStandardizeAction", value: str) -> str:

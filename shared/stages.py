@@ -30,7 +30,7 @@ from shared.config import AppConfig
 from shared.dicom.io import Buffer, content_digest, mapped, read_instance, unmap
 from shared.dicom.original_attributes import ORIGINAL_ATTRIBUTES_SEQUENCE, OriginalAttributesPolicy
 from shared.dicom.splice import write_morphed
-from shared.errors import DeliveryRefused, Held, LookupFailed, RetryLater, Unprocessable
+from shared.errors import DeliveryRefused, Held, LookupFailed, LookupUnavailable, RetryLater, Unprocessable
 from shared.exceptions import hold_delivery, note_attempt, quarantine, record_exception, take_attempts
 from shared.logs import add_labels, describe_error, note_outcome, stage_run
 from shared.messages import (
@@ -227,7 +227,7 @@ def crosswalk(ports: Ports, plan: Plan) -> Plan | None:
     one, both retried onto this stage once the map has the entry; a value the actions
     cannot take quarantines the instance, as morph would."""
     config = ports.config()
-    services = lookup_services(config, ports).recording()
+    services = lookup_services(config, ports).recording(fresh=plan.recheck_misses)
     try:
         with ports.blobs.local_path(plan.blob) as path:
             data = mapped(path)
@@ -240,38 +240,45 @@ def crosswalk(ports: Ports, plan: Plan) -> Plan | None:
         held = isinstance(exc, Held)
         note_outcome("held" if held else "failed")
         record_exception(ports, stage="crosswalk", status="held" if held else "failed", reason=str(exc),
-                         blob=plan.blob, sop_instance_uid=plan.sop_instance_uid,
-                         topic=TOPIC_CROSSWALK, body=plan.model_dump_json())
+                         blob=plan.blob, sop_instance_uid=plan.sop_instance_uid, topic=TOPIC_CROSSWALK,
+                         body=plan.model_copy(update={"recheck_misses": True}).model_dump_json())
         return None
     except Unprocessable as exc:
         note_outcome("quarantined")
         quarantine(ports, plan.blob, str(exc), stage="crosswalk")
         counters.count(ports, counters.origin_of(plan.ingest), quarantined=1, error=str(exc))
         return None
+    except LookupUnavailable as exc:  # the plan waits; the status says why
+        counters.count_lookup_error(ports, exc)
+        raise
     finally:
         counters.count_lookups(ports, plan.actions, services.recorded)
-    resolved = plan.model_copy(update={"lookups": services.recorded})
+    resolved = plan.model_copy(update={"lookups": services.recorded, "recheck_misses": False})
     ports.bus.publish(TOPIC_PLANNED, resolved)
     log.info("resolved %d lookup(s) for %s", len(services.recorded), plan.sop_instance_uid)
     return resolved
 
 
 class LookupServices:
-    """The crosswalk stage's live services, built once per config version and store:
-    the database maps' connection pools and caches live with them, and are closed when
-    a new config replaces them."""
+    """The crosswalk stage's live services, built once per store and per content of
+    what they are made of (the maps, their sources, the standardizer's settings: a
+    config reloaded unchanged keeps them), so the database maps' connection pools and
+    caches live on; they are closed when a changed config replaces them."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._key: tuple | None = None
+        self._stores: tuple | None = None
+        self._made_of: tuple | None = None
         self._services: MorphServices | None = None
 
     def __call__(self, config: AppConfig, ports: Ports) -> MorphServices:
-        key = (config, ports.docs, ports.secrets)
+        stores = (ports.docs, ports.secrets)
+        made_of = (config.crosswalks, config.crosswalk_sources, config.settings.ai_standardizer)
         with self._lock:
-            if self._key is None or any(a is not b for a, b in zip(self._key, key)):
+            if (self._stores is None or any(a is not b for a, b in zip(self._stores, stores))
+                    or self._made_of != made_of):
                 old, self._services = self._services, live_services(config, ports.docs, ports.secrets)
-                self._key = key
+                self._stores, self._made_of = stores, made_of
                 close = getattr(old.crosswalk if old is not None else None, "close", None)
                 if close is not None:
                     close()

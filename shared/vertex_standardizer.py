@@ -14,7 +14,7 @@ concurrent workers never spend more than the budget), a per-process rate (calls 
 minute) and a timeout. When the budget is spent, the model fails or is slow, or it
 answers outside the allowed list, the configured fallback is taken: ``keep`` the value,
 a ``default``, ``fail`` (:class:`~shared.errors.LookupFailed`: an exception record) or
-``hold`` (:class:`~shared.errors.RetryLater`: the stage tries again later). Fallback
+``hold`` (:class:`~shared.errors.LookupUnavailable`: the stage tries again later). Fallback
 answers are not cached: the model is asked again once it can answer.
 
 Values are often patient data: they are logged only as :func:`value_hash`, never as
@@ -34,7 +34,7 @@ from collections import deque
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
-from shared.errors import LookupFailed, RetryLater
+from shared.errors import LookupFailed, LookupUnavailable
 from shared.logs import describe_error
 from shared.morph_services import FakeStandardizer, Standardized, Standardizer
 from shared.ports import DocumentStore
@@ -113,7 +113,7 @@ class VertexStandardizer:
     def answer(self, kind: str, value: str, *, allowed: list[str] | None = None,
                instructions: str | None = None) -> Standardized:
         """The standardized value and whether it came from the cache, the model or the
-        fallback. Raises LookupFailed (fallback ``fail``) or RetryLater (``hold``)."""
+        fallback. Raises LookupFailed (fallback ``fail``) or LookupUnavailable (``hold``)."""
         guidance = "\n".join(text for text in (self.settings.instructions, instructions) if text) or None
         key = cache_key(self.settings.model, kind, value, allowed, guidance)
         hashed = value_hash(value)
@@ -165,7 +165,7 @@ class VertexStandardizer:
             raise LookupFailed(f"AI standardization of a {kind} value failed: {reason}")
         if fallback == "hold":
             delay = self._seconds_to_tomorrow() if budget_spent else HOLD_DELAY_S  # a budget renews at 00:00 UTC
-            raise RetryLater(f"AI standardization of a {kind} value waits: {reason}", delay_s=delay)
+            raise LookupUnavailable(f"AI standardization of a {kind} value waits: {reason}", delay_s=delay)
         return Standardized(self.settings.default if fallback == "default" else value, "fallback", reason)
 
     def _seconds_to_tomorrow(self) -> float:

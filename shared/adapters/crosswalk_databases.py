@@ -35,8 +35,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql import Executable
 
-from shared.crosswalk_sync import normalized_keys, synced_salt, synced_value
-from shared.errors import RetryLater, SecretError
+from shared.crosswalk_sync import normalized_keys, source_failure, synced_salt, synced_value
+from shared.errors import LookupUnavailable, RetryLater, SecretError
 from shared.morph_services import InMemoryCrosswalk
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,14 +117,17 @@ class DatabaseCrosswalk:
 
     # --- the Crosswalk protocol -------------------------------------------------------
 
-    def answer(self, table_id: str, key: str | Sequence[str]) -> tuple[str | None, bool]:
+    def answer(self, table_id: str, key: str | Sequence[str], *, fresh: bool = False) -> tuple[str | None, bool]:
         entry = self._maps.get(table_id)
         if entry is None:
             return self._memory.answer(table_id, key)
         keys = _as_keys(key)
         if len(keys) != len(entry.spec.keys):
             raise ValueError(f"crosswalk table {table_id!r} takes {len(entry.spec.keys)} key(s), got {len(keys)}")
-        return self._cached_or_queried(entry, keys)
+        try:
+            return self._cached_or_queried(entry, keys, fresh=fresh)
+        except RetryLater as exc:
+            raise LookupUnavailable(str(exc), table=table_id, delay_s=exc.delay_s) from None
 
     def lookup(self, table_id: str, key: str | Sequence[str]) -> str | None:
         """The value alone (:meth:`answer`)."""
@@ -156,13 +159,13 @@ class DatabaseCrosswalk:
                     connector.close()
             self._engines.clear()
 
-    def _cached_or_queried(self, entry: _Map, keys: tuple[str, ...]) -> tuple[str | None, bool]:
+    def _cached_or_queried(self, entry: _Map, keys: tuple[str, ...], *, fresh: bool = False) -> tuple[str | None, bool]:
         if entry.cache is None:
             return self._answer(entry, keys), False
         cache_key = entry.cache_key(keys)
         with entry.lock:
             value = entry.cache.get(cache_key, _MISSING)
-        if value is not _MISSING:
+        if value is not _MISSING and not (fresh and value is None):  # fresh: a cached miss is asked again
             return value, True
         value = self._answer(entry, keys)
         with entry.lock:
@@ -192,9 +195,7 @@ class DatabaseCrosswalk:
         except SecretError as exc:  # names the reference, never the value
             raise RetryLater(f"crosswalk source {spec.source!r}: {exc}") from None
         except (SQLAlchemyError, OSError) as exc:
-            cause = getattr(exc, "orig", None) or exc
-            raise RetryLater(f"crosswalk source {spec.source!r} did not answer for table {spec.id!r} "
-                             f"({type(cause).__name__})") from None
+            raise RetryLater(f"{source_failure(spec.source, exc)}, for table {spec.id!r}") from None
         if row is None or row[0] is None:
             return None
         return str(row[0])

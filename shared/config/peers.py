@@ -3,14 +3,26 @@ TLS for DICOM associations, HTTP authentication, a Healthcare API DICOM store.""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from shared.config.base import Doc
 
+_SECRET_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+|gsm:projects/.+)$")
+
+
+def _secret_ref(value: str) -> str:
+    if not _SECRET_REF.match(value):  # the value itself is not repeated: it may be the secret
+        raise ValueError("not a secret reference: write env:NAME, file:/path or gsm:projects/P/secrets/S/versions/V "
+                         "(a secret is never written in the config itself)")
+    return value
+
+
 # Secrets are named, never written into config (see shared.ports.Secrets).
-SecretRef = Annotated[str, Field(pattern=r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+|gsm:projects/.+)$")]
+SecretRef = Annotated[str, AfterValidator(_secret_ref),
+                      Field(json_schema_extra={"pattern": _SECRET_REF.pattern})]
 """Where a secret is read from: ``env:NAME`` (an environment variable), ``file:/path``,
 or ``gsm:projects/P/secrets/S/versions/V`` (Google Secret Manager)."""
 

@@ -98,6 +98,12 @@ class Settings(Doc):
     stage_max_attempts: int = Field(
         default=5, ge=1,
         description="Attempts of a pipeline stage on one message before it becomes a `failed` exception record.")
+    lookup_max_attempts: int = Field(
+        default=100, ge=1,
+        description="Attempts of the crosswalk stage on a plan while a crosswalk database (or the model, with "
+                    "`fallback: hold`) does not answer, a minute apart once backed off (100: about an hour and a "
+                    "half), before it becomes a `failed` exception record; the instances wait meanwhile. The "
+                    "embedded runtime's; on GCP the crosswalk subscription's `max_delivery_attempts` (Terraform).")
     # the gateway stops accepting early so that what it accepted can still be processed
     min_free_bytes: int = Field(
         default=1 << 30, ge=0,

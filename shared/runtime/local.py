@@ -100,8 +100,9 @@ class _Stores:
         if prepare:
             q.subscribe(Subscription(TOPIC_INGEST, lambda b, a: stages.match(p, ObjectFinalized.from_bytes(b)),
                                      workers=2, max_attempts=attempts))
+            # a database outage is waited out (settings.lookup_max_attempts), not dead-lettered in seconds
             q.subscribe(Subscription(TOPIC_CROSSWALK, lambda b, a: stages.crosswalk(p, Plan.from_bytes(b)),
-                                     workers=2, max_attempts=attempts))
+                                     workers=2, max_attempts=self.config().settings.lookup_max_attempts))
             q.subscribe(Subscription(TOPIC_PLANNED, lambda b, a: stages.morph(p, Plan.from_bytes(b)),
                                      workers=2, max_attempts=attempts))
             q.subscribe(Subscription(TOPIC_DEAD_LETTER, lambda b, a: stages.dead_letter(p, DeadLetter.from_bytes(b)),

@@ -11,7 +11,7 @@ from shared.adapters.crosswalk_databases import DatabaseCrosswalk, lookup_statem
 from shared.adapters.secrets import LocalSecrets
 from shared.config import AppConfig, CrosswalkTable
 from shared.config.crosswalk import CrosswalkSource
-from shared.errors import CrosswalkMissing, Held, RetryLater
+from shared.errors import CrosswalkMissing, Held, LookupUnavailable, RetryLater
 from shared.morph import apply_actions
 from shared.morph_services import MorphServices
 from tests.support.databases import load_table, mariadb_server, postgres_server  # noqa: F401 (fixtures)
@@ -269,7 +269,7 @@ def test_sql_server_unreachable_is_retry_later():
         "crosswalks": [{**TWO_KEYS, "source": "sqlserver"}]})
     crosswalk = DatabaseCrosswalk(config.crosswalks, config.crosswalk_sources, LocalSecrets({"MPI_PASSWORD": "pw"}))
     try:
-        with pytest.raises(RetryLater, match=r"'sqlserver' did not answer for table 'research'"):
+        with pytest.raises(RetryLater, match=r"'sqlserver' did not answer .*, for table 'research'"):
             crosswalk.lookup("research", ("HOSP-A", "Mrn001"))
     finally:
         crosswalk.close()
@@ -304,3 +304,23 @@ def test_config_rejects_incomplete_database_maps():
         AppConfig.model_validate({"crosswalks": [TWO_KEYS]})
     with pytest.raises(ValueError, match="needs `instance`"):
         CrosswalkSource.model_validate({"id": "c", "type": "cloudsql", "database": "d", "user": "u"})
+
+
+def test_a_refused_login_is_told_apart_from_a_server_that_does_not_answer(server):
+    config = AppConfig.model_validate({"crosswalk_sources": [_source(server)], "crosswalks": [TWO_KEYS]})
+    wrong = DatabaseCrosswalk(config.crosswalks, config.crosswalk_sources, LocalSecrets({"MPI_PASSWORD": "not-it"}))
+    try:
+        with pytest.raises(LookupUnavailable) as refused:
+            wrong.lookup("research", ("HOSP-A", "Mrn001"))
+        assert "refused the login" in str(refused.value) and refused.value.table == "research"
+        assert "not-it" not in str(refused.value)
+    finally:
+        wrong.close()
+    right = _crosswalk(server, {**TWO_KEYS, "cache_ttl_s": 0})
+    try:
+        server.stop()
+        with pytest.raises(LookupUnavailable, match="did not answer"):
+            right.lookup("research", ("HOSP-A", "Mrn001"))
+    finally:
+        server.start()
+        right.close()

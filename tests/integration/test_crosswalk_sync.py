@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy
 from sqlalchemy import event
 
+from shared import cli_progress
 from shared.adapters.crosswalk_databases import DatabaseCrosswalk
 from shared.adapters.secrets import LocalSecrets
 from shared.adapters.sqlite import SQLiteDatabase, SQLiteDocumentStore
@@ -221,6 +222,7 @@ def test_the_background_syncer_syncs_due_maps_until_stopped(server, docs):
 
 
 def test_cli_sync_prints_progress_and_the_report(server, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli_progress, "on_terminal", lambda: True)  # the bar is drawn on a terminal only
     monkeypatch.setenv("MPI_PASSWORD", server.password)
     config_file = tmp_path / "axiom.yaml"
     config_file.write_text(dump_yaml(_config(server, SYNCED)))

@@ -12,7 +12,7 @@ import sys
 import pytest
 from fastapi import HTTPException, Request
 
-from shared import exceptions
+from shared import cli_progress, exceptions
 from shared.api.app import create_api
 from shared.api.auth import authenticate
 from shared.api.permissions import Principal, Role
@@ -90,7 +90,8 @@ def test_show_prints_the_attempts(served, capsys):
     assert "2026-12-01T10:00:00+00:00  first" in out and "second" in out
 
 
-def test_retry_ids_and_bulk_archive_with_a_progress_bar(served, capsys):
+def test_retry_ids_and_bulk_archive_with_a_progress_bar(served, capsys, monkeypatch):
+    monkeypatch.setattr(cli_progress, "on_terminal", lambda: True)  # the bar is drawn on a terminal only
     ports, url = served
     one = failed(ports, "pacs")
     code, out, _ = run(capsys, "retry", one, "--url", url, "--api-key", KEY)
@@ -102,8 +103,10 @@ def test_retry_ids_and_bulk_archive_with_a_progress_bar(served, capsys):
     assert "exceptions.archive [" in err and "4/4 (0 failed)" in err
     assert all(ports.docs.get(exceptions.EXCEPTIONS, i)["archived_at"] for i in many)
     assert not ports.docs.get(exceptions.EXCEPTIONS, one).get("archived_at")
-    code, out, _ = run(capsys, "archive", one, "--url", url, "--api-key", KEY)
+    monkeypatch.setattr(cli_progress, "on_terminal", lambda: False)
+    code, out, err = run(capsys, "archive", one, "--url", url, "--api-key", KEY)
     assert code == 0 and out.strip() == f"{one}: archived"  # its status stays retried
+    assert "[" not in err  # not a terminal: no bar
     assert ports.docs.get(exceptions.EXCEPTIONS, one)["archived_at"]
 
 

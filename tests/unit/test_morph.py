@@ -296,7 +296,7 @@ def test_a_miss_follows_the_tables_on_miss_unless_the_action_says_otherwise():
 class _TwoKeys:
     """A crosswalk keyed by (issuer, patient ID), as a database map with two key columns."""
 
-    def answer(self, table_id, key):
+    def answer(self, table_id, key, *, fresh=False):
         return {("HOSP-A", "1CT1"): "R-A", ("HOSP-B", "1CT1"): "R-B"}.get(tuple(key)), False
 
 
@@ -319,10 +319,10 @@ def test_recorded_answers_are_what_morph_writes_without_asking_again():
     first = load("CT_small.dcm")
     apply_actions(first, actions, live)
     assert [(lk.action, lk.key, lk.value, lk.source) for lk in live.recorded] == [
-        (1, ["1CT1"], "MAPPED", "table"), (2, ["  head   ct "], "HEAD CT", "model")]
+        (1, ["1CT1"], "MAPPED", "table"), (2, ["  head   ct "], "HEAD CT", "deterministic")]
 
     class Refuses:
-        def answer(self, table_id, key):
+        def answer(self, table_id, key, *, fresh=False):
             raise AssertionError("morph asked the crosswalk")
 
     second = load("CT_small.dcm")
@@ -353,8 +353,11 @@ def test_fake_standardizer_is_deterministic_and_cached():
     allowed = ["CT CHEST", "CT HEAD", "MR BRAIN"]
     assert std.standardize("series_description", "  ct   chest ", allowed=allowed) == "CT CHEST"
     assert std.standardize("series_description", "ct chst", allowed=allowed) == "CT CHEST"
-    assert std.standardize("series_description", "something else", allowed=allowed) == "SOMETHING ELSE"
+    # nothing close: the value is kept, never an answer outside `allowed`
+    kept = std.answer("series_description", "something else", allowed=allowed)
+    assert (kept.value, kept.source) == ("something else", "fallback") and "allowed" in kept.reason
     assert std.standardize("free_text", " a  b ") == "A B"
+    assert std.answer("free_text", " a  b ").source == "deterministic"
     calls = std.calls
     assert std.standardize("series_description", "ct chst", allowed=allowed) == "CT CHEST"
     assert std.calls == calls
@@ -599,3 +602,14 @@ def test_a_module_inserted_and_removed_in_the_same_pass_adds_nothing():
     changes = apply_actions(ds, [{"action": "set", "tag": "StationName", "value": "X"},
                                  {"action": "delete", "tag": "StationName"}])
     assert "Manufacturer" not in ds and [c.path for c in changes] == ["StationName", "StationName"]
+
+
+def test_a_missing_key_is_named_by_its_elements_and_empty_ones_are_said():
+    ds = load("CT_small.dcm")
+    ds.IssuerOfPatientID = ""
+    with pytest.raises(CrosswalkMissing) as err:
+        apply_actions(ds, [{"action": "crosswalk", "tag": "PatientID", "table": "research", "on_missing": "fail",
+                            "key_tags": ["IssuerOfPatientID", "PatientID"]}], MorphServices(crosswalk=_TwoKeys()))
+    assert str(err.value).endswith("has no entry for the values of IssuerOfPatientID, PatientID "
+                                   "(IssuerOfPatientID empty)")
+    assert "1CT1" not in str(err.value)
