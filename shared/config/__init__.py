@@ -66,6 +66,7 @@ from shared.config.sources import (
     Source,
     StowInput,
 )
+from shared.config.spanner import Spanner, SpannerSource
 
 __all__ = [
     "Action", "AIStandardizeAction", "CopyAction", "CrosswalkAction", "CrosswalkSync", "CrosswalkTable", "DeleteAction",
@@ -77,7 +78,7 @@ __all__ = [
     "HealthcareDestination", "Retry",
     "ConfigError", "dump_yaml", "expand_env", "from_documents", "load_yaml", "parse_config", "to_documents",
     "TLS", "HealthcareStore", "HttpAuth", "SecretRef",
-    "DefaultRoute", "Rule", "Ruleset", "SourceScope",
+    "DefaultRoute", "Rule", "Ruleset", "SourceScope", "Spanner", "SpannerSource",
     "DEFAULT_REQUIRED", "Settings",
     "DicomWebSource", "DimseSource", "HealthcareSource", "Listener", "OrthancChanges", "Source", "StowInput",
 ]

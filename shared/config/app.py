@@ -15,6 +15,7 @@ from shared.config.destinations import Destination
 from shared.config.rulesets import DefaultRoute, Ruleset
 from shared.config.settings import Settings
 from shared.config.sources import Listener, Source, StowInput
+from shared.config.spanner import Spanner
 
 # Each list is a collection of documents keyed by id; the singletons are documents in
 # the "settings" collection (see shared.config.loading.to_documents).
@@ -43,6 +44,8 @@ class AppConfig(Doc):
         default_factory=list, description="Databases that crosswalk maps look their values up in.")
     sources: list[Source] = Field(default_factory=list,
                                   description="Servers polled for new studies, each chosen by its `type`.")
+    spanners: list[Spanner] = Field(default_factory=list,
+                                    description="Spanned views: one QIDO-RS query answered from several sources.")
     stow: StowInput = Field(default_factory=StowInput, description="The STOW-RS endpoint that receives instances "
                                                                    "over HTTP.")
     default_route: DefaultRoute = Field(default_factory=DefaultRoute,

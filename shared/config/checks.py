@@ -14,7 +14,8 @@ from typing import Any, Iterator
 
 from shared.config import aliases
 
-LIST_COLLECTIONS = ("listeners", "destinations", "rulesets", "schedules", "crosswalks", "sources", "crosswalk_sources")
+LIST_COLLECTIONS = ("listeners", "destinations", "rulesets", "schedules", "crosswalks", "sources", "crosswalk_sources",
+                    "spanners")
 Loc = tuple[Any, ...]
 _ANY_ADDRESS = {"", "0.0.0.0", "::"}
 
@@ -70,6 +71,10 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
             problems.append((("crosswalks", n, "source"), f"unknown crosswalk source {table.get('source')!r}"))
         if isinstance(table.get("id"), str):
             key_counts[table["id"]] = len(_list(table.get("keys"))) if table.get("source") is not None else 1
+    for i, spanner in _items(data, "spanners"):
+        for n, member in enumerate(_list(spanner.get("sources"))):
+            if isinstance(member, dict) and _unknown(member.get("source"), ids["sources"]):
+                problems.append((("spanners", i, "sources", n, "source"), f"unknown source {member.get('source')!r}"))
     for i, ruleset in _items(data, "rulesets"):
         ruleset = aliases.ruleset(ruleset)
         problems += _duplicates(_items(ruleset, "rules"), ("rulesets", i, "rules"))
