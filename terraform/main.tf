@@ -378,7 +378,7 @@ resource "google_pubsub_subscription" "push" {
   }
 
   dead_letter_policy {
-    dead_letter_topic     = google_pubsub_topic.topic[each.value.dead_letter].id
+    dead_letter_topic = google_pubsub_topic.topic[each.value.dead_letter].id
     # the crosswalk stage waits out a database outage: Pub/Sub's most attempts, up to
     # maximum_backoff_s apart (about 16 hours at the defaults)
     max_delivery_attempts = each.key == "crosswalk" ? 100 : var.pubsub.max_delivery_attempts
