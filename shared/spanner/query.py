@@ -13,6 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 from typing import Literal
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -123,6 +124,10 @@ class QidoQuery:
     fuzzymatching: bool = False
     study_uid: str | None = None
     series_uid: str | None = None
+
+    def __hash__(self) -> int:  # hashable despite its dict: nothing changes it after parsing
+        return hash((self.level, tuple(self.match.items()), self.includefield, self.limit, self.offset,
+                     self.fuzzymatching, self.study_uid, self.series_uid))
 
 
 def _keyword(attribute_id: str) -> str | None:
@@ -420,6 +425,13 @@ def to_cfind_identifier(query: QidoQuery) -> Dataset:
 _DROPPED = {"00080052", "00080005"}
 
 
+@lru_cache(maxsize=256)
+def _asked_tags(query: QidoQuery) -> frozenset[str]:
+    """The top-level tags of a query's C-FIND identifier, as DICOM JSON keys; cached,
+    as every response row of a query asks the same."""
+    return frozenset(f"{e.tag:08X}" for e in to_cfind_identifier(query))
+
+
 def from_cfind(ds: Dataset, query: QidoQuery | None = None) -> dict:
     """A C-FIND response identifier as a DICOM JSON object (PS3.18 F.2), without
     QueryRetrieveLevel, Specific Character Set (the JSON is Unicode) and group
@@ -427,9 +439,7 @@ def from_cfind(ds: Dataset, query: QidoQuery | None = None) -> dict:
     (an SCP may echo keys of its own). Elements whose values do not encode are left
     out (pydicom's ``suppress_invalid_tags``)."""
     row = ds.to_json_dict(suppress_invalid_tags=True)
-    asked = None
-    if query is not None:
-        asked = {f"{e.tag:08X}" for e in to_cfind_identifier(query)}
+    asked = None if query is None else _asked_tags(query)
     return {tag: element for tag, element in row.items()
             if tag not in _DROPPED and not tag.endswith("0000")
             and (asked is None or tag in asked or "Value" in element or "InlineBinary" in element

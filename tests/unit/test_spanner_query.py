@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
 
 from shared.spanner.query import (
     RETURN_KEYS,
@@ -214,3 +217,27 @@ def test_cache_key_is_stable_and_ignores_paging_and_order():
     assert cache_key("s1", a) != cache_key("s1", parse_qido("study", [("PatientName", "Doe*")]))
     assert cache_key("s1", a) != cache_key("s1", parse_qido("study", [("PatientName", "Doe*"), ("StudyDate", "20200101-"),
                                                                       ("fuzzymatching", "true")]))
+
+
+def test_cfind_identifier_survives_the_wire():
+    """Encoded as C-FIND sends it (Implicit VR Little Endian, PS3.5 A.1), read back and
+    turned into DICOM JSON: the values a source's SCP would see and echo."""
+    query = parse_qido("series", [("PatientName", "Dö^J*"), ("StudyDate", "20200101-20201231"),
+                                  ("StudyInstanceUID", "1.2.3,1.2.4"), ("SeriesNumber", "3"),
+                                  ("RequestAttributesSequence.ScheduledProcedureStepID", "S1")])
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, True
+    write_dataset(out, to_cfind_identifier(query))
+    row = from_cfind(read_dataset(DicomBytesIO(out.getvalue()), True, True), query)
+    assert row["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Dö^J*"}]}
+    assert row["00080020"] == {"vr": "DA", "Value": ["20200101-20201231"]}
+    assert row["0020000D"] == {"vr": "UI", "Value": ["1.2.3", "1.2.4"]}
+    assert row["00200011"] == {"vr": "IS", "Value": [3]}
+    assert row["00400275"]["Value"] == [{"00400009": {"vr": "SH", "Value": ["S1"]}}]
+    assert row["0020000E"] == {"vr": "UI"} and "00080052" not in row and "00080005" not in row
+
+
+def test_equal_queries_hash_alike():
+    a = parse_qido("study", [("PatientName", "Doe*"), ("StudyDate", "20200101-")])
+    b = parse_qido("study", [("StudyDate", "20200101-"), ("00100010", "Doe*")])
+    assert a == b and hash(a) == hash(b) and len({a, b, parse_qido("study", [])}) == 2
