@@ -64,7 +64,8 @@ def _time_left(source_id: str, deadline: float, what: str) -> float:
 
 
 class QidoClient:
-    """QIDO-RS searches against one DICOMweb base URL (``{base_url}/studies`` ...)."""
+    """QIDO-RS searches against one DICOMweb base URL (``{base_url}/studies`` ...). Its
+    connection pool belongs to the event loop of its first search: use it from one loop."""
 
     def __init__(self, source_id: str, base_url: str, *, page_size: int = 100, auth: httpx.Auth | None = None,
                  headers: dict[str, str] | None = None):
@@ -104,6 +105,8 @@ class QidoClient:
         except httpx.HTTPError as exc:
             # no chaining: httpx's exceptions name the request URL, whose query may hold patient data
             raise SourceError(self.source_id, f"QIDO-RS request failed ({_transport_reason(exc)})") from None
+        except Exception as exc:  # e.g. google-auth's, getting a token: still this source's failure
+            raise SourceError(self.source_id, f"QIDO-RS request failed ({type(exc).__name__})") from None
         if response.status_code == 204:
             return [], False
         if response.status_code != 200:

@@ -13,9 +13,10 @@ import pytest
 from pydantic import TypeAdapter
 from pydicom.dataset import Dataset
 
+import shared.httpauth
 from shared.config import Source
 from shared.spanner.clients import CFindClient, QidoClient, SourceError, SourceTimeout, client_for
-from tests.support.procs import wait_for
+from tests.support.procs import free_port, wait_for
 from tests.support.spanner_bed import CONFLICT_NAME, spanner_bed  # noqa: F401 (fixture)
 
 STUDY_UID, SERIES_COUNT, PATIENT_NAME = "0020000D", "00201206", "00100010"
@@ -183,6 +184,18 @@ def test_http_errors_become_source_errors_with_the_status_only(spanner_bed):  # 
     with pytest.raises(SourceError) as raised:
         asyncio.run(search(client(config)))
     assert raised.value.status == 404 and str(raised.value).endswith("QIDO-RS answered HTTP 404")
+
+
+def test_a_healthcare_store_is_asked_with_google_credentials(monkeypatch, tmp_path):
+    """Its client asks Application Default Credentials for a token first; without any,
+    the search fails as this source's SourceError (no request leaves)."""
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
+    monkeypatch.setattr(shared.httpauth._GOOGLE, "_credentials", None)  # the process-wide ADC cache
+    config = {"id": "hc", "type": "healthcare", "enabled": False, "project": "p", "location": "l", "dataset": "d",
+              "dicom_store": "s", "endpoint": f"http://127.0.0.1:{free_port()}/v1"}
+    with pytest.raises(SourceError) as raised:
+        asyncio.run(search(client(config)))
+    assert raised.value.source_id == "hc" and "DefaultCredentialsError" in str(raised.value)
 
 
 def test_past_the_deadline_no_request_is_made(spanner_bed):  # noqa: F811
