@@ -363,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     from shared.cli_crosswalk import add_commands as add_crosswalk_commands
 
     add_crosswalk_commands(sub, command)
+    from shared.cli_spanner import add_commands as add_spanner_commands
+
+    add_spanner_commands(sub, command)
     add_exceptions_commands(sub, command)
     return parser
 

@@ -25,6 +25,7 @@ ROUTERS: tuple[str, ...] = (
     "shared.api.exceptions_routes",
     "shared.api.jobs",
     "shared.api.status_routes",
+    "shared.api.spanner_routes",
 )
 
 

@@ -25,9 +25,10 @@ class Permission(str, Enum):
     USERS_MANAGE = "users:manage"
     AUDIT_READ = "audit:read"
     STOW = "stow"
+    SPANNER_QUERY = "spanner:query"
 
 
-_READ = {Permission.CONFIG_READ, Permission.EXCEPTIONS_READ, Permission.STATUS_READ}
+_READ = {Permission.CONFIG_READ, Permission.EXCEPTIONS_READ, Permission.STATUS_READ, Permission.SPANNER_QUERY}
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     Role.EDITOR: frozenset(_READ | {Permission.CONFIG_WRITE, Permission.RULES_TEST}),
