@@ -108,8 +108,14 @@ def main() -> int:
         except Exception:  # noqa: BLE001 - an unreadable config must not fail a C-STORE: label it as the listener's
             return []
 
+    def spanners() -> list:  # the listeners with `spanner` answer C-FIND from these
+        try:
+            return config().spanners
+        except Exception:  # noqa: BLE001 - an unreadable config: the C-FIND answers it cannot process
+            return []
+
     gateway = Gateway([], Ingestor(GCSBlobStore(), bucket), secrets=SecretManagerSecrets(), sources=sources,
-                      min_free_bytes=min_free_bytes, docs=docs)
+                      spanners=spanners, min_free_bytes=min_free_bytes, docs=docs)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())

@@ -71,6 +71,9 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
             problems.append((("crosswalks", n, "source"), f"unknown crosswalk source {table.get('source')!r}"))
         if isinstance(table.get("id"), str):
             key_counts[table["id"]] = len(_list(table.get("keys"))) if table.get("source") is not None else 1
+    for n, listener in _items(data, "listeners"):
+        if listener.get("spanner") is not None and _unknown(listener.get("spanner"), ids["spanners"]):
+            problems.append((("listeners", n, "spanner"), f"unknown spanner {listener.get('spanner')!r}"))
     for i, spanner in _items(data, "spanners"):
         for n, member in enumerate(_list(spanner.get("sources"))):
             if isinstance(member, dict) and _unknown(member.get("source"), ids["sources"]):

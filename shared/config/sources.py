@@ -41,6 +41,10 @@ class Listener(Doc):
         description="Calling AE titles of the senders this listener accepts; others are rejected (calling AE"
                     " title not recognised). Unset: any sender.",
         examples=[["CT01", "MR_SCANNER"]])
+    spanner: str | None = Field(
+        default=None, examples=["enterprise"],
+        description="Also answer C-FIND (Study Root) from this spanner's sources, merged: legacy DIMSE clients "
+                    "query the spanned view; none: C-FIND is not offered.")
     allowed_sources: list[IPNetwork] | None = Field(
         default=None, min_length=1,
         description="Source addresses accepted, as IPv4 or IPv6 networks in CIDR notation (a bare address is"

@@ -195,6 +195,7 @@ class EmbeddedRuntime:
 
         ingestor = Ingestor(self.blobs, config.settings.ingest_bucket)
         self.gateway = Gateway(config.listeners, ingestor, secrets=self.secrets, sources=lambda: self.config().sources,
+                               spanners=lambda: self.config().spanners,
                                min_free_bytes=config.settings.min_free_bytes, spool_dir=tmp, docs=self.docs)
         self.sources = SourceScheduler(self.config, ingestor, self.docs, self.secrets, tmp_dir=tmp)
         # HTTP: waitress with timeouts and a connection limit (shared/http.py); the API

@@ -20,7 +20,6 @@ from shared.spanner.engine import run_sync, spanning
 from shared.spanner.query import QueryError, parse_qido
 
 if TYPE_CHECKING:  # pragma: no cover
-    from shared.config import AppConfig
     from shared.ports import Secrets
 
 log = logging.getLogger(__name__)
@@ -53,8 +52,10 @@ def identifier_params(identifier: Dataset) -> tuple[str, list[tuple[str, str]], 
     return level, params, returned
 
 
-def handle_find(event, spanner_id: str, config: Callable[[], "AppConfig"], secrets: "Secrets") -> Iterator:
-    """pynetdicom's EVT_C_FIND handler of a listener with ``spanner``."""
+def handle_find(event, spanner_id: str, spanners: Callable[[], list], sources: Callable[[], list],
+                secrets: "Secrets") -> Iterator:
+    """pynetdicom's EVT_C_FIND handler of a listener with ``spanner``: ``spanners`` and
+    ``sources`` give the config's now."""
     try:
         level, params, returned = identifier_params(event.identifier)
         query = parse_qido(level, params)
@@ -62,13 +63,12 @@ def handle_find(event, spanner_id: str, config: Callable[[], "AppConfig"], secre
         log.info("C-FIND from %s refused: %s", event.assoc.requestor.ae_title, exc)
         yield STATUS_IDENTIFIER_MISMATCH, None
         return
-    current = config()
-    spanner = next((s for s in current.spanners if s.id == spanner_id), None)
+    spanner = next((s for s in spanners() if s.id == spanner_id), None)
     if spanner is None:
         log.error("C-FIND: spanner %r is not configured", spanner_id)
         yield STATUS_UNABLE_TO_PROCESS, None
         return
-    result = run_sync(spanning(secrets).query(spanner, {s.id: s for s in current.sources}, query))
+    result = run_sync(spanning(secrets).query(spanner, {s.id: s for s in sources()}, query))
     if result.missing:
         log.warning("C-FIND on spanner %s: %s", spanner.id, result.warning())
     keep = set(returned) | set(ALWAYS_RETURNED)

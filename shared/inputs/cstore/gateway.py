@@ -25,7 +25,7 @@ from typing import Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
 from shared import counters
 from shared.config import Listener
@@ -127,6 +127,8 @@ def handle_store(event, listener: Listener, ingestor: Ingestor, sources: Callabl
 
 
 def build_ae(listener: Listener, limits: ConnectionLimits = ConnectionLimits()) -> AE:
+    """The listener's AE: Verification and every storage SOP class, and with ``spanner``
+    Study Root C-FIND (PS3.4 C.4.1)."""
     ae = AE(ae_title=listener.ae_title)
     ae.maximum_pdu_size = listener.max_pdu
     ae.maximum_associations = limits.max_associations
@@ -136,6 +138,8 @@ def build_ae(listener: Listener, limits: ConnectionLimits = ConnectionLimits()) 
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    if listener.spanner:
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
     return ae
 
 
@@ -163,7 +167,8 @@ class Gateway:
     reject are counted as the listener's ``refused``."""
 
     def __init__(self, listeners: list[Listener], ingestor: Ingestor, *, secrets: Secrets,
-                 sources: Callable[[], list] = lambda: [], min_free_bytes: int = 0,
+                 sources: Callable[[], list] = lambda: [], spanners: Callable[[], list] = lambda: [],
+                 min_free_bytes: int = 0,
                  spool_dir: Path | str | None = None, limits: ConnectionLimits = ConnectionLimits(),
                  docs: DocumentStore | None = None):
         # process-wide, before the first association: received data sets stream to spool
@@ -174,6 +179,7 @@ class Gateway:
         self.ingestor = ingestor
         self.secrets = secrets
         self.sources = sources
+        self.spanners = spanners  # the listeners with ``spanner`` answer C-FIND from these
         self.limits = limits
         self.docs = docs
         self.free_space = FreeSpace(spool_dir or tempfile.gettempdir(), min_free_bytes)
@@ -236,6 +242,11 @@ class Gateway:
             (evt.EVT_C_STORE, handle_store, [listener, self.ingestor, self.sources, self.free_space]),
             (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
         ]
+        if listener.spanner:
+            from shared.spanner.cfind_front import handle_find
+
+            handlers.append((evt.EVT_C_FIND, handle_find, [listener.spanner, self.spanners, self.sources,
+                                                           self.secrets]))
         tls = server_context(listener.tls, self.secrets) if listener.tls else None
         # AE.start_server(block=False), with this module's server class
         server = ae.make_server((listener.host, listener.port), evt_handlers=handlers, ssl_context=tls,
