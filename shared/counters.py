@@ -18,6 +18,10 @@ now: up on a hold, down on its release, retry or archive). ``queued`` is derived
 enqueued less what ended (delivered, duplicate, failed, holds). Each document keeps
 its last error and when.
 
+Spanner queries (:func:`count_span`) count per spanner (``spanner:<id>``: queries,
+cache hits, partial, failed) and per source asked (``spanner_source:<id>``: queries,
+errors, timeouts, total ms); the snapshot adds the cache hit rate and the mean latency.
+
 The crosswalk stage counts its lookups (:func:`count_lookups`): ``crosswalk:<table>``
 counts ``lookups``, ``hits`` (the map had the key), ``misses``, ``cache_hits``
 (answered from the map's cache, not its database) and ``errors`` (its database did not
@@ -49,6 +53,10 @@ DESTINATION = "destination"
 ORIGIN_FIELDS = ("received", "processed", "quarantined", "held")
 LISTENER_FIELDS = (*ORIGIN_FIELDS, "refused")
 DESTINATION_FIELDS = ("enqueued", "delivered", "duplicate", "failed", "holds", "held")
+SPANNER = "spanner"
+SPANNER_FIELDS = ("queries", "cache_hits", "partial", "failed")
+SPANNER_SOURCE = "spanner_source"
+SPANNER_SOURCE_FIELDS = ("queries", "errors", "timeouts", "ms")
 CROSSWALK = "crosswalk"
 CROSSWALK_FIELDS = ("lookups", "hits", "misses", "cache_hits", "errors")
 STANDARDIZER = "standardizer:ai"
@@ -108,6 +116,22 @@ def count_lookups(ports: Ports, actions: list[dict], lookups: list[Lookup]) -> N
         count(ports, counter, **{k: v for k, v in counts.items() if v})
 
 
+def count_span(docs: DocumentStore, spanner_id: str, statuses: list[dict], *, cached: bool = False,
+               failed: bool = False) -> None:
+    """One spanner query: ``spanner:<id>`` counts ``queries``, ``cache_hits``,
+    ``partial`` (a source did not answer) and ``failed`` (fail_fast's error);
+    ``spanner_source:<id>`` each source's ``queries``, ``errors``, ``timeouts`` and their
+    total ``ms``, its last error kept."""
+    missing = [s for s in statuses if s["state"] != "ok"]
+    count_in(docs, f"{SPANNER}:{spanner_id}", queries=1, cache_hits=int(cached),
+             partial=int(bool(missing) and not failed), failed=int(failed))
+    for status in statuses:
+        error = f"{status['state']}: {status['error']}" if status["state"] != "ok" else None
+        count_in(docs, f"{SPANNER_SOURCE}:{status['source']}", error=error, queries=1,
+                 errors=int(status["state"] == "failed"), timeouts=int(status["state"] == "timeout"),
+                 ms=int(status.get("ms") or 0))
+
+
 def count_lookup_error(ports: Ports, exc: LookupUnavailable) -> None:
     """A lookup that could not be made now: one more ``errors`` of the map (or of the
     standardizer), with the reason as its last error."""
@@ -121,7 +145,8 @@ def snapshot(ports: Ports) -> dict[str, dict[str, dict]]:
     ``queued`` for a destination (enqueued, not yet delivered, failed or held). Reads
     the counters collection only: one document per listener, source and destination."""
     config = ports.config()
-    out: dict[str, dict[str, dict]] = {"listeners": {}, "sources": {}, "destinations": {}, "crosswalks": {}}
+    out: dict[str, dict[str, dict]] = {"listeners": {}, "sources": {}, "destinations": {}, "crosswalks": {},
+                                       "spanners": {}, "spanner_sources": {}}
     for lsn in config.listeners:  # configured ones show up before their first instance
         out["listeners"][lsn.id] = _with_fields({}, LISTENER_FIELDS)
     for src in config.sources:
@@ -138,6 +163,12 @@ def snapshot(ports: Ports) -> dict[str, dict[str, dict]]:
             standardizer = doc
         elif kind == CROSSWALK:
             out["crosswalks"][name] = _crosswalk(doc)
+        elif kind == SPANNER:
+            got = _with_fields(doc, SPANNER_FIELDS)
+            out["spanners"][name] = {**got, "cache_hit_rate": _rate(got["cache_hits"], got["queries"])}
+        elif kind == SPANNER_SOURCE:
+            got = _with_fields(doc, SPANNER_SOURCE_FIELDS)
+            out["spanner_sources"][name] = {**got, "ms_mean": round(got["ms"] / got["queries"]) if got["queries"] else None}
         elif kind == DESTINATION:
             out["destinations"][name] = _destination(doc)
         elif kind in ORIGIN_KINDS:

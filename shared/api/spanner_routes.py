@@ -77,7 +77,7 @@ async def _query(request: Request, ports: Ports, spanner, level: str, study_uid:
                         status_code=202, media_type="application/json", headers={"Location": location})
     config = ports.config()
     try:
-        result = await spanning(ports.secrets).query(spanner, {s.id: s for s in config.sources}, query)
+        result = await spanning(ports.secrets, ports.docs).query(spanner, {s.id: s for s in config.sources}, query)
     except SpanFailed as exc:
         raise HTTPException(502, {"reason": str(exc), "sources": [s.to_dict() for s in exc.statuses]}) from None
     return _answer(result)

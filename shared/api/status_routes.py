@@ -104,12 +104,27 @@ class RuntimeStatus(BaseModel):
     retention: RetentionStatus
 
 
+class SpannerCounts(_counts("SpannerCountsBase", counters.SPANNER_FIELDS, "")):
+    """A spanner's queries: answered from its cache, partial (a source did not answer),
+    failed (fail_fast)."""
+
+    cache_hit_rate: float | None = Field(description="cache_hits / queries; null before the first query")
+
+
+class SpannerSourceCounts(_counts("SpannerSourceCountsBase", counters.SPANNER_SOURCE_FIELDS, "")):
+    """A source asked by spanner queries: errors, timeouts, total milliseconds."""
+
+    ms_mean: int | None = Field(description="Mean milliseconds of its answers; null before the first")
+
+
 class StatusAnswer(BaseModel):
     listeners: dict[str, ListenerCounts]
     sources: dict[str, SourceCounts]
     destinations: dict[str, DestinationCounts]
     crosswalks: dict[str, CrosswalkCounts] = Field(description="Per crosswalk map, its lookups")
     standardizer: StandardizerCounts
+    spanners: dict[str, SpannerCounts] = Field(description="Per spanner, its queries")
+    spanner_sources: dict[str, SpannerSourceCounts] = Field(description="Per source asked by spanners, its answers")
     exceptions: int = Field(description="Exception records, archived included")
     held_deliveries: int = Field(description="Deliveries held for a disabled or missing destination")
     runtime: RuntimeStatus | None = Field(None, description="The runtime's own status; absent in GCP")

@@ -53,7 +53,7 @@ def identifier_params(identifier: Dataset) -> tuple[str, list[tuple[str, str]], 
 
 
 def handle_find(event, spanner_id: str, spanners: Callable[[], list], sources: Callable[[], list],
-                secrets: "Secrets") -> Iterator:
+                secrets: "Secrets", docs=None) -> Iterator:
     """pynetdicom's EVT_C_FIND handler of a listener with ``spanner``: ``spanners`` and
     ``sources`` give the config's now."""
     try:
@@ -68,7 +68,7 @@ def handle_find(event, spanner_id: str, spanners: Callable[[], list], sources: C
         log.error("C-FIND: spanner %r is not configured", spanner_id)
         yield STATUS_UNABLE_TO_PROCESS, None
         return
-    result = run_sync(spanning(secrets).query(spanner, {s.id: s for s in sources()}, query))
+    result = run_sync(spanning(secrets, docs).query(spanner, {s.id: s for s in sources()}, query))
     if result.missing:
         log.warning("C-FIND on spanner %s: %s", spanner.id, result.warning())
     keep = set(returned) | set(ALWAYS_RETURNED)

@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from cachetools import TTLCache
 
+from shared import counters
 from shared.spanner.clients import CFindClient, SourceError, SourceTimeout, client_for
 from shared.spanner.merge import SourceAnswer, apply_paging, merge
 from shared.spanner.query import QidoQuery, cache_key, from_cfind, qido_path, to_cfind_identifier, to_qido_params
 
 if TYPE_CHECKING:  # pragma: no cover
     from shared.config import Spanner
-    from shared.ports import Secrets
+    from shared.ports import DocumentStore, Secrets
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,10 @@ class ClientPool:
 class Spanning:
     """Answers spanner queries: :meth:`query` (async) and its per-process cache."""
 
-    def __init__(self, secrets: "Secrets", *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, secrets: "Secrets", *, docs: "DocumentStore | None" = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.clients = ClientPool(secrets)
+        self.docs = docs  # the status counters (shared.counters.count_span), if given
         self._clock = clock
         self._caches: dict[str, TTLCache] = {}
         self._lock = threading.Lock()
@@ -118,15 +121,26 @@ class Spanning:
             with self._lock:
                 hit = cache.get(key)
             if hit is not None:
+                self._count(spanner.id, [], cached=True)
                 return SpanResult(rows=apply_paging(hit[0], query.limit, query.offset), statuses=hit[1],
                                   cached=True, total=len(hit[0]))
-        answers, statuses = await self._fan_out(spanner, sources, query)
+        try:
+            answers, statuses = await self._fan_out(spanner, sources, query)
+        except SpanFailed as exc:
+            self._count(spanner.id, exc.statuses, failed=True)
+            raise
+        self._count(spanner.id, statuses)
         merged = merge(query.level, answers, deduplicate=spanner.deduplicate)
         if cache is not None and not any(s.state != "ok" for s in statuses):  # a partial answer is not kept
             with self._lock:
                 cache[key] = (merged, statuses)
         return SpanResult(rows=apply_paging(merged, query.limit, query.offset), statuses=statuses,
                           total=len(merged))
+
+    def _count(self, spanner_id: str, statuses: list[SourceStatus], *, cached: bool = False,
+               failed: bool = False) -> None:
+        if self.docs is not None:
+            counters.count_span(self.docs, spanner_id, [s.to_dict() for s in statuses], cached=cached, failed=failed)
 
     def _cache(self, spanner: "Spanner") -> TTLCache | None:
         if spanner.cache_ttl_s <= 0:
@@ -208,17 +222,18 @@ def statuses_block(result: SpanResult) -> list[dict]:
 
 
 
-_SPANNINGS: dict[int, Spanning] = {}
+_SPANNINGS: dict[tuple[int, int], Spanning] = {}
 _SPANNINGS_LOCK = threading.Lock()
 
 
-def spanning(secrets: "Secrets") -> Spanning:
+def spanning(secrets: "Secrets", docs: "DocumentStore | None" = None) -> Spanning:
     """The process's :class:`Spanning` over ``secrets`` (its clients and cache shared
-    by every request)."""
+    by every request), counting into ``docs``."""
     with _SPANNINGS_LOCK:
-        found = _SPANNINGS.get(id(secrets))
-        if found is None or found.clients.secrets is not secrets:
-            found = _SPANNINGS[id(secrets)] = Spanning(secrets)
+        key = (id(secrets), id(docs))
+        found = _SPANNINGS.get(key)
+        if found is None or found.clients.secrets is not secrets or found.docs is not docs:
+            found = _SPANNINGS[key] = Spanning(secrets, docs=docs)
         return found
 
 

@@ -76,7 +76,7 @@ def run_task(ports: "Ports", query_id: str, index: int, count: int) -> int:
     mine = list(enumerate(spanner.sources))[index::count]
 
     async def ask_all():
-        engine = spanning(ports.secrets)
+        engine = spanning(ports.secrets, ports.docs)
         return await asyncio.gather(*(engine.ask_one(spanner, member, order, sources, query) for order, member in mine))
 
     for (order, _), (answer, status) in zip(mine, run_sync(ask_all())):

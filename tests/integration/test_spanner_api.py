@@ -36,7 +36,8 @@ def api(tmp_path, spanner_bed):  # noqa: F811
                      {"id": "with-down", "sources": [*members[:2], {"source": bed.down[0]["id"]}],
                       "retry_attempts": 0, "cache_ttl_s": 0},
                      {"id": "strict", "sources": [*members[:2], {"source": bed.down[0]["id"]}],
-                      "failure_strategy": "fail_fast", "cache_ttl_s": 0}]})
+                      "failure_strategy": "fail_fast", "cache_ttl_s": 0},
+                     {"id": "cached", "sources": members[:3], "cache_ttl_s": 60}]})
     ports = build_ports(tmp_path, {})
     replace_config(ports.docs, config)
     ports.config = CachedConfig(ports.docs, watch_revision=True)
@@ -123,3 +124,18 @@ def test_only_a_config_writer_changes_a_spanner(api):
     assert made.status_code == 201, made.text
     bad = client.post(f"{PREFIX}/config/spanners", json={"id": "bad", "sources": [{"source": "nope"}]})
     assert bad.status_code == 422 and "nope" in bad.text
+
+
+def test_the_status_counts_queries_source_errors_and_cache_hits(api):
+    client, _, bed = api
+    for _ in range(3):
+        assert client.get(f"{PREFIX}/spanner/qido/studies", params={"spanner_config_id": "cached"}).status_code == 200
+    client.get(f"{PREFIX}/spanner/qido/studies", params={"spanner_config_id": "with-down"})
+    status = client.get(f"{PREFIX}/status").json()
+    cached = status["spanners"]["cached"]
+    assert (cached["queries"], cached["cache_hits"], cached["cache_hit_rate"]) == (3, 2, round(2 / 3, 4))
+    assert status["spanners"]["with-down"]["partial"] == 1
+    down = status["spanner_sources"][bed.down[0]["id"]]
+    assert down["errors"] == 1 and down["last_error"].startswith("failed")
+    first = status["spanner_sources"][bed.sources[0]["id"]]
+    assert first["queries"] >= 2 and first["errors"] == 0 and first["ms_mean"] is not None

@@ -246,7 +246,7 @@ class Gateway:
             from shared.spanner.cfind_front import handle_find
 
             handlers.append((evt.EVT_C_FIND, handle_find, [listener.spanner, self.spanners, self.sources,
-                                                           self.secrets]))
+                                                           self.secrets, self.docs]))
         tls = server_context(listener.tls, self.secrets) if listener.tls else None
         # AE.start_server(block=False), with this module's server class
         server = ae.make_server((listener.host, listener.port), evt_handlers=handlers, ssl_context=tls,
