@@ -1,4 +1,5 @@
-"""Cloud Functions entry point ``api``: the config API (:mod:`shared.api`), on ASGI.
+"""Cloud Functions entry points ``api``: the config API (:mod:`shared.api`), and
+``spanner``: the same app with the spanner's routes only, on ASGI.
 
 Its own entry module (the bundle's ``api.py``, deployed with the build environment
 ``GOOGLE_FUNCTION_SOURCE=api.py``) because functions-framework serves it on Starlette:
@@ -38,3 +39,13 @@ async def api(request):
     as ``serve`` needs for waitress). The app is built once per process over the GCP
     ports (:func:`shared.runtime.gcp.api`)."""
     return _ToApp(gcp.api())
+
+
+@functions_framework.aio.http
+async def spanner(request):
+    """The spanner's QIDO-RS endpoints, async queries and data browser
+    (:mod:`shared.api.spanner_routes`, and ``/me``) at the function's URL +
+    ``/api/v1/...``: its own function so that only its service account reads the
+    sources' credentials, reaches the PACS through the VPC connector and starts the
+    Cloud Run job of async queries (``AXIOM_SPANNER_JOB``; docs/gcp-iam.md)."""
+    return _ToApp(gcp.spanner_api())

@@ -1,6 +1,6 @@
 # Axiom Flow on GCP: buckets, the Pub/Sub stage chain, one Cloud Run function per entry
-# point of functions/main.py, Firestore, secrets, schedules, the SCP gateway and the
-# optional Healthcare API store. Monitoring is in monitoring.tf. Names follow the code:
+# point of functions/main.py and functions/api.py, the spanner's Cloud Run job,
+# Firestore, secrets, schedules, the SCP gateway and the optional Healthcare API store. Monitoring is in monitoring.tf. Names follow the code:
 # shared/runtime/gcp.py (topics, environment) and shared/messages.py (TOPICS).
 
 data "google_project" "project" {
@@ -89,6 +89,7 @@ locals {
     ghc_ingest     = { source = "main.py", trigger = "push", per_request_n = 1, fixed_mib = null, concurrency = 1, max_instances = 10, timeout_s = 540 }
     stow           = { source = "main.py", trigger = "http", per_request_n = 2, fixed_mib = null, concurrency = 1, max_instances = 10, timeout_s = 600 }
     api            = { source = "api.py", trigger = "http", per_request_n = 0, fixed_mib = 512, concurrency = 20, max_instances = 5, timeout_s = 300 }
+    spanner        = { source = "api.py", trigger = "http", per_request_n = 0, fixed_mib = 512, concurrency = 20, max_instances = 10, timeout_s = 300 }
   }
   deployed_entry_points = { for e, spec in local.entry_points : e => spec if e != "ghc_ingest" || local.healthcare_enabled }
 
@@ -129,6 +130,12 @@ locals {
     AXIOM_LOG_FORMAT           = "json"
   }
   api_environment = { AXIOM_API_AUDIENCE = var.api.audience }
+  # the spanner function starts the job's executions (shared/spanner/job.py CloudRunJobs)
+  spanner_environment = { AXIOM_SPANNER_JOB = module.spanner_query.id }
+  function_environments = {
+    api     = merge(local.function_environment, local.api_environment)
+    spanner = merge(local.function_environment, local.api_environment, local.spanner_environment)
+  }
 
   gateway_environment = {
     GOOGLE_CLOUD_PROJECT       = var.project_id
@@ -143,9 +150,10 @@ locals {
     AXIOM_LOG_FORMAT           = "json"
   }
 
-  # IAM: each function's and the gateway's service account, [role, on]. "on" is
-  # project, bucket:<kind>, topic:<stage topic>, secrets (each of var.secrets.ids) or
-  # dicom_store (the Healthcare store, when enabled). This is the table of
+  # IAM: each function's, the spanner job's and the gateway's service account, [role,
+  # on]. "on" is project, bucket:<kind>, topic:<stage topic>, secrets (each of
+  # var.secrets.ids), dicom_store (the Healthcare store, when enabled) or job:spanner
+  # (the spanner's Cloud Run job). This is the table of
   # docs/gcp-iam.md, which says why (tests/infra checks the two are the same).
   service_account_roles = {
     match = [
@@ -218,6 +226,17 @@ locals {
       ["roles/pubsub.publisher", "topic:planned"],
       ["roles/pubsub.publisher", "topic:deliver"],
     ]
+    spanner = [
+      ["roles/datastore.user", "project"],
+      ["roles/secretmanager.secretAccessor", "secrets"],
+      ["roles/healthcare.dicomViewer", "dicom_store"],
+      ["roles/run.jobsExecutorWithOverrides", "job:spanner"],
+    ]
+    spanner_job = [
+      ["roles/datastore.user", "project"],
+      ["roles/secretmanager.secretAccessor", "secrets"],
+      ["roles/healthcare.dicomViewer", "dicom_store"],
+    ]
     gateway = [
       ["roles/datastore.user", "project"],
       ["roles/storage.objectCreator", "bucket:ingest"],
@@ -237,6 +256,7 @@ locals {
     { for kind, name in local.bucket_names : "bucket:${kind}" => google_storage_bucket.bucket[kind].name },
     { for t, name in local.topics : "topic:${t}" => google_pubsub_topic.topic[t].name },
     { for k, id in { dicom_store = one(google_healthcare_dicom_store.store[*].id) } : k => id if id != null },
+    { "job:spanner" = module.spanner_query.name },
   )
   role_bindings = {
     for sa, rows in local.service_account_roles : sa => merge(
@@ -427,14 +447,40 @@ module "function" {
   source_bucket      = var.function_source.bucket
   source_object      = local.function_source_object[each.key]
   service_account_id = "${var.name_prefix}fn-${replace(each.key, "_", "-")}"
-  environment        = each.key == "api" ? merge(local.function_environment, local.api_environment) : local.function_environment
+  environment        = lookup(local.function_environments, each.key, local.function_environment)
   resources          = local.resources[each.key]
   ingress            = each.value.trigger == "http" ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
-  public             = (each.key == "api" && var.api.public) || (each.key == "stow" && var.stow.public)
+  public             = (each.key == "api" && var.api.public) || (each.key == "stow" && var.stow.public) || (each.key == "spanner" && var.spanner.public)
   invokers           = each.value.trigger == "push" ? ["serviceAccount:${google_service_account.push.email}"] : []
   kms_key_name       = var.kms_key_name
-  vpc_connector      = contains(["crosswalk", "crosswalk_sync"], each.key) ? var.crosswalk.vpc_connector : null
+  vpc_connector      = contains(["crosswalk", "crosswalk_sync"], each.key) ? var.crosswalk.vpc_connector : each.key == "spanner" ? var.spanner.vpc_connector : null
   roles              = local.role_bindings[each.key]
+  labels             = var.labels
+
+  depends_on = [google_project_service.api]
+}
+
+# --- The spanner's async queries ----------------------------------------------------
+
+# One execution per async query, one task per source of the spanner (the spanner
+# function sets the task count and AXIOM_SPANNER_QUERY_ID); the gateway image holds the
+# lock's packages and shared/ (docs/architecture.md, "GCP: the spanner").
+module "spanner_query" {
+  source = "./modules/job"
+
+  project_id         = var.project_id
+  region             = var.region
+  name               = "${var.name_prefix}spanner-query"
+  service_account_id = "${var.name_prefix}spanner-job"
+  image              = coalesce(var.spanner.job.image, var.gateway_image, var.gateway.image)
+  command            = ["python", "-m", "shared.cli", "spanner", "run-task"]
+  environment        = local.function_environment
+  task_timeout_s     = var.spanner.job.task_timeout_s
+  cpu                = var.spanner.job.cpu
+  memory             = var.spanner.job.memory
+  vpc_connector      = var.spanner.vpc_connector
+  kms_key_name       = var.kms_key_name
+  roles              = local.role_bindings["spanner_job"]
   labels             = var.labels
 
   depends_on = [google_project_service.api]

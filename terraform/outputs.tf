@@ -23,10 +23,21 @@ output "api_url" {
   value       = "${module.function["api"].uri}/api/v1"
 }
 
+output "spanner_url" {
+  description = "The spanner function's API base URL (its QIDO-RS endpoints are under /spanner/qido/)."
+  value       = "${module.function["spanner"].uri}/api/v1"
+}
+
+output "spanner_job" {
+  description = "The spanner's Cloud Run job (AXIOM_SPANNER_JOB): projects/P/locations/L/jobs/J."
+  value       = module.spanner_query.id
+}
+
 output "service_accounts" {
-  description = "Service account e-mail by function entry point, and gateway."
+  description = "Service account e-mail by function entry point, spanner_job, and gateway."
   value = merge(
     { for e, f in module.function : e => f.service_account_email },
+    { spanner_job = module.spanner_query.service_account_email },
     { for g in module.gateway : "gateway" => g.service_account_email },
   )
 }

@@ -181,7 +181,7 @@ variable "max_instance_bytes" {
     /tmp in memory, so memory = process + temporary disk (docs/architecture.md, "Large
     instances: memory and temporary disk"), per concurrent request:
       match, route, poll, ghc_ingest: N + 256 MB;  morph: 2N + 256 MB;  stow: 2N + 256 MB;
-      dead_letter, release_held, api: 512 MB (no instance in /tmp).
+      dead_letter, release_held, api, spanner: 512 MB (no instance in /tmp).
     Each is rounded up to the next size Cloud Run accepts (256Mi ... 32Gi) and takes the
     CPUs that size needs (over 4Gi: 2, over 8Gi: 4, over 16Gi: 6, over 24Gi: 8).
     functions.<entry>.memory overrides it.
@@ -196,7 +196,7 @@ variable "max_instance_bytes" {
 }
 
 variable "functions" {
-  description = "Per entry point (match, morph, route, dead_letter, release_held, poll, ghc_ingest, stow, api) overrides: memory (e.g. 2Gi; default from max_instance_bytes), cpu, timeout_s, concurrency (requests per instance; memory is sized per request), min_instances, max_instances (also bounds a destination's concurrency across instances)."
+  description = "Per entry point (match, morph, route, dead_letter, release_held, poll, ghc_ingest, stow, api, spanner) overrides: memory (e.g. 2Gi; default from max_instance_bytes), cpu, timeout_s, concurrency (requests per instance; memory is sized per request), min_instances, max_instances (also bounds a destination's concurrency across instances)."
   type = map(object({
     memory        = optional(string)
     cpu           = optional(string)
@@ -208,7 +208,7 @@ variable "functions" {
   default = {}
 
   validation {
-    condition     = alltrue([for k in keys(var.functions) : contains(["match", "morph", "route", "dead_letter", "release_held", "poll", "ghc_ingest", "stow", "api"], k)])
+    condition     = alltrue([for k in keys(var.functions) : contains(["match", "morph", "route", "dead_letter", "release_held", "poll", "ghc_ingest", "stow", "api", "spanner"], k)])
     error_message = "functions: keys are entry points of functions/main.py."
   }
   validation {
@@ -286,6 +286,38 @@ variable "api" {
     audience = optional(string, "")
   })
   default = {}
+}
+
+variable "spanner" {
+  description = <<-EOT
+    The spanner (shared/spanner/): its function (public: allUsers may invoke, as api;
+    vpc_connector: a Serverless VPC Access connector, projects/P/locations/R/connectors/C,
+    through which the function and the job reach PACS on private addresses, egress
+    through it private ranges only; null: none) and the Cloud Run job of its async
+    queries, one task per source: job.image (default: the gateway image, which holds
+    what `python -m shared.cli spanner run-task` needs), job.task_timeout_s, job.cpu,
+    job.memory (of one task).
+  EOT
+  type = object({
+    public        = optional(bool, true)
+    vpc_connector = optional(string)
+    job = optional(object({
+      image          = optional(string)
+      task_timeout_s = optional(number, 300)
+      cpu            = optional(string, "1")
+      memory         = optional(string, "512Mi")
+    }), {})
+  })
+  default = {}
+
+  validation {
+    condition     = var.spanner.job.image != null || var.gateway_image != null || var.gateway.image != null
+    error_message = "spanner.job.image (or gateway_image, or gateway.image) is required: the spanner job runs that image."
+  }
+  validation {
+    condition     = var.spanner.job.task_timeout_s > 0 && var.spanner.job.task_timeout_s <= 86400
+    error_message = "spanner.job.task_timeout_s: 1 to 86400 seconds."
+  }
 }
 
 variable "crosswalk" {

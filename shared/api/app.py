@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -27,13 +27,18 @@ ROUTERS: tuple[str, ...] = (
     "shared.api.status_routes",
     "shared.api.spanner_routes",
 )
+# the spanner's own entry point on GCP (functions/api.py ``spanner``): its queries and who
+# is asking, nothing else (it runs with the spanner's service account, not the API's)
+SPANNER_ROUTERS: tuple[str, ...] = ("shared.api.me", "shared.api.spanner_routes")
 
 
-def create_api(ports: Ports, *, version: str = "0", runtime_status: Callable[[], dict] | None = None) -> FastAPI:
+def create_api(ports: Ports, *, version: str = "0", runtime_status: Callable[[], dict] | None = None,
+               routers: Sequence[str] = ROUTERS) -> FastAPI:
     """The API over ``ports`` (the runtime's), served under :data:`PREFIX`.
     ``runtime_status``: what the runtime alone knows (the embedded one: queue depths,
     listener ports, child processes; :meth:`shared.runtime.local.EmbeddedRuntime.status`),
-    shown as ``runtime`` by ``GET /status``; GCP has none."""
+    shown as ``runtime`` by ``GET /status``; GCP has none. ``routers``: the modules
+    whose routes it serves (a subset of :data:`ROUTERS`, e.g. :data:`SPANNER_ROUTERS`)."""
     import importlib
 
     api = FastAPI(title="Axiom Flow API", version=version, openapi_url=f"{PREFIX}/openapi.json",
@@ -41,7 +46,10 @@ def create_api(ports: Ports, *, version: str = "0", runtime_status: Callable[[],
     api.state.ports = ports
     api.state.runtime_status = runtime_status
     api.add_exception_handler(HTTPException, _problems_as_documented)
-    for name in ROUTERS:
+    unknown = set(routers) - set(ROUTERS)
+    if unknown:
+        raise ValueError(f"not API routers: {sorted(unknown)}")
+    for name in routers:
         router: APIRouter = importlib.import_module(name).router
         api.include_router(router, prefix=PREFIX)
     _with_config_schemas(api)

@@ -17,6 +17,9 @@ AXIOM_CONFIG_TTL_S          seconds a config read from Firestore is reused (defa
 AXIOM_BASE_DIR              where relative filesystem-destination paths start (default /tmp)
 AXIOM_TMP_DIR               where objects are downloaded while a stage works on them
                             (default: the system temporary directory)
+AXIOM_SPANNER_JOB           the Cloud Run job that runs async spanner queries
+                            (projects/P/locations/L/jobs/J; the ``spanner`` and ``api``
+                            functions); unset: their tasks run in threads of the process
 FIRESTORE_EMULATOR_HOST, PUBSUB_EMULATOR_HOST, STORAGE_EMULATOR_HOST
                             honoured by the client libraries (emulators, fake-gcs-server)
 
@@ -47,7 +50,7 @@ DEFAULT_TOPIC_PREFIX = "axiom-"
 
 _lock = threading.Lock()
 _ports: Ports | None = None
-_api = None  # the API app (FastAPI) over _ports: shared.api.app.create_api
+_apis: dict = {}  # the API apps (FastAPI) over _ports by entry point: shared.api.app.create_api
 
 
 def configure_logging(env: Mapping[str, str] | None = None) -> None:
@@ -126,15 +129,40 @@ def ports() -> Ports:
 def api():
     """The config API (:func:`shared.api.app.create_api`) over :func:`ports`, built on
     first use and then reused; built again when the process's ports were replaced."""
-    from shared.api.app import create_api
+    return _app("api")
 
-    global _api
+
+def spanner_api():
+    """The spanner's entry point: the API app with the spanner's routes only
+    (:data:`shared.api.app.SPANNER_ROUTERS`), reused as :func:`api`."""
+    return _app("spanner")
+
+
+def spanner_jobs(env: Mapping[str, str] | None = None):
+    """Where async spanner queries run: the Cloud Run job ``AXIOM_SPANNER_JOB``
+    (:class:`shared.spanner.job.CloudRunJobs`), or None (threads of this process)."""
+    env = os.environ if env is None else env
+    job = env.get("AXIOM_SPANNER_JOB")
+    if not job:
+        return None
+    from shared.spanner.job import CloudRunJobs
+
+    return CloudRunJobs(job)
+
+
+def _app(entry: str):
+    from shared.api.app import ROUTERS, SPANNER_ROUTERS, create_api
+
     current = ports()
-    if _api is None or _api.state.ports is not current:
+    app = _apis.get(entry)
+    if app is None or app.state.ports is not current:
         with _lock:
-            if _api is None or _api.state.ports is not current:
-                _api = create_api(current)
-    return _api
+            app = _apis.get(entry)
+            if app is None or app.state.ports is not current:
+                app = create_api(current, routers=SPANNER_ROUTERS if entry == "spanner" else ROUTERS)
+                app.state.spanner_jobs = spanner_jobs()
+                _apis[entry] = app
+    return app
 
 
 def load_config(config: AppConfig | str | Path, docs=None) -> AppConfig:

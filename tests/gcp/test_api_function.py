@@ -37,7 +37,7 @@ def function(firestore_emulator, fake_gcs, monkeypatch, capsys):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs.url)
     monkeypatch.setenv("AXIOM_CONFIG_TTL_S", str(STAGE_TTL_S))
     monkeypatch.setattr(gcp, "_ports", None)
-    monkeypatch.setattr(gcp, "_api", None)
+    monkeypatch.setattr(gcp, "_apis", {})
     fake_gcs.create_buckets(INGEST)
     docs = FirestoreDocumentStore(prefix=prefix)
     gcp.load_config(parse_config({

@@ -150,13 +150,13 @@ def iam_table() -> set[tuple[str, str, str]]:
 def test_service_accounts_hold_exactly_the_documented_roles():
     terraform = {(sa, role, on) for sa, rows in root_locals()["service_account_roles"].items() for role, on in rows}
     assert terraform == iam_table()
-    assert set(root_locals()["service_account_roles"]) == set(entry_points()) | {"gateway"}
+    assert set(root_locals()["service_account_roles"]) == set(entry_points()) | {"gateway", "spanner_job"}
     # the modules grant what the table says, and nothing else
     for path, _, name, body in blocks("module"):
         if path.parent == TF:
             assert body["roles"].startswith("${local.role_bindings["), name
     for path, rtype, name, body in blocks("resource"):
-        if path.parent.name in ("function", "gateway") and rtype.endswith("_iam_member") and "role" in body:
+        if path.parent.name in ("function", "gateway", "job") and rtype.endswith("_iam_member") and "role" in body:
             assert body["role"] in ("${each.value.role}", "roles/run.invoker"), (path, name)
 
 
@@ -234,12 +234,14 @@ def code_env_names() -> set[str]:
 def test_environment_names_are_the_codes():
     code = code_env_names()
     env = root_locals()
-    for block in ("function_environment", "api_environment", "gateway_environment"):
+    for block in ("function_environment", "api_environment", "spanner_environment", "gateway_environment"):
         assert set(env[block]) <= code | ENV_PENDING, (block, set(env[block]) - code)
     gcp_reads = {n for n in re.findall(r'env\.get\("([A-Z_]+)"|env\["([A-Z_]+)"\]|"(GOOGLE_CLOUD_PROJECT)"',
                                        (ROOT / "shared/runtime/gcp.py").read_text()) for n in n if n}
     # AXIOM_BASE_DIR: only filesystem destinations, whose default (/tmp) is the only writable place
-    assert gcp_reads - {"AXIOM_BASE_DIR"} <= set(env["function_environment"])
+    # AXIOM_SPANNER_JOB: the spanner function's only (the job is not its own runner)
+    assert gcp_reads - {"AXIOM_BASE_DIR"} <= set(env["function_environment"]) | set(env["spanner_environment"])
+    assert "AXIOM_SPANNER_JOB" not in env["function_environment"]
     assert "AXIOM_API_AUDIENCE" in env["api_environment"]
     assert {"AXIOM_INGEST_BUCKET", "AXIOM_SPOOL_DIR", "GOOGLE_CLOUD_PROJECT", "AXIOM_FIRESTORE_DATABASE",
             "AXIOM_COLLECTION_PREFIX"} <= set(env["gateway_environment"])
@@ -292,3 +294,29 @@ def test_checkov_passes_or_each_skip_is_justified():
     for path in tf_files():
         for reason in re.findall(r"#checkov:skip=CKV\w*_\d+:(.*)", path.read_text()):
             assert len(reason.strip()) > 20, (path, reason)
+
+
+def test_spanner_job_runs_the_task_command_once_per_task_with_the_functions_environment():
+    """The job the spanner function starts (AXIOM_SPANNER_JOB: the job's full name, as
+    CloudRunJobs sends it) runs ``python -m shared.cli spanner run-task`` in the gateway
+    image, with the stages' environment, no retries, and the PACS's VPC connector."""
+    from shared.cli import build_parser
+
+    [job] = [body for _, _, name, body in blocks("module") if name == "spanner_query"]
+    assert job["source"] == "./modules/job"
+    assert job["command"][:3] == ["python", "-m", "shared.cli"]
+    assert build_parser().parse_args(job["command"][3:]).spanner_command == "run-task"
+    assert job["image"] == "${coalesce(var.spanner.job.image, var.gateway_image, var.gateway.image)}"
+    assert job["environment"] == "${local.function_environment}"
+    assert job["vpc_connector"] == "${var.spanner.vpc_connector}"
+    assert job["roles"] == '${local.role_bindings["spanner_job"]}'
+    [run] = [body for _, rtype, _, body in blocks("resource") if rtype == "google_cloud_run_v2_job"]
+    [task] = run["template"][0]["template"]
+    assert task["max_retries"] == 0 and task["timeout"] == "${var.task_timeout_s}s"
+    assert task["service_account"] == "${google_service_account.job.email}"
+    env = root_locals()
+    assert env["spanner_environment"] == {"AXIOM_SPANNER_JOB": "${module.spanner_query.id}"}
+    assert "local.spanner_environment" in env["function_environments"]["spanner"]
+    assert '"job:spanner" = module.spanner_query.name' in (TF / "main.tf").read_text()
+    function = (TF / "main.tf").read_text()
+    assert 'each.key == "spanner" ? var.spanner.vpc_connector' in function

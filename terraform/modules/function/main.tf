@@ -12,7 +12,7 @@ resource "google_service_account" "function" {
 locals {
   member = "serviceAccount:${google_service_account.function.email}"
   by_scope = {
-    for scope in ["project", "bucket", "topic", "secret", "dicom_store"] :
+    for scope in ["project", "bucket", "topic", "secret", "dicom_store", "job"] :
     scope => { for key, r in var.roles : key => r if r.scope == scope }
   }
 }
@@ -52,6 +52,16 @@ resource "google_healthcare_dicom_store_iam_member" "function" {
   dicom_store_id = each.value.resource
   role           = each.value.role
   member         = local.member
+}
+
+# a Cloud Run job of this module's region (the spanner's: the function starts its executions)
+resource "google_cloud_run_v2_job_iam_member" "function" {
+  for_each = local.by_scope["job"]
+  project  = var.project_id
+  location = var.region
+  name     = each.value.resource
+  role     = each.value.role
+  member   = local.member
 }
 
 resource "google_cloudfunctions2_function" "function" {
@@ -97,6 +107,7 @@ resource "google_cloudfunctions2_function" "function" {
     google_pubsub_topic_iam_member.function,
     google_secret_manager_secret_iam_member.function,
     google_healthcare_dicom_store_iam_member.function,
+    google_cloud_run_v2_job_iam_member.function,
   ]
 }
 

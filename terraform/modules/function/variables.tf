@@ -68,7 +68,7 @@ variable "resources" {
 }
 
 variable "vpc_connector" {
-  description = "Serverless VPC Access connector for private addresses (the crosswalk function's databases); null: none."
+  description = "Serverless VPC Access connector for private addresses (the crosswalk functions' databases, the spanner's PACS); null: none."
   type        = string
   default     = null
 }
@@ -98,7 +98,7 @@ variable "kms_key_name" {
 }
 
 variable "roles" {
-  description = "IAM of the function's service account, keyed by a stable name: {scope = project|bucket|topic|secret|dicom_store, resource = the resource's id or name (empty for project), role}."
+  description = "IAM of the function's service account, keyed by a stable name: {scope = project|bucket|topic|secret|dicom_store|job, resource = the resource's id or name (empty for project), role}."
   type = map(object({
     scope    = string
     resource = string
@@ -107,8 +107,8 @@ variable "roles" {
   default = {}
 
   validation {
-    condition     = alltrue([for r in values(var.roles) : contains(["project", "bucket", "topic", "secret", "dicom_store"], r.scope)])
-    error_message = "Each role's scope is one of project, bucket, topic, secret, dicom_store."
+    condition     = alltrue([for r in values(var.roles) : contains(["project", "bucket", "topic", "secret", "dicom_store", "job"], r.scope)])
+    error_message = "Each role's scope is one of project, bucket, topic, secret, dicom_store, job."
   }
 }
 
