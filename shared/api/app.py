@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 
+from shared.api.permissions import PERMISSIONS, Permission, Role
 from shared.config import AppConfig
 from shared.ports import Ports
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fastapi.routing import APIRoute
 
 PREFIX = "/api/v1"
 # the config models' JSON schemas are components of the OpenAPI document (their field
@@ -52,8 +56,29 @@ def create_api(ports: Ports, *, version: str = "0", runtime_status: Callable[[],
     for name in routers:
         router: APIRouter = importlib.import_module(name).router
         api.include_router(router, prefix=PREFIX)
+    api.state.routers = tuple(routers)
     _with_config_schemas(api)
     return api
+
+
+def served_routes(routers: Sequence[str]) -> list[tuple[str, str, "APIRoute"]]:
+    """Every (method, full path, route) of ``routers``, read from the routers
+    themselves: FastAPI 0.16x keeps an included router as one entry of ``api.routes``."""
+    import importlib
+
+    from fastapi.routing import APIRoute
+
+    return [(method, f"{PREFIX}{route.path}", route) for name in routers
+            for route in importlib.import_module(name).router.routes if isinstance(route, APIRoute)
+            for method in sorted(route.methods)]
+
+
+def permission_of(route: "APIRoute") -> Permission | None:
+    """The permission a route's ``require(...)`` dependency checks; None: any caller
+    who is someone."""
+    found = [getattr(dep.call, "permission", None) for dep in route.dependant.dependencies]
+    found = [p for p in found if p is not None]
+    return found[0] if found else None
 
 
 def _with_config_schemas(api: FastAPI) -> None:
@@ -70,9 +95,24 @@ def _with_config_schemas(api: FastAPI) -> None:
             for name, model_schema in {**schema.pop("$defs", {}), "AppConfig": schema}.items():
                 if schemas.setdefault(name, model_schema) != model_schema:
                     raise RuntimeError(f"two OpenAPI schemas are named {name}: rename the API's model")
+            _with_roles(api, document)
         return api.openapi_schema
 
     api.openapi = openapi
+
+
+def _with_roles(api: FastAPI, document: dict) -> None:
+    """Each operation says which permission it needs and which roles have it
+    (``x-permission``, ``x-roles``, and a line of its description)."""
+    for method, path, route in served_routes(api.state.routers):
+        permission = permission_of(route)
+        roles = [r.value for r in Role if permission is None or permission in PERMISSIONS[r]]
+        operation = document.get("paths", {}).get(path, {}).get(method.lower())
+        if operation is not None:
+            operation["x-permission"] = permission.value if permission else None
+            operation["x-roles"] = roles
+            said = f"Roles: {', '.join(roles)}." if permission else "Any authenticated caller."
+            operation["description"] = f"{operation.get('description', '')}\n\n{said}".strip()
 
 
 async def _problems_as_documented(request: Request, exc: HTTPException):

@@ -4,7 +4,6 @@ for every role (the role x route matrix)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 
@@ -13,9 +12,9 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from shared.api.app import PREFIX, ROUTERS, create_api
+from shared.api.app import PREFIX, ROUTERS, create_api, permission_of, served_routes
 from shared.api.auth import authenticate
-from shared.api.permissions import PERMISSIONS, Permission, Principal, Role
+from shared.api.permissions import PERMISSIONS, Principal, Role
 from shared.http import HttpServer, create_app
 from tests.support.stageports import build_ports
 
@@ -35,20 +34,14 @@ def as_role(api, role: Role) -> TestClient:
 
 
 def api_routes(api) -> list[tuple[str, str, APIRoute]]:
-    """Every (method, full path, route) of the routers in ROUTERS, as ``api`` serves them.
-    Read from the routers themselves: FastAPI 0.16x keeps an included router as one
-    entry of ``api.routes``, so a check over ``api.routes`` alone would see no route."""
-    found = [(method, f"{PREFIX}{route.path}", route) for name in ROUTERS
-             for route in importlib.import_module(name).router.routes if isinstance(route, APIRoute)
-             for method in sorted(route.methods)]
+    """Every (method, full path, route) of the routers in ROUTERS, as ``api`` serves them."""
+    found = served_routes(ROUTERS)
     served = api.openapi()["paths"]
     assert {(m, p) for m, p, _ in found} == {(m.upper(), p) for p, ops in served.items() for m in ops}
     return found
 
 
-def route_permission(route: APIRoute) -> Permission | None:
-    found = [getattr(dep.call, "permission", None) for dep in route.dependant.dependencies]
-    return next((p for p in found if p is not None), None)
+route_permission = permission_of
 
 
 def test_every_route_checks_one_permission_or_is_open_to_any_principal(ports):
@@ -109,3 +102,18 @@ def test_the_document_carries_the_config_models_and_their_field_descriptions(por
     assert body["schema"] == {"$ref": "#/components/schemas/AppConfig"}
     refs = re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(doc))
     assert set(refs) <= set(schemas), "every schema referenced is in the document"
+
+
+def test_the_openapi_document_names_each_operations_roles(tmp_path):
+    from shared.api.app import create_api
+    from tests.support.stageports import build_ports
+
+    document = create_api(build_ports(tmp_path, {})).openapi()
+    operations = [(path, method, op) for path, methods in document["paths"].items() for method, op in methods.items()]
+    assert operations and all("x-roles" in op for _, _, op in operations)
+    roles = {(path, method): op["x-roles"] for path, method, op in operations}
+    assert "viewer" in roles[("/api/v1/spanner/qido/studies", "get")]
+    assert "viewer" not in roles[("/api/v1/config/{kind}", "post")] and "admin" in roles[("/api/v1/config/{kind}", "post")]
+    assert roles[("/api/v1/users", "post")] == ["admin"]
+    spanner = document["paths"]["/api/v1/spanner/qido/studies"]["get"]
+    assert spanner["x-permission"] == "spanner:query" and "Roles: admin" in spanner["description"]
