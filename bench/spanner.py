@@ -265,8 +265,10 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
 
-    # SIGTERM ends the run like Ctrl-C: the finally below stops everything
-    signal.signal(signal.SIGTERM, _interrupted)
+    # SIGTERM and SIGINT (also when started in the background, where SIGINT is ignored)
+    # end the run as Ctrl-C does: the finally below stops everything
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupted)
     workdir = Path(tempfile.mkdtemp(prefix="bench-spanner-", dir=args.workdir))
     stoppables: list = []
     server: AxiomServer | None = None
