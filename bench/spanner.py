@@ -1,0 +1,364 @@
+"""Spanner latency against its slowest source, and 1000 concurrent spanning queries.
+
+    TCP_NODELAY=1 .venv/bin/python bench/spanner.py [--queries 200] [--load 1000]
+    TCP_NODELAY=1 .venv/bin/python bench/spanner.py --queries 100 --load 300 --in-process 0
+
+The eight Orthanc servers of ``tests/support/spanner_bed.py`` (``pacs-1``..``pacs-4`` asked
+by QIDO-RS, ``pacs-5``..``pacs-8`` by C-FIND, ``pacs-8`` through the bed's delaying proxy,
+its delay ``--delay-ms``, 0 by default) behind one ``axiom-flow serve`` whose config holds
+the eight sources, the spanner ``all`` over them and one spanner ``solo-<source>`` per
+source, all with ``cache_ttl_s: 0``. Every query goes to
+``GET /api/v1/spanner/qido/studies?spanner_config_id=...`` with an admin API key.
+
+1. **sequential**: ``--queries`` rounds after ``--warmup`` untimed ones; each round asks
+   ``all`` once and every ``solo-`` spanner once, in a shuffled order (seeded), one at a
+   time over one keep-alive connection. So the spanning query and each source alone go
+   through the same HTTP path, engine and client code, interleaved under the same load.
+   Per target: p50, p95, min, max (ms, client side). The figure of the goal is
+   ``all``'s p95 minus the largest per-source p95 (the slowest source). Also from the
+   ``X-Spanner-Status`` header of each ``all`` answer: the slowest source's time inside
+   the fan-out (``crit``) and what the query took beyond it (``beyond``: HTTP, parsing,
+   merging, the answer's JSON).
+2. **in-process** (``--in-process`` rounds, 0 to skip): the same rounds through
+   ``Spanning.query`` in this process (no HTTP), on one event loop.
+3. **load**: ``--load`` queries to ``all`` started at once from one
+   ``httpx.AsyncClient`` allowing ``--load`` connections (timeout ``--client-timeout``).
+   Throughput (queries / wall clock from the first send to the last answer), p50, p95,
+   max, and errors by kind (HTTP status, exception type, or ``partial``: a 200 with a
+   ``Warning``, a source missing). The CPU seconds of serve, of the Orthancs and of this
+   process (client and the proxy) during the load are printed.
+
+Every answer is checked: 200, no ``Warning``, every source ``ok``, as many study rows as
+the bed holds for the target. The load average is printed before and after. serve,
+the Orthancs and the proxy are stopped and the temp dir removed on exit (Ctrl-C too)
+unless ``--keep``. The last line is ``spanner_p95_over_slowest_ms=<ms>`` (HTTP figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from shared.adapters.secrets import LocalSecrets  # noqa: E402
+from shared.config import parse_config  # noqa: E402
+from shared.spanner.engine import Spanning  # noqa: E402
+from shared.spanner.query import parse_qido  # noqa: E402
+from tests.support.procs import AxiomServer  # noqa: E402
+from tests.support.spanner_bed import build_bed  # noqa: E402
+
+ALL = "all"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(q * len(ordered) + 0.5) - 1))]
+
+
+def row(label: str, values: list[float]) -> str:
+    return (f"{label:<28} {len(values):>5} {pct(values, 0.5):>8.1f} {pct(values, 0.95):>8.1f} "
+            f"{min(values):>8.1f} {max(values):>8.1f}")
+
+
+HEADER = f"{'':<28} {'n':>5} {'p50':>8} {'p95':>8} {'min':>8} {'max':>8}   (ms)"
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and of its live descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = fields
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        if p in stats:
+            total += (int(stats[p][11]) + int(stats[p][12])) / TICKS
+        todo.extend(children.get(p, []))
+    return total
+
+
+def config_for(bed, timeout_s: float) -> dict:
+    spanners = [{"id": ALL, "sources": [{"source": s["id"], "priority": n} for n, s in enumerate(bed.sources)],
+                 "timeout_s": timeout_s, "cache_ttl_s": 0}]
+    spanners += [{"id": f"solo-{s['id']}", "sources": [{"source": s["id"]}], "timeout_s": timeout_s,
+                  "cache_ttl_s": 0} for s in bed.sources]
+    return {"sources": bed.sources, "spanners": spanners}
+
+
+def expected_rows(bed) -> dict[str, int]:
+    return {ALL: len(bed.studies), **{f"solo-{sid}": len(held) for sid, held in bed.truth.items()}}
+
+
+def check(target: str, status: int, headers, rows: int, expected: dict[str, int]) -> str | None:
+    """None if the answer is complete and right, else what is wrong with it (its kind)."""
+    if status != 200:
+        return f"HTTP {status}"
+    if "warning" in headers:
+        return "partial"
+    if any(s["state"] != "ok" for s in json.loads(headers["x-spanner-status"])):
+        return "source not ok"
+    if rows != expected[target]:
+        return "wrong row count"
+    return None
+
+
+def sequential_http(server: AxiomServer, targets: list[str], rounds: int, warmup: int, expected: dict[str, int],
+                    seed: int) -> tuple[dict[str, list[float]], list[tuple[float, float]]]:
+    """Per target the client-side ms of each query; for ``all`` also (ms, the slowest
+    source's ms inside the fan-out) per query."""
+    shuffle = random.Random(seed)
+    times: dict[str, list[float]] = {t: [] for t in targets}
+    fan: list[tuple[float, float]] = []
+    with httpx.Client(base_url=server.api, headers=server.auth, timeout=60) as http:
+        for n in range(warmup + rounds):
+            order = list(targets)
+            shuffle.shuffle(order)
+            for target in order:
+                started = time.perf_counter()
+                answer = http.get("/spanner/qido/studies", params={"spanner_config_id": target})
+                ms = (time.perf_counter() - started) * 1000
+                bad = check(target, answer.status_code, answer.headers,
+                            len(answer.json()) if answer.status_code == 200 else 0, expected)
+                if bad:
+                    raise SystemExit(f"{target}: {bad}: {answer.headers.get('warning', '')} {answer.text[:300]}")
+                if n < warmup:
+                    continue
+                times[target].append(ms)
+                if target == ALL:
+                    fan.append((ms, max(s["ms"] for s in json.loads(answer.headers["x-spanner-status"]))))
+    return times, fan
+
+
+def sequential_in_process(bed, rounds: int, warmup: int, expected: dict[str, int], timeout_s: float,
+                          seed: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per target the ms of each query, and the CPU ms this process used for it (the
+    proxy's thread included: light at delay 0)."""
+    config = parse_config(config_for(bed, timeout_s))
+    sources = {s.id: s for s in config.sources}
+    spanners = {s.id: s for s in config.spanners}
+    query = parse_qido("study", [])
+    shuffle = random.Random(seed)
+    times: dict[str, list[float]] = {t: [] for t in spanners}
+    cpu: dict[str, list[float]] = {t: [] for t in spanners}
+
+    async def run():
+        engine = Spanning(LocalSecrets())
+        for n in range(warmup + rounds):
+            order = list(spanners)
+            shuffle.shuffle(order)
+            for target in order:
+                started, cpu_started = time.perf_counter(), time.process_time()
+                result = await engine.query(spanners[target], sources, query)
+                ms = (time.perf_counter() - started) * 1000
+                cpu_ms = (time.process_time() - cpu_started) * 1000
+                if result.missing or len(result.rows) != expected[target]:
+                    raise SystemExit(f"in-process {target}: {result.warning()} rows {len(result.rows)}")
+                if n >= warmup:
+                    times[target].append(ms)
+                    cpu[target].append(cpu_ms)
+        for client in list(engine.clients._clients.values()):
+            await client[1].aclose()
+
+    asyncio.run(run())
+    return times, cpu
+
+
+def nodelay_for_pynetdicom() -> None:
+    """Set TCP_NODELAY on the sockets pynetdicom opens, in this process only: what the
+    C-FIND client would get if it set it (it does not; see bench/README.md)."""
+    import socket
+
+    from pynetdicom import transport
+
+    create = transport.AssociationSocket._create_socket
+
+    def with_nodelay(self, address):
+        sock = create(self, address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    transport.AssociationSocket._create_socket = with_nodelay
+
+
+async def load(server: AxiomServer, count: int, timeout: float, expected: dict[str, int]):
+    """``count`` queries to ``all`` at once: (wall s, ms of the complete ones, errors
+    by kind, ms of the slowest source inside each fan-out)."""
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    latencies: list[float] = []
+    crit: list[float] = []
+    errors: Counter = Counter()
+    missing: Counter = Counter()  # partial answers: which source, in what state, why
+    async with httpx.AsyncClient(base_url=server.api, headers=server.auth, timeout=timeout, limits=limits) as http:
+        async def one():
+            started = time.perf_counter()
+            try:
+                answer = await http.get("/spanner/qido/studies", params={"spanner_config_id": ALL})
+                rows = len(answer.json()) if answer.status_code == 200 else 0
+            except httpx.HTTPError as exc:
+                errors[type(exc).__name__] += 1
+                return
+            bad = check(ALL, answer.status_code, answer.headers, rows, expected)
+            if bad:
+                errors[bad] += 1
+                if bad in ("partial", "source not ok"):
+                    for s in json.loads(answer.headers["x-spanner-status"]):
+                        if s["state"] != "ok":
+                            missing[f"{s['source']} {s['state']}: {s['error']}"] += 1
+                return
+            latencies.append((time.perf_counter() - started) * 1000)
+            crit.append(max(s["ms"] for s in json.loads(answer.headers["x-spanner-status"])))
+
+        began = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(count)))
+        wall = time.perf_counter() - began
+    return wall, latencies, errors, missing, crit
+
+
+def _interrupted(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--queries", type=int, default=200, help="timed sequential rounds (200)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first (5)")
+    parser.add_argument("--in-process", type=int, default=200, help="in-process rounds, 0: skip (200)")
+    parser.add_argument("--nodelay", action="store_true",
+                        help="also the in-process rounds with TCP_NODELAY on pynetdicom's sockets (this process only)")
+    parser.add_argument("--load", type=int, default=1000, help="concurrent queries, 0: skip (1000)")
+    parser.add_argument("--client-timeout", type=float, default=300.0, help="per query under load, s (300)")
+    parser.add_argument("--timeout-s", type=float, default=10.0, help="the spanners' timeout_s (10)")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="the slow source's proxy delay (0)")
+    parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args()
+
+    # SIGTERM and SIGINT (also when started in the background, where SIGINT is ignored)
+    # end the run as Ctrl-C does: the finally below stops everything
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupted)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-spanner-", dir=args.workdir))
+    stoppables: list = []
+    server: AxiomServer | None = None
+    summary: float | None = None
+    print(f"python {platform.python_version()}, {os.cpu_count()} cpus, TCP_NODELAY={os.environ.get('TCP_NODELAY')}")
+    print(f"load before: {uptime()}", flush=True)
+    try:
+        started = time.perf_counter()
+        bed = build_bed(workdir / "bed", stoppables)
+        bed.set_delay(args.delay_ms / 1000)
+        print(f"bed: {len(bed.sources)} Orthancs, {len(bed.studies)} studies, up in "
+              f"{time.perf_counter() - started:.1f} s; slow source {bed.slow['id']} delay {args.delay_ms:g} ms",
+              flush=True)
+        server = AxiomServer(workdir / "data", config_for(bed, args.timeout_s)).start()
+        expected = expected_rows(bed)
+        targets = list(expected)
+
+        times, fan = sequential_http(server, targets, args.queries, args.warmup, expected, args.seed)
+        solo = {t: v for t, v in times.items() if t != ALL}
+        slowest = max(solo, key=lambda t: pct(solo[t], 0.95))
+        summary = pct(times[ALL], 0.95) - pct(solo[slowest], 0.95)
+        print(f"\nsequential over HTTP: {args.queries} rounds (each: {ALL} + every source alone, shuffled)")
+        print(HEADER)
+        for target in targets:
+            print(row(target + (" (slowest)" if target == slowest else ""), times[target]))
+        print(row("all: slowest source inside", [c for _, c in fan]))
+        print(row("all: beyond it", [ms - c for ms, c in fan]))
+        print(f"spanner p95 {pct(times[ALL], 0.95):.1f} ms - slowest source p95 {pct(solo[slowest], 0.95):.1f} ms "
+              f"({slowest}) = {summary:+.1f} ms (goal <= +25)", flush=True)
+
+        if args.in_process:
+            variants = [("as is", False), ("TCP_NODELAY on the C-FIND sockets", True)][:1 + args.nodelay]
+            for label, nodelay in variants:
+                if nodelay:
+                    nodelay_for_pynetdicom()
+                inproc, cpu = sequential_in_process(bed, args.in_process, args.warmup, expected, args.timeout_s,
+                                                    args.seed)
+                solo_in = {t: v for t, v in inproc.items() if t != ALL}
+                slowest_in = max(solo_in, key=lambda t: pct(solo_in[t], 0.95))
+                print(f"\nsequential in-process (Spanning.query, no HTTP), {label}: {args.in_process} rounds")
+                print(HEADER + "  cpu ms: p50")
+                for target in targets:
+                    print(row(target + (" (slowest)" if target == slowest_in else ""), inproc[target])
+                          + f" {pct(cpu[target], 0.5):>8.1f}")
+                print(f"in-process, {label}: spanner p95 - slowest source p95 = "
+                      f"{pct(inproc[ALL], 0.95) - pct(solo_in[slowest_in], 0.95):+.1f} ms", flush=True)
+
+        if args.load:
+            pids = {"serve": server.proc.pid, **{sid: o.proc.pid for sid, o in bed.orthancs.items()}}
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            own = os.times()
+            print(f"\nload: {args.load} concurrent queries to {ALL} (one AsyncClient, {args.load} connections)"
+                  f"; load average before: {os.getloadavg()[0]:.2f}", flush=True)
+            wall, latencies, errors, missing, crit = asyncio.run(
+                load(server, args.load, args.client_timeout, expected))
+            own_after = os.times()
+            used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+            ok = len(latencies)
+            print(f"complete and right: {ok} of {args.load}; errors: {sum(errors.values())}")
+            for kind, n in sorted(errors.items()):
+                print(f"  {kind}: {n}")
+            for what, n in sorted(missing.items()):
+                print(f"  source missing from an answer: {what}: {n}")
+            print(f"wall {wall:.2f} s, throughput {args.load / wall:.1f} queries/s (all answers), "
+                  f"{ok / wall:.1f} complete queries/s")
+            if latencies:
+                print(HEADER)
+                print(row("latency under load", latencies))
+                print(row("slowest source inside", crit))
+            orthanc_cpu = sum(v for k, v in used.items() if k != "serve")
+            bench_cpu = (own_after.user + own_after.system) - (own.user + own.system)
+            busiest = max((k for k in used if k != "serve"), key=used.get)
+            print(f"cpu s during the load: serve {used['serve']:.1f} ({used['serve'] * 1000 / args.load:.1f} ms "
+                  f"per query), 8 Orthancs {orthanc_cpu:.1f} (most: {busiest} {used[busiest]:.1f}), "
+                  f"this process (client + proxy) {bench_cpu:.1f}")
+    finally:
+        if server is not None:
+            server.stop()
+        with ThreadPoolExecutor(len(stoppables) or 1) as pool:
+            list(pool.map(lambda thing: thing.stop(), stoppables))
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        print(f"load after: {uptime()}")
+    if summary is None:
+        return 1
+    print(f"spanner_p95_over_slowest_ms={summary:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
