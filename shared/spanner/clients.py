@@ -178,6 +178,7 @@ class CFindClient:
             assoc.abort()
             raise SourceError(self.source_id, "the peer accepts no Study Root C-FIND")
         reactor.keep_responses(assoc)  # a response the reactor takes first goes back to us
+        reactor.no_delay(assoc)
         cancelled = threading.Event()
 
         def cancel() -> None:

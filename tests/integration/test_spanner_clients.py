@@ -245,3 +245,26 @@ def test_searches_run_concurrently(spanner_bed):  # noqa: F811
         assert together < alone[bed.slow["id"]] + 0.5 and together < 0.5 * one_after_another, (together, alone)
     finally:
         bed.set_delay(0)
+
+
+def test_no_delay_turns_nagle_off_on_a_requested_association(spanner_bed):  # noqa: F811
+    import socket
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    from shared.dicom import reactor
+
+    source = next(s for s in spanner_bed.sources if s["type"] == "dimse_poller")
+    ae = AE(ae_title="AXIOM")
+    ae.connection_timeout = ae.acse_timeout = ae.network_timeout = 5
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", source["port"], ae_title=source["ae_title"])
+    try:
+        assert assoc.is_established
+        sock = assoc.dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # pynetdicom's own: Nagle on
+        assert reactor.no_delay(assoc) is True
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        assoc.release()
