@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from cachetools import TTLCache
 
 from shared import counters
+from shared.errors import SecretError
 from shared.spanner.clients import CFindClient, SourceError, SourceTimeout, client_for
 from shared.spanner.merge import SourceAnswer, apply_paging, merge
 from shared.spanner.query import QidoQuery, cache_key, from_cfind, qido_path, to_cfind_identifier, to_qido_params
@@ -209,7 +210,10 @@ class Spanning:
         return None, status
 
     async def _search(self, source, query: QidoQuery, deadline: float) -> list[dict]:
-        client = self.clients.get(source)
+        try:
+            client = self.clients.get(source)
+        except SecretError as exc:  # this source's failure, not the query's: names the reference, never a value
+            raise SourceError(source.id, f"its credentials cannot be read: {exc}") from None
         if isinstance(client, CFindClient):
             found = await client.search(to_cfind_identifier(query), deadline=deadline)
             return [from_cfind(ds, query) for ds in found]

@@ -129,3 +129,15 @@ def test_series_of_a_study_merged_across_sources(spanner_bed):  # noqa: F811
                    if len({bed.truth[s][uid] for s in bed.truth if uid in bed.truth[s]}) > 1)
     result, _ = _run(_config(bed), parse_qido("series", [], study_uid=partial))
     assert len(result.rows) == len(bed.studies[partial]["series"])  # the union of the series, each once
+
+
+def test_a_source_whose_credentials_cannot_be_read_fails_alone(spanner_bed):  # noqa: F811
+    bed = spanner_bed
+    locked = {**bed.sources[0], "id": "locked",
+              "auth": {"type": "basic", "username": "u", "password": "env:AXIOM_TEST_NO_SUCH_SECRET"}}
+    config = parse_config({"sources": [*bed.sources, locked], "spanners": [{"id": "all", "sources": [
+        {"source": "locked"}, *({"source": s["id"]} for s in bed.sources[1:3])]}]})
+    result, _ = _run(config, parse_qido("study", []))
+    states = {s.source: (s.state, s.error) for s in result.statuses}
+    assert states["locked"][0] == "failed" and "AXIOM_TEST_NO_SUCH_SECRET" in states["locked"][1]
+    assert {states[s["id"]][0] for s in bed.sources[1:3]} == {"ok"} and result.rows
