@@ -139,13 +139,18 @@ class DelayProxy:
         if not self._thread.is_alive():
             return
 
-        async def close():
+        async def close():  # the connections' tasks end too, before their loop does
             for server in self._servers:
                 server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
 
 @dataclass
