@@ -31,6 +31,9 @@ def refuses_connections(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # Queued in the backlog of a socket that was closing: ask again.
+        return False
 
 
 def archived(folder: Path) -> set[str]:
