@@ -16,9 +16,9 @@ source, all with ``cache_ttl_s: 0``. Every query goes to
    through the same HTTP path, engine and client code, interleaved under the same load.
    Per target: p50, p95, min, max (ms, client side). The figure of the goal is
    ``all``'s p95 minus the largest per-source p95 (the slowest source). Also from the
-   ``X-Spanner-Status`` header of each ``all`` answer: the slowest source's time inside
-   the fan-out (``crit``) and what the query took beyond it (``beyond``: HTTP, parsing,
-   merging, the answer's JSON).
+   ``X-Spanner-Status`` header of each answer of ``all`` and of the slowest source alone:
+   the slowest source's time inside the fan-out and what the query took beyond it
+   (``beyond``: HTTP, authentication, the config, merging, the answer's JSON).
 2. **in-process** (``--in-process`` rounds, 0 to skip): the same rounds through
    ``Spanning.query`` in this process (no HTTP), on one event loop.
 3. **load**: ``--load`` queries to ``all`` started at once from one
@@ -134,12 +134,12 @@ def check(target: str, status: int, headers, rows: int, expected: dict[str, int]
 
 
 def sequential_http(server: AxiomServer, targets: list[str], rounds: int, warmup: int, expected: dict[str, int],
-                    seed: int) -> tuple[dict[str, list[float]], list[tuple[float, float]]]:
-    """Per target the client-side ms of each query; for ``all`` also (ms, the slowest
-    source's ms inside the fan-out) per query."""
+                    seed: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per target the client-side ms of each query, and the ms of its slowest source
+    inside the fan-out (from ``X-Spanner-Status``)."""
     shuffle = random.Random(seed)
     times: dict[str, list[float]] = {t: [] for t in targets}
-    fan: list[tuple[float, float]] = []
+    fan: dict[str, list[float]] = {t: [] for t in targets}
     with httpx.Client(base_url=server.api, headers=server.auth, timeout=60) as http:
         for n in range(warmup + rounds):
             order = list(targets)
@@ -155,8 +155,7 @@ def sequential_http(server: AxiomServer, targets: list[str], rounds: int, warmup
                 if n < warmup:
                     continue
                 times[target].append(ms)
-                if target == ALL:
-                    fan.append((ms, max(s["ms"] for s in json.loads(answer.headers["x-spanner-status"]))))
+                fan[target].append(max(s["ms"] for s in json.loads(answer.headers["x-spanner-status"])))
     return times, fan
 
 
@@ -294,8 +293,9 @@ def main() -> int:
         print(HEADER)
         for target in targets:
             print(row(target + (" (slowest)" if target == slowest else ""), times[target]))
-        print(row("all: slowest source inside", [c for _, c in fan]))
-        print(row("all: beyond it", [ms - c for ms, c in fan]))
+        for target in (ALL, slowest):
+            print(row(f"{target}: slowest source inside", fan[target]))
+            print(row(f"{target}: beyond it", [ms - c for ms, c in zip(times[target], fan[target])]))
         print(f"spanner p95 {pct(times[ALL], 0.95):.1f} ms - slowest source p95 {pct(solo[slowest], 0.95):.1f} ms "
               f"({slowest}) = {summary:+.1f} ms (goal <= +25)", flush=True)
 

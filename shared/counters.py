@@ -82,11 +82,17 @@ def count(ports: Ports, counter: str, *, error: str | None = None, **counts: int
 
 def count_in(docs: DocumentStore, counter: str, *, error: str | None = None, **counts: int) -> None:
     """:func:`count` for a caller with a document store and no ports (the gateway)."""
-    fields = {"last_error": error, "last_error_at": datetime.now(timezone.utc).isoformat()} if error else None
+    count_many(docs, {counter: (counts, error)})
+
+
+def count_many(docs: DocumentStore, changes: dict[str, tuple[dict[str, int], str | None]]) -> None:
+    """Several counters (counter -> (counts, last error or None)) in one write."""
+    at = datetime.now(timezone.utc).isoformat()
     try:
-        docs.increment(COUNTERS, counter, counts, fields)
+        docs.increment_many(COUNTERS, {counter: (counts, {"last_error": error, "last_error_at": at} if error else None)
+                                       for counter, (counts, error) in changes.items()})
     except Exception:  # noqa: BLE001 - the stage's own work is done or recorded already
-        log.exception("status counter %s not updated", counter)
+        log.exception("status counters %s not updated", ", ".join(changes))
 
 
 def destination(destination_id: str) -> str:
@@ -123,13 +129,14 @@ def count_span(docs: DocumentStore, spanner_id: str, statuses: list[dict], *, ca
     ``spanner_source:<id>`` each source's ``queries``, ``errors``, ``timeouts`` and their
     total ``ms``, its last error kept."""
     missing = [s for s in statuses if s["state"] != "ok"]
-    count_in(docs, f"{SPANNER}:{spanner_id}", queries=1, cache_hits=int(cached),
-             partial=int(bool(missing) and not failed), failed=int(failed))
+    changes = {f"{SPANNER}:{spanner_id}": ({"queries": 1, "cache_hits": int(cached),
+                                             "partial": int(bool(missing) and not failed), "failed": int(failed)}, None)}
     for status in statuses:
         error = f"{status['state']}: {status['error']}" if status["state"] != "ok" else None
-        count_in(docs, f"{SPANNER_SOURCE}:{status['source']}", error=error, queries=1,
-                 errors=int(status["state"] == "failed"), timeouts=int(status["state"] == "timeout"),
-                 ms=int(status.get("ms") or 0))
+        changes[f"{SPANNER_SOURCE}:{status['source']}"] = (
+            {"queries": 1, "errors": int(status["state"] == "failed"), "timeouts": int(status["state"] == "timeout"),
+             "ms": int(status.get("ms") or 0)}, error)
+    count_many(docs, changes)
 
 
 def count_lookup_error(ports: Ports, exc: LookupUnavailable) -> None:

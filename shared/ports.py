@@ -88,6 +88,11 @@ class DocumentStore(Protocol):
         created if absent) and set ``fields``, atomically across threads and processes.
         The status counters (``shared/counters.py``)."""
 
+    def increment_many(self, collection: str,
+                       changes: dict[str, tuple[dict[str, int], dict[str, Any] | None]]) -> None:
+        """:meth:`increment` of several documents (id -> (counts, fields)) in one write:
+        one transaction, one batch commit."""
+
 
 class Claim(str, Enum):
     CLAIMED = "claimed"  # this caller may send

@@ -129,9 +129,15 @@ class FirestoreDocumentStore:
         return q
 
     def increment(self, collection, doc_id, counts, fields=None):
-        # server-side increments: no transaction, no lost update between instances
-        update = {name: firestore.Increment(n) for name, n in counts.items()}
-        self._col(collection).document(doc_id).set({**_jsonable(fields or {}), **update}, merge=True)
+        self.increment_many(collection, {doc_id: (counts, fields)})
+
+    def increment_many(self, collection, changes):
+        # server-side increments: no transaction, no lost update between instances; one commit
+        batch = self.client.batch()
+        for doc_id, (counts, fields) in changes.items():
+            update = {name: firestore.Increment(n) for name, n in counts.items()}
+            batch.set(self._col(collection).document(doc_id), {**_jsonable(fields or {}), **update}, merge=True)
+        batch.commit()
 
     def replace_collections(self, docs: dict[str, dict[str, dict[str, Any]]]) -> None:
         """Swap whole collections (loading a config file). Firestore batches hold at

@@ -213,15 +213,19 @@ class SQLiteDocumentStore:
         return sql, args
 
     def increment(self, collection, doc_id, counts, fields=None):
+        self.increment_many(collection, {doc_id: (counts, fields)})
+
+    def increment_many(self, collection, changes):
         with self.db.transaction() as conn:  # the write lock from the read on: no lost update
-            row = conn.execute("SELECT data FROM documents WHERE collection=? AND id=?",
-                               (collection, doc_id)).fetchone()
-            doc = json.loads(row[0]) if row else {}
-            for name, n in counts.items():
-                doc[name] = int(doc.get(name) or 0) + n
-            doc.update(fields or {})
-            conn.execute("INSERT OR REPLACE INTO documents VALUES (?,?,?,?)",
-                         (collection, doc_id, json.dumps(doc, default=str), time.time()))
+            for doc_id, (counts, fields) in changes.items():
+                row = conn.execute("SELECT data FROM documents WHERE collection=? AND id=?",
+                                   (collection, doc_id)).fetchone()
+                doc = json.loads(row[0]) if row else {}
+                for name, n in counts.items():
+                    doc[name] = int(doc.get(name) or 0) + n
+                doc.update(fields or {})
+                conn.execute("INSERT OR REPLACE INTO documents VALUES (?,?,?,?)",
+                             (collection, doc_id, json.dumps(doc, default=str), time.time()))
 
     def replace_collections(self, docs: dict[str, dict[str, dict[str, Any]]]) -> None:
         """Swap whole collections in one transaction (loading a config file)."""

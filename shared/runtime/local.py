@@ -143,6 +143,12 @@ def _pipeline_process(data_dir: str, route_workers: int, log_level: int, parent_
     stores.ports.senders.close()
 
 
+def _spans_dimse(config: AppConfig) -> bool:
+    """Whether a spanner asks a DIMSE source (its C-FINDs run in worker processes)."""
+    dimse = {s.id for s in config.sources if s.type == "dimse_poller"}
+    return any(m.source in dimse for spanner in config.spanners for m in spanner.sources)
+
+
 def _load_config(docs, config: AppConfig, name: str) -> None:
     """Store the config to run: ``config`` (serve's file) when nothing is stored or the
     file changed since it was last loaded; else the stored one stays, with what the API
@@ -272,6 +278,10 @@ class EmbeddedRuntime:
         self._listeners_thread.start()
         if self.poll_sources:
             self.sources.start()  # after the gateway: C-MOVE retrievals arrive there
+        if _spans_dimse(self.config()):
+            from shared.spanner import workers
+
+            workers.warm()
         if self._http:
             self._http.start()
             log.info("HTTP on %s", self._http.url)

@@ -4,8 +4,10 @@ answered within a deadline (``time.monotonic()`` based).
 - :class:`QidoClient`: QIDO-RS (PS3.18 10.6) over one ``httpx.AsyncClient`` per source,
   paged with ``limit``/``offset``, answering ``application/dicom+json`` rows.
 - :class:`CFindClient`: C-FIND, Study Root Query/Retrieve Information Model - FIND
-  (PS3.4 C.4.1), in a worker thread, one association per call (pynetdicom associations
-  are not thread-safe); at the deadline a C-CANCEL (PS3.7 9.3.2.3), then an A-ABORT.
+  (PS3.4 C.4.1), in a C-FIND worker process (:mod:`shared.spanner.workers`), one
+  association per call (pynetdicom associations are not thread-safe); at the deadline a
+  C-CANCEL (PS3.7 9.3.2.3), then an A-ABORT. The answer goes back before the association
+  is released.
 
 Both raise :class:`SourceTimeout` once the deadline passed and :class:`SourceError` for
 any other failure; neither message carries a response body or a query value (PHI).
@@ -19,7 +21,7 @@ import asyncio
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor
 
 import httpx
 from pydicom.dataset import Dataset
@@ -29,8 +31,10 @@ from pynetdicom.status import STATUS_PENDING, STATUS_SUCCESS, STATUS_WARNING, co
 
 from shared.config import DicomWebSource, DimseSource, HealthcareSource, HttpAuth
 from shared.dicom import reactor
+from shared.errors import SecretError
 from shared.httpauth import httpx_auth
 from shared.ports import Secrets
+from shared.spanner import workers
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,9 @@ class SourceError(Exception):
         super().__init__(f"source {source_id}: {reason}")
         self.source_id, self.reason, self.status = source_id, reason, status
 
+    def __reduce__(self):  # back from a C-FIND worker process
+        return self.__class__, (self.source_id, self.reason), {"status": self.status}
+
 
 class SourceTimeout(Exception):
     """A source did not answer in full before its deadline."""
@@ -54,6 +61,9 @@ class SourceTimeout(Exception):
     def __init__(self, source_id: str, reason: str = "deadline passed"):
         super().__init__(f"source {source_id}: {reason}")
         self.source_id, self.reason = source_id, reason
+
+    def __reduce__(self):  # back from a C-FIND worker process
+        return self.__class__, (self.source_id, self.reason)
 
 
 def _time_left(source_id: str, deadline: float, what: str) -> float:
@@ -133,119 +143,170 @@ def _transport_reason(exc: httpx.HTTPError) -> str:
 
 
 class CFindClient:
-    """C-FIND (Study Root, PS3.4 C.4.1) against one DIMSE source. Each call opens its
-    own association in a worker of a pool of ``max_associations`` threads, which is
-    also how many associations this client holds open with the peer at once."""
+    """C-FIND (Study Root, PS3.4 C.4.1) against one DIMSE source. Each call runs in a
+    C-FIND worker process (:mod:`shared.spanner.workers`), on an association of its
+    own. The TLS secrets are read here, once, and handed to the worker with each call."""
 
-    def __init__(self, source: DimseSource, secrets: Secrets | None = None, *, max_associations: int = 8):
+    def __init__(self, source: DimseSource, secrets: Secrets | None = None):
         self.source = source
         self.source_id = source.id
-        self._tls = None
-        if source.tls:
-            from shared.dicom.tls import client_context
-
-            self._tls = (client_context(source.tls, secrets), source.host)
-        self._workers = ThreadPoolExecutor(max_associations, thread_name_prefix=f"cfind-{source.id}")
+        self._tls_secrets = None
+        if source.tls:  # a SecretError here is this source's failure (the engine says so)
+            refs = [ref for ref in (source.tls.ca, source.tls.certificate, source.tls.key) if ref]
+            if refs and secrets is None:
+                raise SecretError(f"secret {refs[0]}: no secrets to read it from")
+            self._tls_secrets = {ref: secrets.get(ref) for ref in refs}
 
     async def search(self, identifier: Dataset, *, deadline: float) -> list[Dataset]:
         """The identifiers of the Pending responses (0xFF00, 0xFF01) to ``identifier``
         (a complete C-FIND identifier, QueryRetrieveLevel included)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._workers, self._find, identifier, deadline)
-
-    def _ae(self, left: float) -> AE:
-        ae = AE(ae_title=self.source.calling_ae)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        # every timeout explicit: pynetdicom's connection timeout defaults to none (wait forever).
-        # Connecting and negotiating end at the deadline; responses may come until the C-CANCEL's grace.
-        ae.connection_timeout = left
-        ae.acse_timeout = left
-        ae.dimse_timeout = left + CANCEL_GRACE_S
-        ae.network_timeout = left + CANCEL_GRACE_S
-        return ae
-
-    def _find(self, identifier: Dataset, deadline: float) -> list[Dataset]:
-        s = self.source
-        left = _time_left(self.source_id, deadline, "the association")
-        assoc = self._ae(left).associate(s.host, s.port, ae_title=s.ae_title,
-                                         **({"tls_args": self._tls} if self._tls else {}))
-        if not assoc.is_established:
-            if time.monotonic() >= deadline:
-                raise SourceTimeout(self.source_id, "association not established before the deadline")
-            how = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "refused or failed"
-            raise SourceError(self.source_id, f"association with {s.ae_title}@{s.host}:{s.port} {how}")
-        if not assoc.accepted_contexts:
-            assoc.abort()
-            raise SourceError(self.source_id, "the peer accepts no Study Root C-FIND")
-        reactor.keep_responses(assoc)  # a response the reactor takes first goes back to us
-        reactor.no_delay(assoc)
-        cancelled = threading.Event()
-
-        def cancel() -> None:
-            cancelled.set()
-            try:
-                assoc.send_c_cancel(FIND_MSG_ID, query_model=StudyRootQueryRetrieveInformationModelFind)
-                log.info("spanner source %s: C-CANCEL sent at the deadline", self.source_id)
-            except RuntimeError:  # the association ended meanwhile
-                pass
-
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()), cancel)
-        timer.daemon = True
-        timer.start()
-        found: list[Dataset] = []
-        final: int | None = None
-        undecodable = 0
-        end_by = deadline + CANCEL_GRACE_S
-
-        def bound_next_wait() -> None:
-            # pynetdicom reads dimse_timeout at each wait for a response: each wait ends by the
-            # deadline plus the C-CANCEL's grace, then pynetdicom aborts (its "no response")
-            assoc.dimse_timeout = max(end_by - time.monotonic(), 0.001)
-
+        pool = None
         try:
-            bound_next_wait()
-            for status, found_identifier in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind,
-                                                              msg_id=FIND_MSG_ID):
-                if "Status" not in status:  # pynetdicom's "no response": DIMSE timeout or connection lost
-                    break
-                bound_next_wait()
-                code = int(status.Status)
-                if code_to_category(code) == STATUS_PENDING:
-                    if found_identifier is None:
-                        undecodable += 1
-                    else:
-                        found.append(found_identifier)
-                    continue
-                final = code
-        finally:
-            timer.cancel()
-            self._end(assoc, abort=cancelled.is_set() or final is None, deadline=deadline)
-        if cancelled.is_set():
-            raise SourceTimeout(self.source_id, "C-FIND not complete at the deadline; C-CANCEL sent")
-        if final is None:
-            raise SourceError(self.source_id, "C-FIND: no final response (connection lost)")
-        if code_to_category(final) not in (STATUS_SUCCESS, STATUS_WARNING):
-            raise SourceError(self.source_id, f"C-FIND failed: status 0x{final:04X}", status=final)
-        if undecodable:
-            raise SourceError(self.source_id, "C-FIND: a response identifier could not be decoded")
-        return found
-
-    @staticmethod
-    def _end(assoc, *, abort: bool, deadline: float) -> None:
-        """Release an association that finished in time; abort one that did not (past the
-        deadline an A-RELEASE would wait for the peer's reply, an A-ABORT does not)."""
-        if not assoc.is_established:
-            return
-        left = deadline - time.monotonic()
-        if abort or left <= 0:
-            assoc.abort()
-            return
-        assoc.acse_timeout = left  # the release, too, ends by the deadline (then pynetdicom aborts)
-        assoc.release()
+            pool = workers.executor()
+            # the deadline crosses as is: time.monotonic() is the system's monotonic clock, the same in every process
+            running = asyncio.get_running_loop().run_in_executor(
+                pool, find, self.source, self._tls_secrets, identifier, deadline)
+        except Exception:  # noqa: BLE001 - no pool, or it could not take the search (a worker could not start)
+            log.exception("spanner source %s: no C-FIND worker", self.source_id)
+            if pool is not None:
+                workers.discard(pool)
+            raise SourceError(self.source_id, "no C-FIND worker process could start") from None
+        try:
+            return await running
+        except BrokenExecutor:
+            workers.discard(pool)
+            raise SourceError(self.source_id, "the C-FIND worker process ended unexpectedly") from None
 
     async def aclose(self) -> None:
-        # running searches end by their own deadlines; nothing new starts
-        self._workers.shutdown(wait=False, cancel_futures=True)
+        """Nothing to close: the workers are the process's, and running searches end by their deadlines."""
+
+
+class _GivenSecrets:
+    """The secrets a :class:`CFindClient` read, as the Secrets port in a worker."""
+
+    def __init__(self, values: dict[str, bytes]):
+        self._values = values
+
+    def get(self, ref: str) -> bytes:
+        return self._values[ref]
+
+    def text(self, ref: str) -> str:
+        return self.get(ref).decode().strip()
+
+
+_tls_contexts: dict[tuple, object] = {}  # this worker's SSL contexts, by TLS config and secrets
+
+
+def _tls_for(source: DimseSource, tls_secrets: dict[str, bytes] | None):
+    if not source.tls:
+        return None
+    from shared.dicom.tls import client_context
+
+    key = (source.tls.model_dump_json(), tuple(sorted((tls_secrets or {}).items())))
+    context = _tls_contexts.get(key)
+    if context is None:
+        context = _tls_contexts[key] = client_context(source.tls, _GivenSecrets(tls_secrets or {}))
+    return context, source.host
+
+
+def _ae(source: DimseSource, left: float) -> AE:
+    ae = AE(ae_title=source.calling_ae)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    # every timeout explicit: pynetdicom's connection timeout defaults to none (wait forever).
+    # Connecting and negotiating end at the deadline; responses may come until the C-CANCEL's grace.
+    ae.connection_timeout = left
+    ae.acse_timeout = left
+    ae.dimse_timeout = left + CANCEL_GRACE_S
+    ae.network_timeout = left + CANCEL_GRACE_S
+    return ae
+
+
+def find(source: DimseSource, tls_secrets: dict[str, bytes] | None, identifier: Dataset,
+         deadline: float) -> list[Dataset]:
+    """One C-FIND of ``identifier`` on an association of its own, by ``deadline``; in a
+    C-FIND worker (a process, or a thread with ``AXIOM_SPANNER_CFIND_PROCESSES=0``)."""
+    source_id = source.id
+    left = _time_left(source_id, deadline, "the association")
+    tls = _tls_for(source, tls_secrets)
+    assoc = _ae(source, left).associate(source.host, source.port, ae_title=source.ae_title,
+                                        **({"tls_args": tls} if tls else {}))
+    if not assoc.is_established:
+        if time.monotonic() >= deadline:
+            raise SourceTimeout(source_id, "association not established before the deadline")
+        how = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "refused or failed"
+        raise SourceError(source_id, f"association with {source.ae_title}@{source.host}:{source.port} {how}")
+    if not assoc.accepted_contexts:
+        assoc.abort()
+        raise SourceError(source_id, "the peer accepts no Study Root C-FIND")
+    reactor.keep_responses(assoc)  # a response the reactor takes first goes back to us
+    reactor.no_delay(assoc)
+    cancelled = threading.Event()
+
+    def cancel() -> None:
+        cancelled.set()
+        try:
+            assoc.send_c_cancel(FIND_MSG_ID, query_model=StudyRootQueryRetrieveInformationModelFind)
+            log.info("spanner source %s: C-CANCEL sent at the deadline", source_id)
+        except RuntimeError:  # the association ended meanwhile
+            pass
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), cancel)
+    timer.daemon = True
+    timer.start()
+    found: list[Dataset] = []
+    final: int | None = None
+    undecodable = 0
+    end_by = deadline + CANCEL_GRACE_S
+
+    def bound_next_wait() -> None:
+        # pynetdicom reads dimse_timeout at each wait for a response: each wait ends by the
+        # deadline plus the C-CANCEL's grace, then pynetdicom aborts (its "no response")
+        assoc.dimse_timeout = max(end_by - time.monotonic(), 0.001)
+
+    try:
+        bound_next_wait()
+        for status, found_identifier in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind,
+                                                          msg_id=FIND_MSG_ID):
+            if "Status" not in status:  # pynetdicom's "no response": DIMSE timeout or connection lost
+                break
+            bound_next_wait()
+            code = int(status.Status)
+            if code_to_category(code) == STATUS_PENDING:
+                if found_identifier is None:
+                    undecodable += 1
+                else:
+                    found.append(found_identifier)
+                continue
+            final = code
+    finally:
+        timer.cancel()
+        # the answer does not wait for the association's end: an A-RELEASE round trip,
+        # then pynetdicom's waits for its threads (about 12 ms on loopback)
+        threading.Thread(target=_end, args=(assoc,), name=f"cfind-end-{source_id}", daemon=True,
+                         kwargs={"abort": cancelled.is_set() or final is None, "deadline": deadline}).start()
+    if cancelled.is_set():
+        raise SourceTimeout(source_id, "C-FIND not complete at the deadline; C-CANCEL sent")
+    if final is None:
+        raise SourceError(source_id, "C-FIND: no final response (connection lost)")
+    if code_to_category(final) not in (STATUS_SUCCESS, STATUS_WARNING):
+        raise SourceError(source_id, f"C-FIND failed: status 0x{final:04X}", status=final)
+    if undecodable:
+        raise SourceError(source_id, "C-FIND: a response identifier could not be decoded")
+    return found
+
+
+def _end(assoc, *, abort: bool, deadline: float) -> None:
+    """Release an association that finished in time; abort one that did not (past the
+    deadline an A-RELEASE would wait for the peer's reply, an A-ABORT does not). Runs
+    in a thread of its own, after the answer went back."""
+    if not assoc.is_established:
+        return
+    left = deadline - time.monotonic()
+    if abort or left <= 0:
+        assoc.abort()
+        return
+    assoc.acse_timeout = left  # the release, too, ends by the deadline (then pynetdicom aborts)
+    assoc.release()
 
 
 def client_for(source: DicomWebSource | DimseSource | HealthcareSource,

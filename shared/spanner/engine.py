@@ -1,7 +1,9 @@
 """The fan-out: one QIDO-RS query (PS3.18 10.6) asked of every source of a spanner at
 once, each within its own deadline, the answers merged (:mod:`shared.spanner.merge`).
 
-Sources are asked concurrently, at most ``max_concurrency`` at a time; a source's
+Sources are asked concurrently, at most ``max_concurrency`` at a time, the slowest of
+late first (a moving average of each source's time in this process; one not asked yet
+counts as slowest), so that the query's critical path starts first; a source's
 deadline starts when it gets its slot. A failure before the deadline is tried again
 (``retry_attempts``), a timeout is not. With ``partial_results`` the answer is what the
 others found and :class:`SpanResult` names the sources that failed (the API's
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -33,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 State = Literal["ok", "failed", "timeout"]
+RECENT_WEIGHT = 0.3  # of the newest time in a source's moving average
 
 
 @dataclass
@@ -113,6 +117,7 @@ class Spanning:
         self._clock = clock
         self._caches: dict[str, TTLCache] = {}
         self._lock = threading.Lock()
+        self._recent_ms: dict[str, float] = {}  # source id -> moving average of its time
 
     async def query(self, spanner: "Spanner", sources: dict, query: QidoQuery) -> SpanResult:
         """The merged answer of ``spanner``'s sources (``sources``: the config's, by id)."""
@@ -122,26 +127,29 @@ class Spanning:
             with self._lock:
                 hit = cache.get(key)
             if hit is not None:
-                self._count(spanner.id, [], cached=True)
+                await self._count(spanner.id, [], cached=True)
                 return SpanResult(rows=apply_paging(hit[0], query.limit, query.offset), statuses=hit[1],
                                   cached=True, total=len(hit[0]))
         try:
             answers, statuses = await self._fan_out(spanner, sources, query)
         except SpanFailed as exc:
-            self._count(spanner.id, exc.statuses, failed=True)
+            await self._count(spanner.id, exc.statuses, failed=True)
             raise
-        self._count(spanner.id, statuses)
+        counting = asyncio.ensure_future(self._count(spanner.id, statuses))  # written while merging
         merged = merge(query.level, answers, deduplicate=spanner.deduplicate)
+        await counting
         if cache is not None and not any(s.state != "ok" for s in statuses):  # a partial answer is not kept
             with self._lock:
                 cache[key] = (merged, statuses)
         return SpanResult(rows=apply_paging(merged, query.limit, query.offset), statuses=statuses,
                           total=len(merged))
 
-    def _count(self, spanner_id: str, statuses: list[SourceStatus], *, cached: bool = False,
-               failed: bool = False) -> None:
+    async def _count(self, spanner_id: str, statuses: list[SourceStatus], *, cached: bool = False,
+                     failed: bool = False) -> None:
+        # in a thread: the write (one transaction or batch commit) does not hold up the loop's other queries
         if self.docs is not None:
-            counters.count_span(self.docs, spanner_id, [s.to_dict() for s in statuses], cached=cached, failed=failed)
+            await asyncio.to_thread(counters.count_span, self.docs, spanner_id, [s.to_dict() for s in statuses],
+                                    cached=cached, failed=failed)
 
     def _cache(self, spanner: "Spanner") -> TTLCache | None:
         if spanner.cache_ttl_s <= 0:
@@ -154,9 +162,11 @@ class Spanning:
 
     async def _fan_out(self, spanner: "Spanner", sources: dict, query: QidoQuery):
         slots = asyncio.Semaphore(spanner.max_concurrency)
-        members = list(enumerate(spanner.sources))
-        tasks = [asyncio.create_task(self._ask(slots, spanner, member, order, sources, query))
-                 for order, member in members]
+        # `order` stays the config's (merge priority ties); only the start order changes
+        members = sorted(enumerate(spanner.sources), key=lambda m: -self._recent_ms.get(m[1].source, math.inf))
+        started = {order: asyncio.create_task(self._ask(slots, spanner, member, order, sources, query))
+                   for order, member in members}
+        tasks = [started[order] for order in sorted(started)]  # statuses and answers in the config's order
         if spanner.failure_strategy == "fail_fast":
             pending = set(tasks)
             while pending:
@@ -199,15 +209,25 @@ class Spanning:
                     if self._clock() >= deadline:
                         break
                     continue
+                except Exception as exc:  # noqa: BLE001 - a defect fails its source, not the whole query
+                    log.exception("spanner %s: source %s failed unexpectedly", spanner.id, source.id)
+                    status.state, status.error = "failed", f"internal error ({type(exc).__name__})"
+                    break
                 status.state, status.rows, status.error = "ok", len(rows), None
                 status.ms = round((self._clock() - started) * 1000)
+                self._note_time(source.id, status.ms)
                 retrieve_ae = source.ae_title if getattr(source, "type", "") == "dimse_poller" else None
                 retrieve_url = getattr(source, "url", None) if retrieve_ae is None else None
                 return SourceAnswer(source_id=source.id, priority=member.priority, order=order, rows=rows,
                                     retrieve_ae=retrieve_ae, retrieve_url=retrieve_url), status
             status.ms = round((self._clock() - started) * 1000)
+        self._note_time(source.id, status.ms)
         log.warning("spanner %s: source %s %s: %s", spanner.id, source.id, status.state, status.error)
         return None, status
+
+    def _note_time(self, source_id: str, ms: float) -> None:
+        last = self._recent_ms.get(source_id)
+        self._recent_ms[source_id] = ms if last is None else last + RECENT_WEIGHT * (ms - last)
 
     async def _search(self, source, query: QidoQuery, deadline: float) -> list[dict]:
         try:

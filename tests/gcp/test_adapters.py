@@ -180,6 +180,22 @@ def test_documents_increment_adds_atomically_and_sets_fields(docs):
                                                         "held": -40}
 
 
+def test_documents_increment_many_adds_to_every_document_in_one_write(docs):
+    """A spanner query's counters (the spanner's and each source's) in one batch commit."""
+    docs.increment("counters", "spanner_source:b", {"queries": 5})
+
+    def one_query(_):
+        docs.increment_many("counters", {"spanner:all": ({"queries": 1}, None),
+                                         "spanner_source:a": ({"queries": 1, "ms": 7}, None),
+                                         "spanner_source:b": ({"queries": 1, "errors": 1}, {"last_error": "timeout"})})
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one_query, range(12)))
+    assert docs.get("counters", "spanner:all") == {"queries": 12}
+    assert docs.get("counters", "spanner_source:a") == {"queries": 12, "ms": 84}
+    assert docs.get("counters", "spanner_source:b") == {"queries": 17, "errors": 12, "last_error": "timeout"}
+
+
 def test_config_roundtrip_through_firestore(docs):
     from shared.runtime.configcache import load_config
     from shared.runtime.gcp import load_config as store_config

@@ -7,6 +7,7 @@ source's values, counts never summed, partial results named, fail_fast, the cach
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -141,3 +142,27 @@ def test_a_source_whose_credentials_cannot_be_read_fails_alone(spanner_bed):  # 
     states = {s.source: (s.state, s.error) for s in result.statuses}
     assert states["locked"][0] == "failed" and "AXIOM_TEST_NO_SUCH_SECRET" in states["locked"][1]
     assert {states[s["id"]][0] for s in bed.sources[1:3]} == {"ok"} and result.rows
+
+
+def test_the_source_slowest_of_late_is_asked_first(spanner_bed):  # noqa: F811
+    """One source at a time (max_concurrency 1): a first query asks them in the config's
+    order, the slow source (listed last) once the others answered; the next asks it
+    first, so the query's longest wait starts at once. The merge order stays the config's."""
+    bed = spanner_bed
+    bed.set_delay(0.05)
+    config = _config(bed, max_concurrency=1, cache_ttl_s=0)
+
+    def slow_source_waited() -> tuple[float, list]:
+        started = time.monotonic()
+        bed.proxy.opened.clear()
+        result, _ = _run(config, parse_qido("study", []), engine)
+        opened = next(at for name, at in bed.proxy.opened if name == "dicom")
+        return opened - started, result
+
+    engine = Spanning(LocalSecrets())
+    first_wait, first = slow_source_waited()
+    second_wait, second = slow_source_waited()
+    assert first_wait > 0.05  # after seven other sources, one at a time
+    assert second_wait < first_wait / 2 and second_wait < 0.05
+    assert [s.source for s in second.statuses] == [s["id"] for s in bed.sources]  # reported in config order
+    assert second.rows == first.rows  # the same merge: priorities, not start order, decide

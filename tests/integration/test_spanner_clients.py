@@ -6,8 +6,11 @@ seen on the wire), the down source failing fast, and searches running concurrent
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 from pydantic import TypeAdapter
@@ -15,6 +18,7 @@ from pydicom.dataset import Dataset
 
 import shared.httpauth
 from shared.config import Source
+from shared.spanner import workers
 from shared.spanner.clients import CFindClient, QidoClient, SourceError, SourceTimeout, client_for
 from tests.support.procs import free_port, wait_for
 from tests.support.spanner_bed import CONFLICT_NAME, spanner_bed  # noqa: F401 (fixture)
@@ -268,3 +272,49 @@ def test_no_delay_turns_nagle_off_on_a_requested_association(spanner_bed):  # no
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         assoc.release()
+
+
+def test_cfind_searches_run_in_worker_processes_and_a_dead_worker_fails_its_search_alone(spanner_bed):  # noqa: F811
+    """The C-FIND runs in a worker process of the pool; a worker killed in the middle of a
+    search fails that search as a SourceError, and the next search gets a new pool."""
+    bed = spanner_bed
+    assert {ds.StudyInstanceUID for ds in asyncio.run(search(client(bed.source("pacs-5"))))} \
+        == set(bed.truth["pacs-5"])
+    pool = workers.executor()
+    assert isinstance(pool, ProcessPoolExecutor)
+    before = set(pool._processes)  # noqa: SLF001 - which processes to kill
+    assert before and os.getpid() not in before
+    bed.set_delay(0.5)  # the slow source's answers come after about 2 s
+    try:
+        async def killed_meanwhile():
+            running = asyncio.ensure_future(search(client(bed.slow), within=10))
+            await asyncio.sleep(0.5)
+            for pid in set(pool._processes):  # noqa: SLF001
+                os.kill(pid, signal.SIGKILL)
+            return await running
+
+        with pytest.raises(SourceError) as raised:
+            asyncio.run(killed_meanwhile())
+        assert "worker process ended unexpectedly" in str(raised.value)
+    finally:
+        bed.set_delay(0)
+    assert {ds.StudyInstanceUID for ds in asyncio.run(search(client(bed.slow)))} == set(bed.truth[bed.slow["id"]])
+    assert workers.executor() is not pool
+
+
+def test_cfind_in_threads_when_no_worker_processes_are_wanted(spanner_bed, monkeypatch):  # noqa: F811
+    monkeypatch.setenv(workers.PROCESSES_ENV, "0")
+    monkeypatch.setattr(workers, "_executor", None)
+    found = asyncio.run(search(client(bed_source := spanner_bed.source("pacs-6"))))
+    assert {ds.StudyInstanceUID for ds in found} == set(spanner_bed.truth[bed_source["id"]])
+    assert isinstance(workers.executor(), ThreadPoolExecutor)
+    workers.executor().shutdown()
+
+
+def test_a_bad_worker_count_fails_the_source_with_the_setting_named(spanner_bed, monkeypatch, caplog):  # noqa: F811
+    monkeypatch.setenv(workers.PROCESSES_ENV, "many")
+    monkeypatch.setattr(workers, "_executor", None)
+    with pytest.raises(SourceError) as raised:
+        asyncio.run(search(client(spanner_bed.source("pacs-6"))))
+    assert "no C-FIND worker process could start" in str(raised.value)
+    assert f"{workers.PROCESSES_ENV}='many'" in caplog.text

@@ -35,3 +35,18 @@ def test_increments_from_processes_and_threads_are_none_lost(tmp_path):
         assert w.exitcode == 0
     assert docs.get(COUNTERS, "destination:pacs") == {"failed": 2, "last_error": "association rejected",
                                                       "delivered": 4 * PER_WORKER, "held": -4 * PER_WORKER}
+
+
+def test_several_counters_in_one_transaction_from_threads(tmp_path):
+    docs = SQLiteDocumentStore(SQLiteDatabase(tmp_path / "state.db"))
+
+    def one_query(_):
+        docs.increment_many(COUNTERS, {"spanner:all": ({"queries": 1}, None),
+                                       "spanner_source:a": ({"queries": 1, "ms": 7}, None),
+                                       "spanner_source:b": ({"queries": 1, "errors": 1}, {"last_error": "timeout"})})
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(one_query, range(20)))
+    assert docs.get(COUNTERS, "spanner:all") == {"queries": 20}
+    assert docs.get(COUNTERS, "spanner_source:a") == {"queries": 20, "ms": 140}
+    assert docs.get(COUNTERS, "spanner_source:b") == {"queries": 20, "errors": 20, "last_error": "timeout"}
