@@ -1,37 +1,39 @@
 """Spanner latency against its slowest source, and 1000 concurrent spanning queries.
 
-    TCP_NODELAY=1 .venv/bin/python bench/spanner.py [--queries 200] [--load 1000]
-    TCP_NODELAY=1 .venv/bin/python bench/spanner.py --queries 100 --load 300 --in-process 0
+    TCP_NODELAY=1 .venv/bin/python bench/spanner.py [--queries 100] [--delay-ms 0,25,50,100] [--load 1000]
 
 The eight Orthanc servers of ``tests/support/spanner_bed.py`` (``pacs-1``..``pacs-4`` asked
-by QIDO-RS, ``pacs-5``..``pacs-8`` by C-FIND, ``pacs-8`` through the bed's delaying proxy,
-its delay ``--delay-ms``, 0 by default) behind one ``axiom-flow serve`` whose config holds
-the eight sources, the spanner ``all`` over them and one spanner ``solo-<source>`` per
-source, all with ``cache_ttl_s: 0``. Every query goes to
-``GET /api/v1/spanner/qido/studies?spanner_config_id=...`` with an admin API key.
+by QIDO-RS, ``pacs-5``..``pacs-8`` by C-FIND, ``pacs-8``, "the slow source", through the
+bed's delaying proxy) behind one ``axiom-flow serve`` whose config holds the eight
+sources, the spanner ``all`` over them and one spanner ``solo-<source>`` per source, all
+with ``cache_ttl_s: 0``. Every query goes to ``GET /api/v1/spanner/qido/studies?
+spanner_config_id=...`` with an admin API key.
 
-1. **sequential**: ``--queries`` rounds after ``--warmup`` untimed ones; each round asks
-   ``all`` once and every ``solo-`` spanner once, in a shuffled order (seeded), one at a
-   time over one keep-alive connection. So the spanning query and each source alone go
-   through the same HTTP path, engine and client code, interleaved under the same load.
-   Per target: p50, p95, min, max (ms, client side). The figure of the goal is
-   ``all``'s p95 minus the largest per-source p95 (the slowest source). Also from the
-   ``X-Spanner-Status`` header of each answer of ``all`` and of the slowest source alone:
-   the slowest source's time inside the fan-out and what the query took beyond it
-   (``beyond``: HTTP, authentication, the config, merging, the answer's JSON).
-2. **in-process** (``--in-process`` rounds, 0 to skip): the same rounds through
-   ``Spanning.query`` in this process (no HTTP), on one event loop.
-3. **load**: ``--load`` queries to ``all`` started at once from one
-   ``httpx.AsyncClient`` allowing ``--load`` connections (timeout ``--client-timeout``).
-   Throughput (queries / wall clock from the first send to the last answer), p50, p95,
-   max, and errors by kind (HTTP status, exception type, or ``partial``: a 200 with a
-   ``Warning``, a source missing). The CPU seconds of serve, of the Orthancs and of this
+1. **sequential**, once per ``--delay-ms`` (the proxy's delay each way, per chunk: 0
+   makes the slow source as fast as the others, so "the slowest" is whichever server
+   the two cores served last): ``--queries`` rounds after ``--warmup`` untimed ones;
+   each round asks ``all`` once and every ``solo-`` spanner once, in a shuffled order
+   (seeded), one at a time over one keep-alive connection. So the spanning query and
+   each source alone go through the same HTTP path, engine and client code,
+   interleaved under the same load. Per target: p50, p95, min, max (ms, client side).
+   The figure of the goal is ``all``'s p95 minus the largest per-source p95 (the
+   slowest source). Also from the ``X-Spanner-Status`` header of each answer of ``all``
+   and of the slowest source alone: the slowest source's time inside the fan-out and
+   what the query took beyond it (``beyond``: HTTP, authentication, the config,
+   merging, the answer's JSON). A table of the figure per delay ends the phase.
+2. **load**: ``--load`` queries to ``all`` started at once from one
+   ``httpx.AsyncClient`` allowing ``--load`` connections (timeout ``--client-timeout``),
+   the slow source delayed ``--load-delay-ms``. Throughput (queries / wall clock from
+   the first send to the last answer), p50, p95, max, and errors by kind (HTTP status,
+   exception type, or ``partial``: a 200 with a ``Warning``, a source missing). The CPU
+   seconds of serve (its C-FIND worker processes included), of the Orthancs and of this
    process (client and the proxy) during the load are printed.
 
 Every answer is checked: 200, no ``Warning``, every source ``ok``, as many study rows as
 the bed holds for the target. The load average is printed before and after. serve,
 the Orthancs and the proxy are stopped and the temp dir removed on exit (Ctrl-C too)
-unless ``--keep``. The last line is ``spanner_p95_over_slowest_ms=<ms>`` (HTTP figures).
+unless ``--keep``. The last line is ``spanner_p95_over_slowest_ms=<ms>``, at the last
+delay of ``--delay-ms``.
 """
 
 from __future__ import annotations
@@ -57,14 +59,11 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from shared.adapters.secrets import LocalSecrets  # noqa: E402
-from shared.config import parse_config  # noqa: E402
-from shared.spanner.engine import Spanning  # noqa: E402
-from shared.spanner.query import parse_qido  # noqa: E402
 from tests.support.procs import AxiomServer  # noqa: E402
 from tests.support.spanner_bed import build_bed  # noqa: E402
 
 ALL = "all"
+DELAYS_MS = "0,25,50,100"  # one-way, each way: 0, then round trips of 50, 100 and 200 ms
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -159,57 +158,6 @@ def sequential_http(server: AxiomServer, targets: list[str], rounds: int, warmup
     return times, fan
 
 
-def sequential_in_process(bed, rounds: int, warmup: int, expected: dict[str, int], timeout_s: float,
-                          seed: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Per target the ms of each query, and the CPU ms this process used for it (the
-    proxy's thread included: light at delay 0)."""
-    config = parse_config(config_for(bed, timeout_s))
-    sources = {s.id: s for s in config.sources}
-    spanners = {s.id: s for s in config.spanners}
-    query = parse_qido("study", [])
-    shuffle = random.Random(seed)
-    times: dict[str, list[float]] = {t: [] for t in spanners}
-    cpu: dict[str, list[float]] = {t: [] for t in spanners}
-
-    async def run():
-        engine = Spanning(LocalSecrets())
-        for n in range(warmup + rounds):
-            order = list(spanners)
-            shuffle.shuffle(order)
-            for target in order:
-                started, cpu_started = time.perf_counter(), time.process_time()
-                result = await engine.query(spanners[target], sources, query)
-                ms = (time.perf_counter() - started) * 1000
-                cpu_ms = (time.process_time() - cpu_started) * 1000
-                if result.missing or len(result.rows) != expected[target]:
-                    raise SystemExit(f"in-process {target}: {result.warning()} rows {len(result.rows)}")
-                if n >= warmup:
-                    times[target].append(ms)
-                    cpu[target].append(cpu_ms)
-        for client in list(engine.clients._clients.values()):
-            await client[1].aclose()
-
-    asyncio.run(run())
-    return times, cpu
-
-
-def nodelay_for_pynetdicom() -> None:
-    """Set TCP_NODELAY on the sockets pynetdicom opens, in this process only: what the
-    C-FIND client would get if it set it (it does not; see bench/README.md)."""
-    import socket
-
-    from pynetdicom import transport
-
-    create = transport.AssociationSocket._create_socket
-
-    def with_nodelay(self, address):
-        sock = create(self, address)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-    transport.AssociationSocket._create_socket = with_nodelay
-
-
 async def load(server: AxiomServer, count: int, timeout: float, expected: dict[str, int]):
     """``count`` queries to ``all`` at once: (wall s, ms of the complete ones, errors
     by kind, ms of the slowest source inside each fan-out)."""
@@ -244,21 +192,28 @@ async def load(server: AxiomServer, count: int, timeout: float, expected: dict[s
     return wall, latencies, errors, missing, crit
 
 
+def _delays(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: milliseconds, comma-separated (e.g. {DELAYS_MS})") from None
+
+
 def _interrupted(*_) -> None:
     raise KeyboardInterrupt
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--queries", type=int, default=200, help="timed sequential rounds (200)")
+    parser.add_argument("--queries", type=int, default=100, help="timed sequential rounds per delay (100)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first (5)")
-    parser.add_argument("--in-process", type=int, default=200, help="in-process rounds, 0: skip (200)")
-    parser.add_argument("--nodelay", action="store_true",
-                        help="also the in-process rounds with TCP_NODELAY on pynetdicom's sockets (this process only)")
     parser.add_argument("--load", type=int, default=1000, help="concurrent queries, 0: skip (1000)")
     parser.add_argument("--client-timeout", type=float, default=300.0, help="per query under load, s (300)")
     parser.add_argument("--timeout-s", type=float, default=10.0, help="the spanners' timeout_s (10)")
-    parser.add_argument("--delay-ms", type=float, default=0.0, help="the slow source's proxy delay (0)")
+    parser.add_argument("--delay-ms", type=_delays, default=_delays(DELAYS_MS),
+                        help=f"the slow source's proxy delays to run the sequential phase at, in turn ({DELAYS_MS}); "
+                             "the last line is the last one's")
+    parser.add_argument("--load-delay-ms", type=float, default=0.0, help="the slow source's delay under load (0)")
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
@@ -277,51 +232,44 @@ def main() -> int:
     try:
         started = time.perf_counter()
         bed = build_bed(workdir / "bed", stoppables)
-        bed.set_delay(args.delay_ms / 1000)
         print(f"bed: {len(bed.sources)} Orthancs, {len(bed.studies)} studies, up in "
-              f"{time.perf_counter() - started:.1f} s; slow source {bed.slow['id']} delay {args.delay_ms:g} ms",
-              flush=True)
+              f"{time.perf_counter() - started:.1f} s; slow source {bed.slow['id']}", flush=True)
         server = AxiomServer(workdir / "data", config_for(bed, args.timeout_s)).start()
         expected = expected_rows(bed)
         targets = list(expected)
 
-        times, fan = sequential_http(server, targets, args.queries, args.warmup, expected, args.seed)
-        solo = {t: v for t, v in times.items() if t != ALL}
-        slowest = max(solo, key=lambda t: pct(solo[t], 0.95))
-        summary = pct(times[ALL], 0.95) - pct(solo[slowest], 0.95)
-        print(f"\nsequential over HTTP: {args.queries} rounds (each: {ALL} + every source alone, shuffled)")
-        print(HEADER)
-        for target in targets:
-            print(row(target + (" (slowest)" if target == slowest else ""), times[target]))
-        for target in (ALL, slowest):
-            print(row(f"{target}: slowest source inside", fan[target]))
-            print(row(f"{target}: beyond it", [ms - c for ms, c in zip(times[target], fan[target])]))
-        print(f"spanner p95 {pct(times[ALL], 0.95):.1f} ms - slowest source p95 {pct(solo[slowest], 0.95):.1f} ms "
-              f"({slowest}) = {summary:+.1f} ms (goal <= +25)", flush=True)
-
-        if args.in_process:
-            variants = [("as is", False), ("TCP_NODELAY on the C-FIND sockets", True)][:1 + args.nodelay]
-            for label, nodelay in variants:
-                if nodelay:
-                    nodelay_for_pynetdicom()
-                inproc, cpu = sequential_in_process(bed, args.in_process, args.warmup, expected, args.timeout_s,
-                                                    args.seed)
-                solo_in = {t: v for t, v in inproc.items() if t != ALL}
-                slowest_in = max(solo_in, key=lambda t: pct(solo_in[t], 0.95))
-                print(f"\nsequential in-process (Spanning.query, no HTTP), {label}: {args.in_process} rounds")
-                print(HEADER + "  cpu ms: p50")
-                for target in targets:
-                    print(row(target + (" (slowest)" if target == slowest_in else ""), inproc[target])
-                          + f" {pct(cpu[target], 0.5):>8.1f}")
-                print(f"in-process, {label}: spanner p95 - slowest source p95 = "
-                      f"{pct(inproc[ALL], 0.95) - pct(solo_in[slowest_in], 0.95):+.1f} ms", flush=True)
+        gaps: dict[float, tuple[float, float, str]] = {}
+        for delay in args.delay_ms:
+            bed.set_delay(delay / 1000)
+            times, fan = sequential_http(server, targets, args.queries, args.warmup, expected, args.seed)
+            solo = {t: v for t, v in times.items() if t != ALL}
+            slowest = max(solo, key=lambda t: pct(solo[t], 0.95))
+            gaps[delay] = (pct(times[ALL], 0.95), pct(solo[slowest], 0.95), slowest)
+            print(f"\nsequential over HTTP, the slow source {bed.slow['id']} delayed {delay:g} ms each way: "
+                  f"{args.queries} rounds (each: {ALL} + every source alone, shuffled); load average "
+                  f"{os.getloadavg()[0]:.2f}")
+            print(HEADER)
+            for target in targets:
+                print(row(target + (" (slowest)" if target == slowest else ""), times[target]))
+            for target in (ALL, slowest):
+                print(row(f"{target}: slowest source inside", fan[target]))
+                print(row(f"{target}: beyond it", [ms - c for ms, c in zip(times[target], fan[target])]))
+            print(f"spanner p95 {gaps[delay][0]:.1f} ms - slowest source p95 {gaps[delay][1]:.1f} ms "
+                  f"({slowest}) = {gaps[delay][0] - gaps[delay][1]:+.1f} ms (goal <= +25)", flush=True)
+        print("\nslow source delay (ms each way)   spanner p95   slowest source p95   difference")
+        for delay, (spanned, alone, slowest) in gaps.items():
+            print(f"{delay:>31g} {spanned:>13.1f} {alone:>20.1f} {spanned - alone:>+12.1f}  ({slowest})")
+        spanned, alone, _ = gaps[args.delay_ms[-1]]
+        summary = spanned - alone
 
         if args.load:
+            bed.set_delay(args.load_delay_ms / 1000)
             pids = {"serve": server.proc.pid, **{sid: o.proc.pid for sid, o in bed.orthancs.items()}}
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             own = os.times()
-            print(f"\nload: {args.load} concurrent queries to {ALL} (one AsyncClient, {args.load} connections)"
-                  f"; load average before: {os.getloadavg()[0]:.2f}", flush=True)
+            print(f"\nload: {args.load} concurrent queries to {ALL} (one AsyncClient, {args.load} connections), "
+                  f"the slow source delayed {args.load_delay_ms:g} ms; load average before: {os.getloadavg()[0]:.2f}",
+                  flush=True)
             wall, latencies, errors, missing, crit = asyncio.run(
                 load(server, args.load, args.client_timeout, expected))
             own_after = os.times()
