@@ -23,6 +23,10 @@ def _run_task(args) -> int:
     count = int(os.environ.get("CLOUD_RUN_TASK_COUNT", "1")) if args.count is None else args.count
     if not 0 <= index < count:
         raise CliError(f"task {index} of {count}: the index must be below the count")
+    from shared.spanner import workers
+
+    # a task asks its few sources once and ends: threads, not worker processes to start
+    os.environ.setdefault(workers.PROCESSES_ENV, "0")
     try:
         from shared.runtime import gcp
 
