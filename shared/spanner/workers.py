@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import signal
+import tempfile
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from shared import logs
+
+log = logging.getLogger(__name__)
 
 PROCESSES_ENV = "AXIOM_SPANNER_CFIND_PROCESSES"
 DEFAULT_PROCESSES = 8
@@ -42,7 +46,8 @@ def processes() -> int:
     if not text:
         return DEFAULT_PROCESSES
     if not text.isdigit():
-        raise ValueError(f"{PROCESSES_ENV}={text!r}: a whole number of processes (0: threads)")
+        log.warning("%s is not a whole number of processes (0: threads); using %d", PROCESSES_ENV, DEFAULT_PROCESSES)
+        return DEFAULT_PROCESSES
     return int(text)
 
 
@@ -55,11 +60,25 @@ def executor() -> Executor:
             if count == 0:
                 _executor = ThreadPoolExecutor(THREADS, thread_name_prefix="cfind")
             else:
+                _short_multiprocessing_temp_dir()
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(["shared.spanner.clients"])
                 _executor = ProcessPoolExecutor(count, mp_context=context, initializer=_start_worker,
                                                 initargs=(logging.getLogger().level, logs.current_format()))
         return _executor
+
+
+def _short_multiprocessing_temp_dir() -> None:
+    """The forkserver listens on a Unix socket in multiprocessing's temp dir, made on its
+    first use under ``tempfile``'s, and a socket's path holds at most 108 bytes. serve
+    points ``tempfile`` at its data dir, which may be deep (or, in a test, deleted later):
+    make multiprocessing's under the system's temp dir instead, before anything asks it."""
+    saved = tempfile.tempdir
+    tempfile.tempdir = None  # meanwhile another thread's temp file lands in the system's: harmless
+    try:
+        multiprocessing.util.get_temp_dir()  # made once per process, kept, removed at exit
+    finally:
+        tempfile.tempdir = saved
 
 
 def warm() -> None:
