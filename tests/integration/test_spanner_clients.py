@@ -318,3 +318,16 @@ def test_a_bad_worker_count_is_named_in_a_warning_and_the_default_used(spanner_b
     assert {ds.StudyInstanceUID for ds in found} == set(spanner_bed.truth[bed_source["id"]])
     assert f"{workers.PROCESSES_ENV} is not a whole number of processes" in caplog.text
     assert workers.executor()._max_workers == workers.DEFAULT_PROCESSES  # noqa: SLF001
+
+
+def test_a_worker_that_died_between_searches_costs_no_search(spanner_bed, caplog):  # noqa: F811
+    bed = spanner_bed
+    source = bed.source("pacs-7")
+    asyncio.run(search(client(source)))
+    pool = workers.executor()
+    for pid in set(pool._processes):  # noqa: SLF001
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: pool._broken, 10, what="the pool to see its workers gone")  # noqa: SLF001
+    found = asyncio.run(search(client(source)))
+    assert {ds.StudyInstanceUID for ds in found} == set(bed.truth[source["id"]])
+    assert "a C-FIND worker process had ended; starting new ones" in caplog.text
