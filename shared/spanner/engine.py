@@ -3,7 +3,8 @@ once, each within its own deadline, the answers merged (:mod:`shared.spanner.mer
 
 Sources are asked concurrently, at most ``max_concurrency`` at a time, the slowest of
 late first (a moving average of each source's time in this process; one not asked yet
-counts as slowest), so that the query's critical path starts first; a source's
+counts as slowest), so that the query's critical path starts first, and those expected
+to take less than half its time a moment later (:func:`_head_start`); a source's
 deadline starts when it gets its slot. A failure before the deadline is tried again
 (``retry_attempts``), a timeout is not. With ``partial_results`` the answer is what the
 others found and :class:`SpanResult` names the sources that failed (the API's
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 State = Literal["ok", "failed", "timeout"]
 RECENT_WEIGHT = 0.3  # of the newest time in a source's moving average
+HEAD_START_FRACTION = 0.05  # of the slowest source's time: the others' wait (_head_start)
+HEAD_START_MAX_S = 0.025
 
 
 @dataclass
@@ -163,8 +166,11 @@ class Spanning:
     async def _fan_out(self, spanner: "Spanner", sources: dict, query: QidoQuery):
         slots = asyncio.Semaphore(spanner.max_concurrency)
         # `order` stays the config's (merge priority ties); only the start order changes
-        members = sorted(enumerate(spanner.sources), key=lambda m: -self._recent_ms.get(m[1].source, math.inf))
-        started = {order: asyncio.create_task(self._ask(slots, spanner, member, order, sources, query))
+        expected = {m.source: self._recent_ms.get(m.source, math.inf) for m in spanner.sources}
+        members = sorted(enumerate(spanner.sources), key=lambda m: -expected[m[1].source])
+        slowest = max(expected.values(), default=0.0)
+        started = {order: asyncio.create_task(self._ask(slots, spanner, member, order, sources, query,
+                                                        head_start_s=_head_start(expected[member.source], slowest)))
                    for order, member in members}
         tasks = [started[order] for order in sorted(started)]  # statuses and answers in the config's order
         if spanner.failure_strategy == "fail_fast":
@@ -187,13 +193,15 @@ class Spanning:
         return await self._ask(asyncio.Semaphore(1), spanner, member, order, sources, query)
 
     async def _ask(self, slots: asyncio.Semaphore, spanner: "Spanner", member, order: int, sources: dict,
-                   query: QidoQuery) -> tuple[SourceAnswer | None, SourceStatus]:
+                   query: QidoQuery, *, head_start_s: float = 0.0) -> tuple[SourceAnswer | None, SourceStatus]:
         status = SourceStatus(member.source, "failed")
         source = sources.get(member.source)
         if source is None:  # the config check refuses this; a source removed meanwhile
             status.error = "not configured"
             return None, status
         timeout = member.timeout_s or spanner.timeout_s
+        if head_start_s:
+            await asyncio.sleep(head_start_s)
         async with slots:
             started = self._clock()
             deadline = started + timeout
@@ -238,6 +246,16 @@ class Spanning:
             found = await client.search(to_cfind_identifier(query), deadline=deadline)
             return [from_cfind(ds, query) for ds in found]
         return await client.search(qido_path(query), to_qido_params(query), deadline=deadline)
+
+
+def _head_start(expected_ms: float, slowest_ms: float) -> float:
+    """How long a source lets the slowest go first: one expected to take less than half
+    the slowest's time waits 5% of it (at most HEAD_START_MAX_S), so the slowest's
+    first protocol steps (connection, association) get the CPU, not a crowd; it still
+    ends long before the slowest. Nothing while any time is unknown."""
+    if not math.isfinite(slowest_ms) or expected_ms >= slowest_ms / 2:
+        return 0.0
+    return min(HEAD_START_FRACTION * slowest_ms / 1000, HEAD_START_MAX_S)
 
 
 def statuses_block(result: SpanResult) -> list[dict]:
