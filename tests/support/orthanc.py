@@ -14,6 +14,10 @@ from tests.support.procs import DCMTK_ENV, free_port, terminate, wait_for
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
+class PortTaken(RuntimeError):
+    """Orthanc could not listen: another process holds one of its ports."""
+
+
 class Orthanc:
     """``Orthanc`` with DICOM and HTTP on free loopback ports. ``modalities`` maps a
     name to (AE title, host, port) for C-MOVE targets and SendToModality."""
@@ -24,6 +28,7 @@ class Orthanc:
         self.ae_title = ae_title
         self.dicom_port = dicom_port or free_port()
         self.http_port = http_port or free_port()
+        self._chosen_ports = dicom_port is None and http_port is None  # ours to choose again
         self.modalities = modalities or {}
         self.extra = extra or {}
         self.proc: subprocess.Popen | None = None
@@ -58,6 +63,21 @@ class Orthanc:
         }
 
     def start(self) -> "Orthanc":
+        """Start and wait until it answers. A port chosen here that another process took
+        meanwhile (free_port's race) is chosen again, twice at most."""
+        for attempt in range(3):
+            try:
+                return self._start()
+            except PortTaken:
+                if not self._chosen_ports or attempt == 2:
+                    raise
+                self._log.close()
+                for log in (self.workdir / "logs").glob("Orthanc.log*"):
+                    log.unlink()  # the next attempt's failure is read from its own log
+                self.dicom_port, self.http_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self) -> "Orthanc":
         binary = shutil.which("Orthanc")
         if not binary or not DICOMWEB_PLUGIN.exists():
             raise RuntimeError("Orthanc and its DICOMweb plugin are needed: apt-get install orthanc orthanc-dicomweb")
@@ -71,6 +91,9 @@ class Orthanc:
 
         def ready():
             if self.proc.poll() is not None:
+                if any("already in use" in log.read_text(errors="replace")
+                       for log in (self.workdir / "logs").glob("Orthanc.log*")):
+                    raise PortTaken(f"Orthanc's port {self.dicom_port} or {self.http_port} was taken")
                 raise RuntimeError(f"Orthanc exited with {self.proc.returncode}; see {self.workdir}/logs")
             try:
                 return httpx.get(f"{self.url}/system", timeout=1).status_code == 200
