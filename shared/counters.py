@@ -105,7 +105,7 @@ def listener(listener_id: str) -> str:
 
 def count_lookups(ports: Ports, actions: list[dict], lookups: list[Lookup]) -> None:
     """Count what the crosswalk stage looked up for one plan (``lookups`` indexes
-    ``actions``): one increment per crosswalk table and one for the standardizer."""
+    ``actions``): each crosswalk table's counter and the standardizer's, in one write."""
     totals: dict[str, dict[str, int]] = {}
     for lookup in lookups:
         if actions[lookup.action].get("action") == "crosswalk":
@@ -118,8 +118,8 @@ def count_lookups(ports: Ports, actions: list[dict], lookups: list[Lookup]) -> N
                  "deterministic": "deterministic"}[lookup.source]] += 1
             got["model_ms"] += lookup.latency_ms or 0
         got["lookups"] += 1
-    for counter, counts in totals.items():
-        count(ports, counter, **{k: v for k, v in counts.items() if v})
+    count_many(ports.docs, {counter: ({k: v for k, v in counts.items() if v}, None)
+                            for counter, counts in totals.items()})
 
 
 def count_span(docs: DocumentStore, spanner_id: str, statuses: list[dict], *, cached: bool = False,

@@ -160,31 +160,36 @@ class CFindClient:
     async def search(self, identifier: Dataset, *, deadline: float) -> list[Dataset]:
         """The identifiers of the Pending responses (0xFF00, 0xFF01) to ``identifier``
         (a complete C-FIND identifier, QueryRetrieveLevel included)."""
-        running = None
-        for fresh in (False, True):
-            pool = None
-            try:
-                pool = workers.executor()
-                # the deadline crosses as is: time.monotonic() is the system's monotonic clock, the same in
-                # every process
-                running = asyncio.get_running_loop().run_in_executor(
-                    pool, find, self.source, self._tls_secrets, identifier, deadline)
-                break
-            except BrokenExecutor:  # a worker had died since the last search: the pool takes no more work
-                workers.discard(pool)
-                if fresh:
-                    raise SourceError(self.source_id, "no C-FIND worker process could start") from None
-                log.warning("spanner: a C-FIND worker process had ended; starting new ones")
-            except Exception:  # noqa: BLE001 - no pool, or a worker that could not start
-                log.exception("spanner source %s: no C-FIND worker", self.source_id)
-                if pool is not None:
-                    workers.discard(pool)
-                raise SourceError(self.source_id, "no C-FIND worker process could start") from None
+        try:
+            pool, running = self._submit(identifier, deadline)
+        except Exception:  # noqa: BLE001 - no pool, or a worker that could not start
+            log.exception("spanner source %s: no C-FIND worker", self.source_id)
+            raise SourceError(self.source_id, "no C-FIND worker process could start") from None
         try:
             return await running
         except BrokenExecutor:
             workers.discard(pool)
             raise SourceError(self.source_id, "the C-FIND worker process ended unexpectedly") from None
+
+    def _submit(self, identifier: Dataset, deadline: float):
+        """(pool, future) of the search handed to a C-FIND worker. A pool whose worker died
+        since the last search takes no more work: it is replaced once, first."""
+        for fresh in (False, True):
+            pool = workers.executor()
+            try:
+                # the deadline crosses as is: time.monotonic() is the system's monotonic clock, the same in
+                # every process
+                return pool, asyncio.get_running_loop().run_in_executor(
+                    pool, find, self.source, self._tls_secrets, identifier, deadline)
+            except BrokenExecutor:
+                workers.discard(pool)
+                if fresh:
+                    raise
+                log.warning("spanner: a C-FIND worker process had ended; starting new ones")
+            except Exception:
+                workers.discard(pool)
+                raise
+        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
         """Nothing to close: the workers are the process's, and running searches end by their deadlines."""

@@ -205,6 +205,7 @@ class Spanning:
         async with slots:
             started = self._clock()
             deadline = started + timeout
+            rows = None
             for attempt in range(1 + spanner.retry_attempts):
                 status.attempts = attempt + 1
                 try:
@@ -222,16 +223,16 @@ class Spanning:
                     status.state, status.error = "failed", f"internal error ({type(exc).__name__})"
                     break
                 status.state, status.rows, status.error = "ok", len(rows), None
-                status.ms = round((self._clock() - started) * 1000)
-                self._note_time(source.id, status.ms)
-                retrieve_ae = source.ae_title if getattr(source, "type", "") == "dimse_poller" else None
-                retrieve_url = getattr(source, "url", None) if retrieve_ae is None else None
-                return SourceAnswer(source_id=source.id, priority=member.priority, order=order, rows=rows,
-                                    retrieve_ae=retrieve_ae, retrieve_url=retrieve_url), status
+                break
             status.ms = round((self._clock() - started) * 1000)
         self._note_time(source.id, status.ms)
-        log.warning("spanner %s: source %s %s: %s", spanner.id, source.id, status.state, status.error)
-        return None, status
+        if status.state != "ok":
+            log.warning("spanner %s: source %s %s: %s", spanner.id, source.id, status.state, status.error)
+            return None, status
+        retrieve_ae = source.ae_title if getattr(source, "type", "") == "dimse_poller" else None
+        retrieve_url = getattr(source, "url", None) if retrieve_ae is None else None
+        return SourceAnswer(source_id=source.id, priority=member.priority, order=order, rows=rows,
+                            retrieve_ae=retrieve_ae, retrieve_url=retrieve_url), status
 
     def _note_time(self, source_id: str, ms: float) -> None:
         last = self._recent_ms.get(source_id)

@@ -163,6 +163,6 @@ def test_the_source_slowest_of_late_is_asked_first(spanner_bed):  # noqa: F811
     first_wait, first = slow_source_waited()
     second_wait, second = slow_source_waited()
     assert first_wait > 0.05  # after seven other sources, one at a time
-    assert second_wait < first_wait / 2 and second_wait < 0.05
+    assert second_wait < first_wait / 2  # relative: under load every step is slower
     assert [s.source for s in second.statuses] == [s["id"] for s in bed.sources]  # reported in config order
     assert second.rows == first.rows  # the same merge: priorities, not start order, decide
